@@ -1,0 +1,378 @@
+"""Drive HAProxy through its runtime API (the admin ``stats socket``), one or several endpoints.
+
+Wire protocol: one command per connection, ``cmd + "\\n"`` then read to EOF, under a connect
+timeout and an overall deadline (HAProxy never times out a malformed exchange by itself). At
+most two connections per endpoint are open at once. Every name is checked against HAProxy's
+safe charset before it is put in a command, so ``;``, newlines, spaces or ``#`` never reach the
+socket; weights are integers 0..256 and states come from ``AdminState``.
+
+Errors: socket missing, refused, permission denied or timed out -> ``Unavailable`` (retried a
+few times with backoff, within the timeout); any text HAProxy answers to a ``set`` command, or
+an unexpected reply to a ``show`` command -> ``Rejected`` (never retried).
+
+Several endpoints form an HA pair: reads merge them (``consistent=False`` on disagreement or
+when an endpoint is down), writes go to every endpoint and fail if any of them failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import errno
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
+
+from lbhealthd.errors import DriverError, Rejected, Unavailable
+from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
+
+MAX_REPLY = 4 * 1024 * 1024
+CONNECTIONS_PER_ENDPOINT = 2
+
+# srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*).
+_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20  # forced, inherited, config, resolution
+_DRAIN_BITS = 0x08 | 0x10  # forced, inherited
+_AGENT_ENABLED = 0x04
+_OP_STATES = {0: OpState.DOWN, 1: OpState.STARTING, 2: OpState.UP, 3: OpState.STOPPING}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where an admin socket listens: a unix path or a TCP host and port."""
+
+    kind: Literal["unix", "tcp"]
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+def parse_socket(text: str) -> Endpoint:
+    """Parse ``unix:/ABSOLUTE/PATH`` or ``tcp:HOST:PORT`` (``tcp:[::1]:PORT`` for IPv6)."""
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in ("unix", "tcp"):
+        raise ValueError(f"invalid socket {text!r}: expected 'unix:/path' or 'tcp:host:port'")
+    if any(c in rest for c in "\0\n\r"):
+        raise ValueError(f"invalid socket {text!r}: control characters are not allowed")
+    if kind == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"invalid socket {text!r}: the unix socket path must be absolute")
+        return Endpoint("unix", path=rest)
+    host, sep, port_text = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() for c in host):
+        raise ValueError(f"invalid socket {text!r}: expected 'tcp:host:port'")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid socket {text!r}: port must be 1-65535")
+    return Endpoint("tcp", host=host, port=int(port_text))
+
+
+def _unavailable(endpoint: Endpoint, exc: OSError) -> Unavailable:
+    if exc.errno == errno.ENOENT:
+        why = "socket missing (ENOENT)"
+    elif exc.errno == errno.ECONNREFUSED:
+        why = "connection refused (ECONNREFUSED)"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = "permission denied (EACCES)"
+    elif exc.errno == errno.ECONNRESET:
+        why = "connection reset (ECONNRESET)"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return Unavailable(why, endpoint=str(endpoint))
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        return 0
+
+
+def _first_line(reply: str) -> str:
+    return reply.strip().splitlines()[0] if reply.strip() else ""
+
+
+def _table(endpoint: Endpoint, reply: str, header_at: int) -> list[dict[str, str]]:
+    """Rows of a ``# a b c`` header-led reply; ``header_at`` is the header's line index."""
+    lines = reply.splitlines()
+    if len(lines) <= header_at or not lines[header_at].startswith("# "):
+        raise Rejected(f"HAProxy answered {_first_line(reply)!r}", endpoint=str(endpoint))
+    return [
+        dict(zip(lines[header_at][2:].split(), ln.split(), strict=False))
+        for ln in lines[header_at + 1 :]
+        if ln.strip()
+    ]
+
+
+def _stat_rows(endpoint: Endpoint, reply: str) -> dict[str, dict[str, str]]:
+    """``show stat`` CSV rows by server name, parsed by header name."""
+    if not reply.startswith("# "):
+        raise Rejected(f"HAProxy answered {_first_line(reply)!r}", endpoint=str(endpoint))
+    rows = csv.reader(reply[2:].splitlines())
+    header = next(rows)
+    out = {}
+    for row in rows:
+        if row:
+            fields = dict(zip(header, row, strict=False))
+            out[fields.get("svname", "")] = fields
+    return out
+
+
+def _admin(bits: int) -> AdminState:
+    if bits & _MAINT_BITS:
+        return AdminState.MAINT
+    if bits & _DRAIN_BITS:
+        return AdminState.DRAIN
+    return AdminState.READY
+
+
+def _members(
+    pool: str, state: list[dict[str, str]], stat: dict[str, dict[str, str]]
+) -> list[Member]:
+    members = []
+    for row in state:
+        name = row.get("srv_name", "")
+        st = stat.get(name, {})
+        members.append(
+            Member(
+                id=ServerId(pool, name),
+                address=row.get("srv_addr", ""),
+                port=_int(row.get("srv_port")),
+                admin=_admin(_int(row.get("srv_admin_state"))),
+                op=_OP_STATES.get(_int(row.get("srv_op_state")), OpState.DOWN),
+                weight=_int(row.get("srv_uweight")),
+                initial_weight=_int(row.get("srv_iweight")),
+                sessions=_int(st.get("scur")),
+                queue=_int(st.get("qcur")),
+                session_rate=_int(st.get("rate")),
+                sessions_total=_int(st.get("stot")),
+                check_status=st.get("check_status", "").removeprefix("* "),
+                has_agent=bool(_int(row.get("srv_agent_state")) & _AGENT_ENABLED),
+            )
+        )
+    return members
+
+
+def _merge(per_endpoint: list[list[Member] | None]) -> list[Member]:
+    """The first answering endpoint's view, marked inconsistent where the endpoints differ."""
+    answered = [{m.id.server: m for m in ms} for ms in per_endpoint if ms is not None]
+    everyone = len(answered) == len(per_endpoint)
+    merged: dict[str, Member] = {}
+    for view in answered:
+        for name, member in view.items():
+            if name in merged:
+                continue
+            same = all(
+                name in other
+                and other[name].admin == member.admin
+                and other[name].weight == member.weight
+                for other in answered
+            )
+            merged[name] = _replace_consistent(member, everyone and same)
+    return list(merged.values())
+
+
+def _replace_consistent(member: Member, consistent: bool) -> Member:
+    return member if member.consistent == consistent else replace(member, consistent=consistent)
+
+
+class HAProxyDriver:
+    """The Driver for HAProxy's runtime API; ``sockets`` are ``unix:PATH`` or ``tcp:HOST:PORT``."""
+
+    def __init__(
+        self,
+        sockets: Sequence[str],
+        timeout: float = 3.0,
+        *,
+        attempts: int = 3,
+        connect_timeout: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not sockets:
+            raise ValueError("at least one HAProxy socket is needed")
+        if timeout <= 0 or attempts < 1:
+            raise ValueError("timeout must be > 0 and attempts >= 1")
+        self.endpoints = [parse_socket(s) for s in sockets]
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout or 1.0, timeout)
+        self.attempts = attempts
+        self._sleep = sleep
+        self._limits: dict[Endpoint, asyncio.Semaphore] = {}
+        # Errors of the endpoints that failed during the last snapshot, by endpoint.
+        self.last_errors: dict[str, DriverError] = {}
+
+    async def command(self, endpoint: Endpoint, cmd: str) -> str:
+        """Send one command (built only from validated parts) and return the reply, with retries."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            structlog.get_logger().warning(
+                "driver_retry", endpoint=str(endpoint), attempt=state.attempt_number, error=str(exc)
+            )
+
+        backoff = wait_exponential(multiplier=0.05, max=0.5) + wait_random(0, 0.05)
+
+        def wait(state: RetryCallState) -> float:
+            return max(0.0, min(backoff(state), deadline - loop.time() - 0.01))
+
+        def stop(state: RetryCallState) -> bool:
+            return state.attempt_number >= self.attempts or deadline - loop.time() < 0.02
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop,
+            wait=wait,
+            sleep=self._sleep,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._exchange(endpoint, cmd, deadline)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(self, endpoint: Endpoint, cmd: str, deadline: float) -> str:
+        limit = self._limits.setdefault(endpoint, asyncio.Semaphore(CONNECTIONS_PER_ENDPOINT))
+        phase = "waiting for a free connection slot"
+        try:
+            async with asyncio.timeout_at(deadline), limit:
+                phase = "connecting"
+                async with asyncio.timeout(self.connect_timeout):
+                    if endpoint.kind == "unix":
+                        reader, writer = await asyncio.open_unix_connection(endpoint.path)
+                    else:
+                        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                try:
+                    phase = "waiting for the reply"
+                    writer.write(cmd.encode("ascii") + b"\n")
+                    await writer.drain()
+                    data = b""
+                    while len(data) <= MAX_REPLY:
+                        chunk = await reader.read(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except TimeoutError as exc:
+            raise Unavailable(f"timed out {phase}", endpoint=str(endpoint)) from exc
+        except OSError as exc:
+            raise _unavailable(endpoint, exc) from exc
+        if len(data) > MAX_REPLY:
+            raise Unavailable(f"reply larger than {MAX_REPLY} bytes", endpoint=str(endpoint))
+        if not data.endswith(b"\n"):
+            raise Unavailable("connection closed before a complete reply", endpoint=str(endpoint))
+        return data.decode("utf-8", errors="replace")
+
+    async def show_info(self, endpoint: Endpoint) -> dict[str, str]:
+        """``show info`` as a dict (``Pid``, ``Uptime_sec``, ``Start_time_sec`` ...)."""
+        reply = await self.command(endpoint, "show info")
+        info = {}
+        for line in reply.splitlines():
+            key, sep, value = line.partition(": ")
+            if sep:
+                info[key] = value.strip()
+        if "Pid" not in info:
+            raise Rejected(f"HAProxy answered {_first_line(reply)!r}", endpoint=str(endpoint))
+        return info
+
+    async def epoch(self, endpoint: Endpoint) -> str:
+        """Identifies one HAProxy process: changes when it restarts (runtime state lost)."""
+        info = await self.show_info(endpoint)
+        return f"{info['Pid']}@{info.get('Start_time_sec', '')}"
+
+    async def _read(self, endpoint: Endpoint, pool: str) -> tuple[str, list[Member]]:
+        epoch, stat, state = await asyncio.gather(
+            self.epoch(endpoint),
+            self.command(endpoint, f"show stat {pool} 4 -1"),
+            self.command(endpoint, f"show servers state {pool}"),
+        )
+        return epoch, _members(pool, _table(endpoint, state, 1), _stat_rows(endpoint, stat))
+
+    async def snapshot(self, pool: str) -> PoolSnapshot:
+        check_name(pool, "pool name")
+        results = await asyncio.gather(
+            *(self._read(ep, pool) for ep in self.endpoints), return_exceptions=True
+        )
+        errors: dict[str, DriverError] = {}
+        views: list[list[Member] | None] = []
+        epochs = []
+        for ep, result in zip(self.endpoints, results, strict=True):
+            if isinstance(result, DriverError):
+                errors[str(ep)] = result
+                views.append(None)
+                epochs.append("-")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                epochs.append(result[0])
+                views.append(result[1])
+        self.last_errors = errors
+        if len(errors) == len(self.endpoints):
+            raise _combined(list(errors.values()), len(self.endpoints), prefer=Rejected)
+        return PoolSnapshot(pool, tuple(_merge(views)), epoch=",".join(epochs))
+
+    async def _set(self, server: ServerId, what: str) -> None:
+        check_name(server.pool, "pool name")
+        check_name(server.server, "server name")
+        cmd = f"set server {server.pool}/{server.server} {what}"
+
+        async def one(ep: Endpoint) -> None:
+            reply = await self.command(ep, cmd)
+            if reply.strip():
+                raise Rejected(f"{cmd!r}: {_first_line(reply)}", endpoint=str(ep))
+
+        results = await asyncio.gather(*(one(ep) for ep in self.endpoints), return_exceptions=True)
+        errors = []
+        for result in results:
+            if isinstance(result, DriverError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        if errors:
+            raise _combined(errors, len(self.endpoints), prefer=Unavailable)
+
+    async def set_state(self, server: ServerId, state: AdminState) -> None:
+        if not isinstance(state, AdminState):
+            raise ValueError(f"invalid state {state!r}: expected an AdminState")
+        await self._set(server, f"state {state.value}")
+
+    async def set_weight(self, server: ServerId, weight: int) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 256:
+            raise ValueError(f"invalid weight {weight!r}: expected an integer 0..256")
+        await self._set(server, f"weight {weight}")
+
+    async def close(self) -> None:
+        self._limits.clear()
+
+
+def _combined(errors: list[DriverError], total: int, prefer: type[DriverError]) -> DriverError:
+    """One error for several endpoints: ``prefer``'s class if any has it, else the first's."""
+    first = next((e for e in errors if isinstance(e, prefer)), errors[0])
+    if len(errors) == 1 and total == 1:
+        return first
+    failed = "; ".join(str(e) for e in errors)
+    combined = type(first)(f"{len(errors)} of {total} endpoints failed: {failed}")
+    combined.endpoint = ",".join(e.endpoint for e in errors)
+    combined.__cause__ = first
+    return combined

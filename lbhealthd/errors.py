@@ -1,0 +1,68 @@
+"""The one exception tree of lbhealthd.
+
+    LbhealthdError
+     ├── ConfigError            a configuration file was refused; carries one Problem per field
+     ├── InvalidName            a pool or server name outside HAProxy's safe charset
+     ├── StateError             a file in state_dir cannot be read or written safely
+     └── DriverError            the load balancer could not be driven
+          ├── Unavailable       transient: socket gone, refused, timed out, throttled (retried)
+          └── Rejected          terminal: the LB understood and refused (unknown server, bad value)
+
+A bad probe is data (a failed Sample), never an exception. Lower-library errors are mapped to
+these at the edge with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LbhealthdError(Exception):
+    """Base of every error lbhealthd raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a configuration: where it is and what is wrong with it."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line is not None else ""
+        return f"{self.path}: {self.message}{where}"
+
+
+class ConfigError(LbhealthdError):
+    """A configuration was refused. Nothing of it was loaded."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"{source}: {p}" for p in problems)
+        super().__init__(lines)
+
+
+class InvalidName(LbhealthdError, ValueError):
+    """A name that must not reach the load balancer (it could inject commands)."""
+
+
+class StateError(LbhealthdError):
+    """A file in state_dir is unreadable, corrupt, or could not be written."""
+
+
+class DriverError(LbhealthdError):
+    """The load balancer could not be driven. ``endpoint`` names the socket or API."""
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        self.endpoint = endpoint
+        super().__init__(f"{endpoint}: {message}" if endpoint else message)
+
+
+class Unavailable(DriverError):
+    """Transient: the LB did not answer (gone, refused, timed out, throttled). Worth a retry."""
+
+
+class Rejected(DriverError):
+    """Terminal: the LB answered and refused the command. Retrying will not help."""

@@ -1,0 +1,208 @@
+"""Plain value types shared by every layer: servers, samples, LB members, overrides, decisions.
+
+Nothing here does I/O. Times are floats in seconds; which clock is documented per field
+(``mono`` for the daemon's monotonic loop time, ``wall`` for Unix time that is persisted).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from lbhealthd.errors import InvalidName
+
+# HAProxy accepts [A-Za-z0-9_.:-] in proxy and server names; anything else could inject commands
+# into its line-oriented runtime API (`;`, newline, space, `#`, `<<`).
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is safe to send to a load balancer, else raise InvalidName."""
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
+        raise InvalidName(
+            f"invalid {what} {name!r}: only letters, digits and '-_.:' are allowed (1-64 chars)"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServerId:
+    """A server's identity: ``POOL/SERVER`` (HAProxy's backend/server)."""
+
+    pool: str
+    server: str
+
+    def __post_init__(self) -> None:
+        check_name(self.pool, "pool name")
+        check_name(self.server, "server name")
+
+    def __str__(self) -> str:
+        return f"{self.pool}/{self.server}"
+
+    @classmethod
+    def parse(cls, text: str) -> ServerId:
+        """Parse ``POOL/SERVER``; raise InvalidName when it is not of that form."""
+        pool, sep, server = text.partition("/")
+        if not sep:
+            raise InvalidName(f"invalid server {text!r}: expected POOL/SERVER")
+        return cls(pool, server)
+
+
+class ProbeOutcome(enum.StrEnum):
+    """How one probe ended."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    HTTP_STATUS = "http_status"
+    BAD_BODY = "bad_body"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One probe of one server: its outcome, latency and load signals.
+
+    ``signals`` maps a signal name (``latency_ms``, ``cpu``, ``lb_queue`` ...) to its value;
+    a failed probe has an outcome other than OK and ``detail`` saying why.
+    """
+
+    server: ServerId
+    at: float  # mono
+    outcome: ProbeOutcome
+    signals: Mapping[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is ProbeOutcome.OK
+
+
+class AdminState(enum.StrEnum):
+    """The administrative state of a server in the LB (HAProxy's ready/drain/maint)."""
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
+class OpState(enum.StrEnum):
+    """The operational state the LB's own checks give a server."""
+
+    UP = "up"
+    DOWN = "down"
+    STARTING = "starting"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A server as the load balancer reports it, with its own traffic counters."""
+
+    id: ServerId
+    address: str
+    port: int
+    admin: AdminState
+    op: OpState
+    weight: int  # the weight set now (user weight)
+    initial_weight: int  # the weight from the LB's configuration
+    sessions: int = 0  # current sessions (scur)
+    queue: int = 0  # queued requests (qcur)
+    session_rate: int = 0  # sessions per second (rate)
+    sessions_total: int = 0  # cumulative sessions (stot); deltas give traffic share
+    check_status: str = ""
+    has_agent: bool = False  # an agent-check can undo admin states set by anyone else
+    consistent: bool = True  # every endpoint of an HA pair agrees on admin state and weight
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """One read of a pool from the LB. ``epoch`` changes when the LB lost its runtime state."""
+
+    pool: str
+    members: tuple[Member, ...]
+    epoch: str = ""
+
+
+class OverrideKind(enum.StrEnum):
+    """What an operator asked for a server."""
+
+    DRAIN = "drain"  # out of rotation, whatever its health
+    MAINT = "maint"  # out of rotation, for maintenance
+    READY = "ready"  # kept in rotation: automatic drains are suppressed
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A manual decision that wins over automatic ones until it is removed or expires."""
+
+    server: ServerId
+    kind: OverrideKind
+    reason: str
+    who: str
+    created_at: float  # wall
+    expires_at: float | None = None  # wall; None = until removed
+
+    def expired(self, wall: float) -> bool:
+        return self.expires_at is not None and wall >= self.expires_at
+
+
+class ActionKind(enum.StrEnum):
+    """A change of a server's desired state."""
+
+    DRAIN = "drain"
+    RESTORE = "restore"
+    MAINT = "maint"
+
+
+class Rule(enum.StrEnum):
+    """The rule that caused or blocked an action; stable names for logs and metrics."""
+
+    FALL = "fall"  # fall consecutive overloaded or failed samples
+    RISE = "rise"  # rise consecutive healthy samples, after the hold time
+    HOLD = "hold"  # restore waits for min_drain (with flap backoff)
+    MAX_DRAINED = "max_drained"  # pool cap on the share of servers out
+    MIN_IN_SERVICE = "min_in_service"  # pool floor on servers in rotation
+    BLIND = "blind"  # too many probes failed at once: the daemon fails open
+    OVERRIDE = "override"  # an operator's override decided
+    OVERRIDE_ENDED = "override_ended"  # an override was removed or expired
+    OVERRIDE_OVER_CAP = "override_over_cap"  # an override took the pool beyond its caps
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why: the rule, a one-line message, and the evidence (plain key/values)."""
+
+    rule: Rule
+    message: str
+    evidence: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A change the engine decided, with its reason."""
+
+    server: ServerId
+    kind: ActionKind
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """An action the engine wanted but did not take, with the rule that stopped it."""
+
+    server: ServerId
+    kind: ActionKind
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """What the engine wants for a server: its admin state, the share of its full weight
+    (below 1.0 while slow start ramps it up), and who owns the state."""
+
+    admin: AdminState
+    weight_fraction: float = 1.0
+    manual: bool = False  # set by an operator's override rather than by the daemon

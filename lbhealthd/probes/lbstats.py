@@ -1,0 +1,23 @@
+"""The load balancer's own counters for a server, as signals merged into its probe sample."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lbhealthd.model import Member, Sample
+
+
+def lb_signals(member: Member) -> dict[str, float]:
+    """Return the LB's queue, current sessions and session rate for ``member`` as signals."""
+    return {
+        "lb_queue": float(member.queue),
+        "lb_sessions": float(member.sessions),
+        "lb_rate": float(member.session_rate),
+    }
+
+
+def merge(sample: Sample, member: Member | None) -> Sample:
+    """Return ``sample`` with the LB's signals for ``member`` added; its outcome is kept."""
+    if member is None:
+        return sample
+    return dataclasses.replace(sample, signals={**sample.signals, **lb_signals(member)})
