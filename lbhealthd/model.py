@@ -206,3 +206,16 @@ class Desired:
     admin: AdminState
     weight_fraction: float = 1.0
     manual: bool = False  # set by an operator's override rather than by the daemon
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one round: what every server should be, what changed and why,
+    what it wanted but did not do and why, and the pools where it could not see."""
+
+    desired: Mapping[ServerId, Desired]
+    actions: tuple[Action, ...] = ()
+    blocked: tuple[Blocked, ...] = ()
+    warnings: tuple[Reason, ...] = ()
+    blind_pools: frozenset[str] = frozenset()
+    next_wake: float | None = None  # mono; when a time-based rule may next change something

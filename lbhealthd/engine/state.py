@@ -1,0 +1,47 @@
+"""What the engine remembers between rounds, per server. Plain frozen values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from lbhealthd.engine.hysteresis import Phase
+from lbhealthd.engine.verdict import Verdict
+from lbhealthd.model import OverrideKind, Sample, ServerId
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """One server's memory. Times are the caller's clock (``now`` of decide)."""
+
+    phase: Phase = Phase.IN_SERVICE
+    bad: int = 0  # consecutive overloaded or failed samples (band samples do not reset it)
+    good: int = 0  # consecutive healthy samples (band samples do not reset it)
+    last_sample_at: float | None = None
+    verdict: Verdict | None = None
+    ratio: float = 0.0  # the last sample's largest value/high
+    drained_at: float | None = None
+    hold: float = 0.0  # how long the current drain lasts at least
+    flap_level: int = 0
+    restored_at: float | None = None
+    manual: OverrideKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """Every server's memory, by server."""
+
+    servers: Mapping[ServerId, ServerState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the engine is told about a server this round.
+
+    ``sample`` is its newest probe (the engine counts each sample once, by its time).
+    ``external_out`` is true when the server is out of rotation for a reason the daemon does
+    not own (an operator's MAINT set by other means, the LB's own checks marking it down).
+    """
+
+    sample: Sample | None = None
+    external_out: bool = False

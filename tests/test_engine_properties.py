@@ -1,0 +1,99 @@
+"""Safety invariants of the engine over random pools and random sample sequences."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lbhealthd.engine import PoolSettings
+from lbhealthd.model import ActionKind, AdminState, Rule, ServerId
+from tests.engine_sim import Sim
+
+CODES = "HOBF-"
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[PoolSettings, dict[str, str], frozenset[str]]:
+    size = draw(st.integers(1, 50))
+    rounds = draw(st.integers(1, 24))
+    settings = PoolSettings(
+        name="api",
+        fall=draw(st.integers(1, 4)),
+        rise=draw(st.integers(1, 4)),
+        min_drain=draw(st.sampled_from([0.0, 1.0, 2.5, 5.0])),
+        flap_backoff=draw(st.sampled_from([1.0, 2.0, 3.0])),
+        flap_window=draw(st.sampled_from([1.0, 10.0])),
+        flap_max_hold=20.0,
+        slow_start=draw(st.sampled_from([0.0, 3.0])),
+        max_drained=draw(st.sampled_from([0.0, 0.1, 0.25, 0.4, 0.5, 0.67, 1.0])),
+        min_in_service=draw(st.integers(0, 5)),
+        blind_threshold=draw(st.sampled_from([0.5, 0.8, 1.0, 1.01])),
+    )
+    # Correlated scripts: most servers share a few patterns, as real pools do.
+    patterns = draw(
+        st.lists(st.text(CODES, min_size=rounds, max_size=rounds), min_size=1, max_size=4)
+    )
+    script = {f"s{i}": patterns[draw(st.integers(0, len(patterns) - 1))] for i in range(size)}
+    external = frozenset(draw(st.sets(st.sampled_from(sorted(script)), max_size=2)))
+    return settings, script, external
+
+
+@given(scenarios())
+def test_safety_invariants(scenario: tuple[PoolSettings, dict[str, str], frozenset[str]]) -> None:
+    """Automatic drains respect the caps, wait for fall bad samples, and hold min_drain."""
+    settings, script, external = scenario
+    sim = Sim(settings)
+    size = len(script)
+    max_out = math.floor(settings.max_drained * size + 1e-9)
+    bad_since_healthy = dict.fromkeys(script, 0)
+    drained_at: dict[str, float] = {}
+    rounds = len(next(iter(script.values())))
+    for i in range(rounds):
+        codes = {name: s[i] for name, s in script.items()}
+        for name, code in codes.items():
+            if code == "H":
+                bad_since_healthy[name] = 0
+            elif code in "OF":
+                bad_since_healthy[name] += 1
+        d = sim.round(codes, external_out=external)
+        out = sum(
+            1
+            for sid, want in d.desired.items()
+            if want.admin is not AdminState.READY or sid.server in external
+        )
+        drains = [a for a in d.actions if a.kind is ActionKind.DRAIN]
+        if drains:
+            assert out <= max_out
+            assert size - out >= settings.min_in_service
+            assert not d.blind_pools
+        for a in drains:
+            assert a.reason.rule is Rule.FALL
+            assert bad_since_healthy[a.server.server] >= settings.fall
+            drained_at[a.server.server] = sim.now
+        for a in d.actions:
+            if a.kind is ActionKind.RESTORE:
+                assert a.reason.rule is Rule.RISE
+                assert sim.now - drained_at[a.server.server] >= settings.min_drain
+                assert bad_since_healthy[a.server.server] == 0
+
+
+@given(scenarios())
+def test_deterministic(scenario: tuple[PoolSettings, dict[str, str], frozenset[str]]) -> None:
+    """The same inputs give the same decisions and state."""
+    settings, script, external = scenario
+    first, second = Sim(settings), Sim(settings)
+    assert first.run(script, external_out=external) == second.run(script, external_out=external)
+    assert first.state == second.state
+
+
+@given(scenarios())
+def test_every_server_has_a_desired_state(
+    scenario: tuple[PoolSettings, dict[str, str], frozenset[str]],
+) -> None:
+    """Every observed server gets a desired state with a weight fraction in (0, 1]."""
+    settings, script, external = scenario
+    for d in Sim(settings).run(script, external_out=external):
+        assert set(d.desired) == {ServerId("api", n) for n in script}
+        assert all(0.0 < w.weight_fraction <= 1.0 for w in d.desired.values())
