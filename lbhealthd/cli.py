@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from lbhealthd import __version__
 from lbhealthd.config import Config, load_config, resolve_path
-from lbhealthd.errors import ConfigError
+from lbhealthd.errors import ConfigError, StateError
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -30,6 +30,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"{resolve_path(args.config)}: OK: {config.load_balancer.type}; pools: {pools}")
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT."""
+    import asyncio
+
+    from lbhealthd import logs
+    from lbhealthd.daemon import Daemon
+
+    path = resolve_path(args.config)
+    config = load_config(path)
+    if args.dry_run:
+        config = config.model_copy(
+            update={"daemon": config.daemon.model_copy(update={"dry_run": True})}
+        )
+    logs.configure(args.log_format or config.daemon.log_format)
+
+    async def go() -> int:
+        daemon = Daemon(config, path)
+        daemon.install_signals()
+        return await daemon.run()
+
+    return asyncio.run(go())
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file (exit 2 if invalid)")
     _add_config(p)
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("run", help="run the daemon (SIGHUP reloads the config)")
+    _add_config(p)
+    p.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
+    p.add_argument("--log-format", choices=["json", "console"], help="override daemon.log_format")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
@@ -72,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{exc.source}: config refused ({len(exc.problems)} problem(s)); nothing was loaded",
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    except StateError as exc:
+        print(f"lbhealthd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

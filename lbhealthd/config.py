@@ -106,6 +106,9 @@ class DaemonConfig(_Strict):
     log_format: Literal["json", "console"] = "json"
     dry_run: bool = False
     round_interval: Duration = Field(default=1.0, gt=0)
+    # A server an operator puts back in rotation by hand (not through lbhealthd) is kept in
+    # for this long before the daemon may drain it again (0 = until `lbhealthd restore`).
+    manual_change_hold: Duration = 600.0
 
 
 class HAProxyConfig(_Strict):

@@ -29,3 +29,12 @@ class Driver(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+def make_driver(lb_type: str, *, sockets: list[str], timeout: float) -> Driver:
+    """The driver for a load balancer type from the config."""
+    if lb_type == "haproxy":
+        from lbhealthd.drivers.haproxy import HAProxyDriver
+
+        return HAProxyDriver(sockets, timeout)
+    raise ValueError(f"load_balancer.type {lb_type!r} is not supported yet")

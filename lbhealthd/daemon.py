@@ -1,0 +1,119 @@
+"""`lbhealthd run`: the round loop, signals and reload.
+
+- SIGTERM / SIGINT: stop within a round (bounded by the LB timeout). Servers the daemon drained
+  stay drained in the LB and owned in ``state_dir``: the next start resumes them, so a restart
+  never pushes load back onto sick servers nor flaps the pool.
+- SIGHUP: reload the config file; an invalid file is refused, logged, and the running config kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from contextlib import suppress
+
+import structlog
+
+from lbhealthd.config import Config, load_config
+from lbhealthd.drivers import Driver, make_driver
+from lbhealthd.errors import ConfigError
+from lbhealthd.probes.http import HttpProber
+from lbhealthd.probes.scheduler import ProbeScheduler
+from lbhealthd.reconciler import Reconciler
+from lbhealthd.store import Store
+
+log = structlog.get_logger("lbhealthd.daemon")
+
+
+class Daemon:
+    """Runs rounds until stopped. Build it with a validated config; ``run`` until ``stop``."""
+
+    def __init__(
+        self, config: Config, config_path: str | None = None, driver: Driver | None = None
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store = Store.open(config.daemon.state_dir)
+        lb = config.load_balancer
+        self.driver = driver or make_driver(
+            lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout
+        )
+        self.prober = HttpProber()
+        self.scheduler = ProbeScheduler(self.prober, time.monotonic)
+        self.reconciler = Reconciler(config, self.driver, self.store, self.scheduler)
+        self.stopping = asyncio.Event()
+        self.reload_requested = False
+
+    def reload(self) -> bool:
+        """Re-read the config file; keep the running config if the new one is invalid."""
+        if self.config_path is None:
+            return False
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "config_reload_failed",
+                path=self.config_path,
+                problems=[str(p) for p in exc.problems],
+                note="keeping the running config",
+            )
+            return False
+        self.config = config
+        self.reconciler.reload(config)
+        log.info(
+            "config_reloaded",
+            path=self.config_path,
+            pools=[p.name for p in config.pools],
+            dry_run=config.daemon.dry_run,
+        )
+        return True
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        log.info("stopping", signal=sig.name)
+        self.stopping.set()
+
+    def _on_hup(self) -> None:
+        self.reload_requested = True
+
+    async def run(self) -> int:
+        """The round loop. Returns the process exit code."""
+        cfg = self.config
+        log.info(
+            "started",
+            pools=[p.name for p in cfg.pools],
+            lb=cfg.load_balancer.type,
+            dry_run=cfg.daemon.dry_run,
+            state_dir=cfg.daemon.state_dir,
+            owned=len(self.reconciler.owned),
+            overrides=len(self.reconciler.overrides),
+        )
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                await self.reconciler.tick()
+                pause = self.config.daemon.round_interval - (time.monotonic() - started)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, pause))
+        finally:
+            await self.close()
+        log.info(
+            "stopped",
+            owned=sorted(str(s) for s in self.reconciler.owned),
+            note="servers lbhealthd drained stay drained until it runs again",
+        )
+        return 0
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await self.prober.close()
+        await self.driver.close()

@@ -1,0 +1,475 @@
+"""One round of the daemon: read the LB, probe, decide, converge, record.
+
+Level-triggered: every round compares what the engine wants with what the LB reports and sends
+only the difference, so a lost command, a restarted HAProxy and a restarted daemon all heal the
+same way. It only ever undoes what lbhealthd did itself: every change it makes is recorded as
+*owned* in ``state_dir``. A server whose state or weight an operator changed by other means
+(same LB process, a value lbhealthd did not set) is released, never fought: a server put back
+in rotation by hand gets a keep-in override for ``daemon.manual_change_hold``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from lbhealthd.config import Config, PoolConfig
+from lbhealthd.drivers import Driver
+from lbhealthd.engine import EngineState, Observation, ServerState, Settings, decide
+from lbhealthd.engine.hysteresis import Phase
+from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.model import (
+    Action,
+    AdminState,
+    Decision,
+    Desired,
+    Member,
+    OpState,
+    Override,
+    OverrideKind,
+    ServerId,
+)
+from lbhealthd.probes.http import render_url
+from lbhealthd.probes.lbstats import merge
+from lbhealthd.probes.scheduler import ProbeScheduler, Target
+from lbhealthd.store import OwnedEntry, Store
+
+log = structlog.get_logger("lbhealthd.reconciler")
+
+_EVENTS = {"drain": "server_drained", "restore": "server_restored", "maint": "server_maint"}
+HAND = "lb (changed by hand)"
+
+
+class Reconciler:
+    """Owns the engine state, the ownership records and the LB view between rounds."""
+
+    def __init__(
+        self,
+        config: Config,
+        driver: Driver,
+        store: Store,
+        scheduler: ProbeScheduler,
+        *,
+        mono: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.driver = driver
+        self.store = store
+        self.scheduler = scheduler
+        self.mono = mono
+        self.wall = wall
+        self.config = config
+        self.settings: Settings = config.engine_settings()
+        self.owned: dict[ServerId, OwnedEntry] = store.load_owned()
+        self.overrides: dict[ServerId, Override] = store.load_overrides()
+        self.members: dict[str, dict[ServerId, Member]] = {}
+        self.epochs: dict[str, str] = dict((store.load_blob("epochs") or {}).get("pools", {}))
+        self.state = self._recover_engine_state()
+        self.decision: Decision | None = None
+        self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
+        self.rounds = 0
+        self.last_round_at: float | None = None
+        self._blocked: set[tuple[ServerId, str, str]] = set()
+        self._blind: set[str] = set()
+        self._dry_logged: set[tuple[ServerId, str]] = set()
+
+    @property
+    def dry_run(self) -> bool:
+        return self.config.daemon.dry_run
+
+    def reload(self, config: Config) -> None:
+        """Use a new, already validated config from the next round on."""
+        self.config = config
+        self.settings = config.engine_settings()
+
+    # --- the round ------------------------------------------------------------------------
+
+    async def tick(self) -> Decision:
+        """Run one round; never raises for LB or probe trouble (that is logged and retried)."""
+        now, wall = self.mono(), self.wall()
+        self._refresh_overrides(wall)
+        read: list[PoolConfig] = []
+        for pool in self.config.pools:
+            if await self._read_pool(pool, now):
+                read.append(pool)
+        self.scheduler.sync(self._targets())
+        observations = {
+            sid: self._observe(sid, member)
+            for pool in read
+            for sid, member in self.members[pool.name].items()
+        }
+        settings = Settings({p.name: self.settings.pools[p.name] for p in read})
+        names = {p.name for p in read}
+        state, decision = decide(self.state, observations, self.overrides, settings, now)
+        kept = {sid: st for sid, st in self.state.servers.items() if sid.pool not in names}
+        self.state = EngineState({**kept, **state.servers})
+        self.decision = decision
+        self._log_decision(decision)
+        for sid, desired in decision.desired.items():
+            member = self.members[sid.pool].get(sid)
+            if member is not None:
+                await self._converge(sid, desired, member, decision)
+        self._persist_engine_state(now, wall)
+        self.rounds += 1
+        self.last_round_at = now
+        return decision
+
+    def _refresh_overrides(self, wall: float) -> None:
+        try:
+            for gone in self.store.prune_expired(wall):
+                log.info(
+                    "override_expired",
+                    server=str(gone.server),
+                    kind=gone.kind.value,
+                    who=gone.who,
+                    reason=gone.reason,
+                )
+                self._record(gone.server, "override_expired", who=gone.who, reason=gone.reason)
+            self.overrides = self.store.load_overrides()
+        except LbhealthdError as exc:
+            log.error("state_unreadable", error=str(exc))
+
+    async def _read_pool(self, pool: PoolConfig, now: float) -> bool:
+        try:
+            snap = await self.driver.snapshot(pool.name)
+        except DriverError as exc:
+            if self.unavailable.get(pool.name) != str(exc):
+                log.error("lb_unavailable", pool=pool.name, error=str(exc))
+            self.unavailable[pool.name] = str(exc)
+            return False
+        if pool.name in self.unavailable:
+            log.info("lb_available", pool=pool.name)
+            del self.unavailable[pool.name]
+        wanted = set(pool.servers) if pool.servers is not None else None
+        members = {m.id: m for m in snap.members if wanted is None or m.id.server in wanted}
+        previous = self.members.get(pool.name, {})
+        for sid in sorted(members.keys() - previous.keys()):
+            if previous:
+                log.info("server_discovered", server=str(sid))
+        for sid in sorted(previous.keys() - members.keys()):
+            log.warning("server_vanished", server=str(sid))
+        self.members[pool.name] = members
+        restarted = self._note_epoch(pool.name, snap.epoch)
+        if not restarted:
+            for sid, member in members.items():
+                self._notice_hand_change(sid, member)
+        return True
+
+    def _note_epoch(self, pool: str, epoch: str) -> bool:
+        """True when the LB lost its runtime state since the last read (or it is unknown)."""
+        before = self.epochs.get(pool)
+        if before == epoch:
+            return False
+        if before is not None:
+            log.warning(
+                "lb_restarted",
+                pool=pool,
+                before=before,
+                now=epoch,
+                owned=sorted(str(s) for s in self.owned if s.pool == pool),
+                note="runtime changes were lost; re-applying what lbhealthd owns",
+            )
+        self.epochs[pool] = epoch
+        self._save_blob("epochs", {"pools": self.epochs})
+        return True
+
+    def _notice_hand_change(self, sid: ServerId, member: Member) -> None:
+        owned = self.owned.get(sid)
+        if owned is None or not member.consistent:
+            return
+        if owned.admin is not AdminState.READY and member.admin is not owned.admin:
+            log.warning(
+                "operator_changed_state",
+                server=str(sid),
+                ours=owned.admin.value,
+                now=member.admin.value,
+                note="released: lbhealthd will not undo it",
+            )
+            self._record(sid, "released", reason=f"state set to {member.admin.value} by hand")
+            self._disown(sid)
+            self._forget_phase(sid)
+            override = self.overrides.get(sid)
+            if override is not None and override.kind is not OverrideKind.READY:
+                self.store.remove_override(sid)
+            if member.admin is AdminState.READY:
+                self._keep_in(sid)
+        elif owned.weight is not None and member.weight != owned.weight:
+            log.warning(
+                "operator_changed_weight",
+                server=str(sid),
+                ours=owned.weight,
+                now=member.weight,
+                note="slow start stopped for this server",
+            )
+            self._record(sid, "released", reason=f"weight set to {member.weight} by hand")
+            self._disown(sid)
+
+    def _keep_in(self, sid: ServerId) -> None:
+        hold = self.config.daemon.manual_change_hold
+        wall = self.wall()
+        override = Override(
+            sid,
+            OverrideKind.READY,
+            "put back in rotation by hand",
+            HAND,
+            wall,
+            wall + hold if hold > 0 else None,
+        )
+        try:
+            self.store.put_override(override)
+        except LbhealthdError as exc:
+            log.error("state_write_failed", error=str(exc))
+        self.overrides[sid] = override
+
+    def _forget_phase(self, sid: ServerId) -> None:
+        st = self.state.servers.get(sid)
+        if st is not None:
+            servers = dict(self.state.servers)
+            servers[sid] = replace(
+                st, phase=Phase.IN_SERVICE, manual=None, drained_at=None, bad=0, good=0
+            )
+            self.state = EngineState(servers)
+
+    def _targets(self) -> dict[ServerId, Target]:
+        targets = {}
+        for pool in self.config.pools:
+            probe = pool.probe
+            for sid, m in self.members.get(pool.name, {}).items():
+                url = render_url(probe.url, name=sid.server, address=m.address, port=m.port)
+                targets[sid] = Target(url, probe.interval, probe.timeout, probe.load_fields)
+        return targets
+
+    def _observe(self, sid: ServerId, member: Member) -> Observation:
+        sample = self.scheduler.latest(sid)
+        if sample is not None:
+            sample = merge(sample, member)
+        owned = self.owned.get(sid)
+        ours = owned is not None and owned.admin is not AdminState.READY
+        out = member.admin is not AdminState.READY or member.op in (OpState.DOWN, OpState.STOPPING)
+        return Observation(sample, external_out=out and not ours and sid not in self.overrides)
+
+    # --- converging ---------------------------------------------------------------------------
+
+    async def _converge(
+        self, sid: ServerId, want: Desired, member: Member, decision: Decision
+    ) -> None:
+        owned = self.owned.get(sid)
+        action = next((a for a in decision.actions if a.server == sid), None)
+        if want.admin is not AdminState.READY:
+            if member.admin is want.admin and member.consistent:
+                if owned is None or owned.admin is not want.admin:
+                    self._own(sid, want.admin, action)
+                return
+            if owned is None and member.admin is not AdminState.READY and not want.manual:
+                return  # out by someone else's hand: never touched
+            if await self._send(sid, member, "state", want.admin, action):
+                self._own(sid, want.admin, action)
+            return
+        if owned is not None and owned.admin is not AdminState.READY:
+            weight = self._weight(want, member)
+            if weight is not None and weight != member.weight:
+                await self._send(sid, member, "weight", weight, action)
+            if (member.admin is not AdminState.READY or not member.consistent) and not (
+                await self._send(sid, member, "state", AdminState.READY, action)
+            ):
+                return
+            if weight is not None:
+                self._own(sid, AdminState.READY, action, weight=weight)
+            else:
+                self._disown(sid)
+            return
+        if owned is not None and owned.weight is not None:
+            weight = self._weight(want, member)
+            full = weight is None
+            target = member.initial_weight if weight is None else weight
+            if (target != member.weight or not member.consistent) and not await self._send(
+                sid, member, "weight", target, action
+            ):
+                return
+            if full:
+                self._disown(sid)
+                log.info("slow_start_done", server=str(sid), weight=target)
+            else:
+                self._own(sid, AdminState.READY, action, weight=target)
+
+    def _weight(self, want: Desired, member: Member) -> int | None:
+        """The ramped weight to set, or None when the server should have its full weight."""
+        if want.weight_fraction >= 1.0 or member.initial_weight <= 0:
+            return None
+        return max(1, round(member.initial_weight * want.weight_fraction))
+
+    async def _send(
+        self,
+        sid: ServerId,
+        member: Member,
+        what: str,
+        value: AdminState | int,
+        action: Action | None,
+    ) -> bool:
+        shown = value.value if isinstance(value, AdminState) else value
+        before = member.admin.value if what == "state" else member.weight
+        fields: dict[str, Any] = {"server": str(sid), "set": what, "from": before, "to": shown}
+        if action is not None:
+            fields.update(rule=action.reason.rule.value, reason=action.reason.message)
+        if self.dry_run:
+            if (sid, f"{what}={shown}") not in self._dry_logged:
+                self._dry_logged.add((sid, f"{what}={shown}"))
+                log.info("dry_run_skipped", **fields)
+            return False
+        started = self.mono()
+        try:
+            if isinstance(value, AdminState):
+                await self.driver.set_state(sid, value)
+            else:
+                await self.driver.set_weight(sid, value)
+        except DriverError as exc:
+            log.error("lb_command_failed", **fields, error=str(exc))
+            return False
+        log.info("lb_command", **fields, ms=round((self.mono() - started) * 1000, 1))
+        self._record(
+            sid,
+            f"set_{what}",
+            value=shown,
+            previous=before,
+            rule=fields.get("rule", "reconcile"),
+            reason=fields.get("reason", "converging to the desired state"),
+            who=_who(action),
+        )
+        return True
+
+    # --- ownership and persistence ------------------------------------------------------------
+
+    def _own(
+        self, sid: ServerId, admin: AdminState, action: Action | None, weight: int | None = None
+    ) -> None:
+        previous = self.owned.get(sid)
+        reason = action.reason.message if action else (previous.reason if previous else "")
+        since = previous.since if previous and previous.admin is admin else self.wall()
+        entry = OwnedEntry(sid, admin, since, reason, weight)
+        if previous != entry:
+            self.owned[sid] = entry
+            self._save_owned()
+
+    def _disown(self, sid: ServerId) -> None:
+        if self.owned.pop(sid, None) is not None:
+            self._save_owned()
+
+    def _save_owned(self) -> None:
+        try:
+            self.store.save_owned(self.owned)
+        except LbhealthdError as exc:
+            log.error("state_write_failed", error=str(exc), file="owned")
+
+    def _save_blob(self, name: str, data: dict[str, Any]) -> None:
+        try:
+            self.store.save_blob(name, data)
+        except LbhealthdError as exc:
+            log.error("state_write_failed", error=str(exc), file=name)
+
+    def _record(self, sid: ServerId, action: str, **fields: Any) -> None:
+        try:
+            self.store.append_action(server=str(sid), action=action, dry_run=self.dry_run, **fields)
+        except LbhealthdError as exc:
+            log.error("state_write_failed", error=str(exc), file="actions")
+
+    def _persist_engine_state(self, now: float, wall: float) -> None:
+        """Persist what must survive a restart: drains' start, hold, flap level, restores."""
+
+        def to_wall(t: float | None) -> float | None:
+            return None if t is None else round(wall - (now - t), 3)
+
+        data = {
+            str(sid): {
+                "phase": st.phase.value,
+                "drained_at": to_wall(st.drained_at),
+                "hold": st.hold,
+                "flap_level": st.flap_level,
+                "restored_at": to_wall(st.restored_at),
+            }
+            for sid, st in sorted(self.state.servers.items())
+            if st.phase is not Phase.IN_SERVICE or st.flap_level or st.restored_at is not None
+        }
+        if data != getattr(self, "_persisted", None):
+            self._persisted = data
+            self._save_blob("engine", {"servers": data})
+
+    def _recover_engine_state(self) -> EngineState:
+        """Rebuild drains and flap memory from state_dir; streaks start afresh (observe first)."""
+        blob = self.store.load_blob("engine") or {}
+        now, wall = self.mono(), self.wall()
+
+        def to_mono(t: object) -> float | None:
+            return None if not isinstance(t, int | float) else now - (wall - float(t))
+
+        servers: dict[ServerId, ServerState] = {}
+        for key, raw in dict(blob.get("servers", {})).items():
+            try:
+                sid = ServerId.parse(key)
+                phase = Phase(raw["phase"])
+            except (LbhealthdError, KeyError, ValueError, TypeError):
+                log.warning("engine_state_entry_ignored", entry=key)
+                continue
+            if phase is Phase.DRAINED and self.owned.get(sid) is None:
+                phase = Phase.IN_SERVICE  # not ours in the LB any more
+            servers[sid] = ServerState(
+                phase=phase,
+                drained_at=to_mono(raw.get("drained_at")),
+                hold=float(raw.get("hold") or 0.0),
+                flap_level=int(raw.get("flap_level") or 0),
+                restored_at=to_mono(raw.get("restored_at")),
+                manual=self.overrides[sid].kind
+                if phase is Phase.MANUAL and sid in self.overrides
+                else None,
+            )
+        return EngineState(servers)
+
+    # --- logging --------------------------------------------------------------------------
+
+    def _log_decision(self, decision: Decision) -> None:
+        for action in decision.actions:
+            log.info(
+                _EVENTS[action.kind.value],
+                server=str(action.server),
+                rule=action.reason.rule.value,
+                reason=action.reason.message,
+                evidence=dict(action.reason.evidence),
+                dry_run=self.dry_run,
+            )
+        blocked = set()
+        for b in decision.blocked:
+            key = (b.server, b.kind.value, b.reason.rule.value)
+            blocked.add(key)
+            if key not in self._blocked:
+                log.warning(
+                    f"{b.kind.value}_blocked",
+                    server=str(b.server),
+                    rule=b.reason.rule.value,
+                    reason=b.reason.message,
+                    evidence=dict(b.reason.evidence),
+                )
+        self._blocked = blocked
+        for pool in sorted(decision.blind_pools - self._blind):
+            reason = next((w for w in decision.warnings if w.evidence.get("pool") == pool), None)
+            log.error(
+                "pool_blind",
+                pool=pool,
+                reason=reason.message if reason else "",
+                evidence=dict(reason.evidence) if reason else {},
+            )
+        for pool in sorted(self._blind - decision.blind_pools):
+            log.info("pool_sight_restored", pool=pool)
+        self._blind = set(decision.blind_pools)
+        for w in decision.warnings:
+            if w.rule.value == "override_over_cap":
+                log.warning("override_over_cap", reason=w.message, evidence=dict(w.evidence))
+
+
+def _who(action: Action | None) -> str:
+    if action is None:
+        return "lbhealthd"
+    who = action.reason.evidence.get("who")
+    return str(who) if who else "lbhealthd"
