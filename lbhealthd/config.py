@@ -36,12 +36,19 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 
 
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"number too large (got {str(value)[:20]}...)") from None
+
+
 def parse_duration(value: object) -> float:
     """``500ms``, ``2s``, ``1.5m``, ``10m``, ``1h``, ``1d`` or a number of seconds → seconds."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 500ms, 2s or 10m (got {value!r})")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _as_float(value)
     elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
@@ -61,7 +68,7 @@ def parse_share(value: object) -> float:
         except ValueError:
             raise ValueError(f"expected a share like 40% or 0.4 (got {value!r})") from None
     elif isinstance(value, int | float):
-        share = float(value)
+        share = _as_float(value)
     else:
         raise ValueError(f"expected a share like 40% or 0.4 (got {value!r})")
     if not (0.0 <= share <= 1.0) or math.isnan(share):
@@ -96,7 +103,8 @@ def check_socket(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: YAML's true/false are not numbers and "3" is not an integer.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, strict=True)
 
 
 class DaemonConfig(_Strict):
@@ -104,6 +112,22 @@ class DaemonConfig(_Strict):
     control_socket: str = "/run/lbhealthd/control.sock"
     http: str = "127.0.0.1:9110"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9110 (got {value!r})")
+        return value
+
+    @field_validator("state_dir", "control_socket")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value or "\0" in value:
+            raise ValueError("expected a path")
+        return value
+
     dry_run: bool = False
     round_interval: Duration = Field(default=1.0, gt=0)
     # A server an operator puts back in rotation by hand (not through lbhealthd) is kept in
@@ -319,18 +343,35 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     """Parse and validate config text. Raises ConfigError listing every problem."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        message = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError(source, [Problem("(yaml)", message, line)]) from exc
+        raise _yaml_error(source, exc) from exc
+    except RecursionError:
+        raise ConfigError(source, [Problem("(yaml)", "nesting too deep")]) from None
     lines: dict[str, int] = {}
     duplicates: list[Problem] = []
     if node is not None:
-        _index_lines(node, "", lines, duplicates)
+        try:
+            size = _expanded_size(node, {}, set())
+        except (_Cyclic, RecursionError):
+            raise ConfigError(source, [Problem("(yaml)", "an alias refers to itself")]) from None
+        if size > MAX_NODES:
+            raise ConfigError(
+                source,
+                [
+                    Problem(
+                        "(yaml)",
+                        f"the document expands to {size:,} values through aliases "
+                        f"(at most {MAX_NODES:,})",
+                    )
+                ],
+            )
+        _index_lines(node, "", lines, duplicates, set())
     if duplicates:
         raise ConfigError(source, duplicates)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from exc
     if not isinstance(data, dict):
         raise ConfigError(source, [Problem("(top)", "expected a mapping with a pools: list")])
     try:
@@ -340,14 +381,63 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         raise ConfigError(source, problems) from None
 
 
+MAX_NODES = 100_000
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    message = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return ConfigError(source, [Problem("(yaml)", message, line)])
+
+
+class _Cyclic(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], ancestors: set[int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (memoised: O(nodes))."""
+    key = id(node)
+    if key in ancestors:
+        raise _Cyclic
+    if key in memo:
+        return memo[key]
+    ancestors.add(key)
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo, ancestors) + _expanded_size(v, memo, ancestors)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            size += _expanded_size(item, memo, ancestors)
+    ancestors.discard(key)
+    memo[key] = min(size, MAX_NODES + 1)
+    return memo[key]
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def _key_text(key: object) -> str:
+    text = str(key)
+    return text if _PLAIN_KEY.fullmatch(text) else repr(text)
+
+
 def _index_lines(
-    node: yaml.Node, path: str, lines: dict[str, int], duplicates: list[Problem]
+    node: yaml.Node,
+    path: str,
+    lines: dict[str, int],
+    duplicates: list[Problem],
+    visited: set[int],
 ) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in visited:  # an alias: its lines were indexed where it was defined
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = str(key_node.value)
+            key = _key_text(key_node.value)
             child = f"{path}.{key}" if path else key
             if key in seen:
                 duplicates.append(
@@ -357,10 +447,10 @@ def _index_lines(
                 )
             seen.add(key)
             lines[child] = key_node.start_mark.line + 1
-            _index_lines(value_node, child, lines, duplicates)
+            _index_lines(value_node, child, lines, duplicates, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, f"{path}[{i}]", lines, duplicates)
+            _index_lines(item, f"{path}[{i}]", lines, duplicates, visited)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -369,7 +459,8 @@ def _path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = _key_text(part)
+            out += f".{part}" if out else part
     return out or "(top)"
 
 
