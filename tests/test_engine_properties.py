@@ -52,12 +52,12 @@ def test_safety_invariants(scenario: tuple[PoolSettings, dict[str, str], frozens
     rounds = len(next(iter(script.values())))
     for i in range(rounds):
         codes = {name: s[i] for name, s in script.items()}
+        d = sim.round(codes, external_out=external)
         for name, code in codes.items():
             if code == "H":
                 bad_since_healthy[name] = 0
-            elif code in "OF":
-                bad_since_healthy[name] += 1
-        d = sim.round(codes, external_out=external)
+            elif code == "O" or (code == "F" and not d.blind_pools):
+                bad_since_healthy[name] += 1  # while blind, failed probes are no evidence
         out = sum(
             1
             for sid, want in d.desired.items()
