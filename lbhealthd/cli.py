@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from lbhealthd import __version__
-from lbhealthd.config import Config, load_config, resolve_path
-from lbhealthd.errors import ConfigError, StateError
+from lbhealthd import __version__, oncall
+from lbhealthd.config import Config, load_config, parse_duration, resolve_path
+from lbhealthd.errors import ConfigError, DriverError, InvalidName, StateError
+from lbhealthd.manual import CapRefused, UnknownServer
+from lbhealthd.model import ServerId
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -55,6 +58,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _server(text: str) -> ServerId:
+    try:
+        return ServerId.parse(text)
+    except InvalidName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _print(outcome: oncall.Outcome, as_json: bool = False) -> int:
+    if as_json and outcome.document is not None:
+        print(oncall.dumps(outcome.document))
+    else:
+        stream = sys.stdout if outcome.code == 0 else sys.stderr
+        for line in outcome.lines:
+            print(line, file=stream)
+    return outcome.code
+
+
+def _on_call(coro: Any) -> oncall.Outcome:
+    import asyncio
+
+    try:
+        result: oncall.Outcome = asyncio.run(coro)
+    except (UnknownServer, oncall.ControlRefused) as exc:
+        return oncall.Outcome(EXIT_USAGE, (str(exc),))
+    except CapRefused as exc:
+        return oncall.Outcome(EXIT_PROBLEM, (str(exc),))
+    except DriverError as exc:
+        return oncall.Outcome(EXIT_PROBLEM, (f"load balancer: {exc}",))
+    return result
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Take a server out of rotation with a reason, optionally for a while."""
+    config = _load(args)
+    return _print(
+        _on_call(oncall.drain(config, args.server, args.reason, args.for_, args.force, args.maint))
+    )
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Put a server back in rotation and end its override."""
+    config = _load(args)
+    return _print(_on_call(oncall.restore(config, args.server, args.for_)))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show every server: LB state, what lbhealthd wants and why, load, overrides."""
+    config = _load(args)
+    return _print(_on_call(oncall.show_status(config)), as_json=args.json)
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -83,6 +144,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
     p.add_argument("--log-format", choices=["json", "console"], help="override daemon.log_format")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("drain", help="take POOL/SERVER out of rotation (a manual override)")
+    p.add_argument("server", type=_server, metavar="POOL/SERVER")
+    _add_config(p)
+    p.add_argument("--reason", required=True, help="why (recorded and shown in status)")
+    p.add_argument(
+        "--for",
+        dest="for_",
+        type=_duration,
+        metavar="DURATION",
+        help="expire after this long (500ms, 30m, 2h); the daemon then takes over",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="drain even beyond max_drained / min_in_service"
+    )
+    p.add_argument("--maint", action="store_true", help="maintenance instead of drain")
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("restore", help="put POOL/SERVER back in rotation, ending its override")
+    p.add_argument("server", type=_server, metavar="POOL/SERVER")
+    _add_config(p)
+    p.add_argument(
+        "--for",
+        dest="for_",
+        type=_duration,
+        metavar="DURATION",
+        help="keep it in for this long if lbhealthd had drained it "
+        "(default: daemon.manual_change_hold)",
+    )
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("status", help="show the pools, servers, decisions and overrides")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="stable JSON instead of a table")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from contextlib import suppress
 
 import structlog
 
 from lbhealthd.config import Config, load_config
+from lbhealthd.control import ControlServer, wait_rounds
 from lbhealthd.drivers import Driver, make_driver
 from lbhealthd.errors import ConfigError
 from lbhealthd.probes.http import HttpProber
@@ -43,7 +43,9 @@ class Daemon:
         self.scheduler = ProbeScheduler(self.prober, time.monotonic)
         self.reconciler = Reconciler(config, self.driver, self.store, self.scheduler)
         self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
         self.reload_requested = False
+        self.control: ControlServer | None = None
 
     def reload(self) -> bool:
         """Re-read the config file; keep the running config if the new one is invalid."""
@@ -95,15 +97,18 @@ class Daemon:
             overrides=len(self.reconciler.overrides),
         )
         try:
+            if cfg.daemon.control_socket:
+                self.control = ControlServer(self, cfg.daemon.control_socket)
+                await self.control.start()
             while not self.stopping.is_set():
                 started = time.monotonic()
                 if self.reload_requested:
                     self.reload_requested = False
                     self.reload()
+                self.wake.clear()
                 await self.reconciler.tick()
                 pause = self.config.daemon.round_interval - (time.monotonic() - started)
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, pause))
+                await self._pause(max(0.0, pause))
         finally:
             await self.close()
         log.info(
@@ -113,7 +118,31 @@ class Daemon:
         )
         return 0
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep until the next round, cut short by a stop or a wake-up (an operator's action)."""
+        waits = [
+            asyncio.ensure_future(self.stopping.wait()),
+            asyncio.ensure_future(self.wake.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def next_round(self, within: float = 5.0) -> bool:
+        """Start a round now and wait for it to finish (an operator is waiting for the result)."""
+        target = self.reconciler.rounds + 2  # the round under way may have read the LB already
+        self.wake.set()
+        if not await wait_rounds(lambda: self.reconciler.rounds, target - 1, within):
+            return False
+        self.wake.set()
+        return await wait_rounds(lambda: self.reconciler.rounds, target, within)
+
     async def close(self) -> None:
+        if self.control is not None:
+            await self.control.close()
         await self.scheduler.close()
         await self.prober.close()
         await self.driver.close()

@@ -73,6 +73,9 @@ class Reconciler:
         self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
         self.rounds = 0
         self.last_round_at: float | None = None
+        self.last_action: dict[ServerId, tuple[str, str, str, float]] = {}  # kind, rule, why, wall
+        self.last_blocked: dict[ServerId, tuple[str, str, str]] = {}  # kind, rule, why
+        self.state_since: dict[ServerId, tuple[str, float]] = {}  # LB admin state, wall since
         self._blocked: set[tuple[ServerId, str, str]] = set()
         self._blind: set[str] = set()
         self._dry_logged: set[tuple[ServerId, str]] = set()
@@ -153,6 +156,12 @@ class Reconciler:
         for sid in sorted(previous.keys() - members.keys()):
             log.warning("server_vanished", server=str(sid))
         self.members[pool.name] = members
+        wall = self.wall()
+        for sid, member in members.items():
+            if self.state_since.get(sid, ("",))[0] != member.admin.value:
+                self.state_since[sid] = (member.admin.value, wall)
+        for sid in previous.keys() - members.keys():
+            self.state_since.pop(sid, None)
         restarted = self._note_epoch(pool.name, snap.epoch)
         if not restarted:
             for sid, member in members.items():
@@ -370,6 +379,10 @@ class Reconciler:
         except LbhealthdError as exc:
             log.error("state_write_failed", error=str(exc), file=name)
 
+    def record(self, sid: ServerId, action: str, **fields: Any) -> None:
+        """Append to the action log; a write failure is logged, never raised."""
+        self._record(sid, action, **fields)
+
     def _record(self, sid: ServerId, action: str, **fields: Any) -> None:
         try:
             self.store.append_action(server=str(sid), action=action, dry_run=self.dry_run, **fields)
@@ -430,6 +443,18 @@ class Reconciler:
     # --- logging --------------------------------------------------------------------------
 
     def _log_decision(self, decision: Decision) -> None:
+        wall = self.wall()
+        for action in decision.actions:
+            self.last_action[action.server] = (
+                action.kind.value,
+                action.reason.rule.value,
+                action.reason.message,
+                wall,
+            )
+        self.last_blocked = {
+            b.server: (b.kind.value, b.reason.rule.value, b.reason.message)
+            for b in decision.blocked
+        }
         for action in decision.actions:
             log.info(
                 _EVENTS[action.kind.value],

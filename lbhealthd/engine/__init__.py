@@ -346,7 +346,7 @@ class _Round:
                 Rule.OVERRIDE_OVER_CAP,
                 f"pool {ps.name}: {out} of {len(ids)} servers out, beyond its caps, because of "
                 f"manual overrides on {', '.join(manual)}",
-                {**pool_budget.evidence(ps), "out": out, "manual": manual},
+                {**pool_budget.evidence(ps), "pool": ps.name, "out": out, "manual": manual},
             )
         )
 
