@@ -72,11 +72,14 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _print(outcome: oncall.Outcome, as_json: bool = False) -> int:
+def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False) -> int:
+    """Print what a command did: on stdout when it succeeded or is a report (status, audit:
+    their findings are the output), on stderr when it failed."""
     if as_json and outcome.document is not None:
         print(oncall.dumps(outcome.document))
     else:
-        stream = sys.stdout if outcome.code == 0 else sys.stderr
+        ok = outcome.code == 0 or (report and outcome.code == 1)
+        stream = sys.stdout if ok else sys.stderr
         for line in outcome.lines:
             print(line, file=stream)
     return outcome.code
@@ -113,7 +116,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Show every server: LB state, what lbhealthd wants and why, load, overrides."""
     config = _load(args)
-    return _print(_on_call(oncall.show_status(config)), as_json=args.json)
+    return _print(_on_call(oncall.show_status(config)), as_json=args.json, report=True)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Compare the live pool, or a candidate haproxy.cfg, with the expected pool."""
+    from lbhealthd import audit_cli
+
+    config = _load(args)
+    if args.haproxy_cfg:
+        return _print(audit_cli.candidate(config, args.haproxy_cfg), as_json=args.json, report=True)
+
+    def confirm(question: str) -> bool:
+        if not sys.stdin.isatty():
+            print("--fix needs --yes when not run from a terminal", file=sys.stderr)
+            return False
+        return input(question).strip().lower() in ("y", "yes")
+
+    outcome = _on_call(audit_cli.live(config, fix=args.fix, yes=args.yes, confirm=confirm))
+    return _print(outcome, as_json=args.json, report=True)
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: daemon.manual_change_hold)",
     )
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "audit",
+        help="compare the live LB (or --haproxy-cfg FILE) with the "
+        "expected pool; exit 0 clean, 1 drift, 2 could not check",
+    )
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--haproxy-cfg",
+        metavar="FILE",
+        help="check a candidate HAProxy config file instead of the live LB",
+    )
+    p.add_argument("--fix", action="store_true", help="set weights back to expected_weights")
+    p.add_argument("--yes", action="store_true", help="do not ask before --fix changes")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("status", help="show the pools, servers, decisions and overrides")
     _add_config(p)

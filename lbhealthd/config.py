@@ -133,6 +133,8 @@ class DaemonConfig(_Strict):
     # A server an operator puts back in rotation by hand (not through lbhealthd) is kept in
     # for this long before the daemon may drain it again (0 = until `lbhealthd restore`).
     manual_change_hold: Duration = 600.0
+    # The live audit runs after every change lbhealthd makes and at least this often.
+    audit_interval: Duration = Field(default=60.0, gt=0)
 
 
 class HAProxyConfig(_Strict):
@@ -203,6 +205,7 @@ class BalanceAlertConfig(_Strict):
     factor: float = Field(default=2.0, gt=1.0)
     for_: Duration = Field(default=30.0, alias="for", ge=0)
     min_sessions: int = Field(default=50, ge=1)
+    window: Duration = Field(default=10.0, gt=0)
 
 
 # Signals every sample can carry without a load field.

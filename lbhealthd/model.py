@@ -115,6 +115,7 @@ class Member:
     check_status: str = ""
     has_agent: bool = False  # an agent-check can undo admin states set by anyone else
     consistent: bool = True  # every endpoint of an HA pair agrees on admin state and weight
+    checks_enabled: bool | None = None  # the LB's own health checks: None = not configured
 
 
 @dataclass(frozen=True, slots=True)

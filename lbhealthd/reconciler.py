@@ -37,6 +37,7 @@ from lbhealthd.probes.http import render_url
 from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import ProbeScheduler, Target
 from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.watch import Watch
 
 log = structlog.get_logger("lbhealthd.reconciler")
 
@@ -79,6 +80,11 @@ class Reconciler:
         self._blocked: set[tuple[ServerId, str, str]] = set()
         self._blind: set[str] = set()
         self._dry_logged: set[tuple[ServerId, str]] = set()
+        self.watch = Watch(config)
+        self.discovered: dict[str, list[str]] = dict(
+            (store.load_blob("discovered") or {}).get("pools", {})
+        )
+        self._sent = 0  # LB commands sent (a change triggers an audit in the next round)
 
     @property
     def dry_run(self) -> bool:
@@ -88,6 +94,7 @@ class Reconciler:
         """Use a new, already validated config from the next round on."""
         self.config = config
         self.settings = config.engine_settings()
+        self.watch.configure(config)
 
     # --- the round ------------------------------------------------------------------------
 
@@ -99,6 +106,7 @@ class Reconciler:
         for pool in self.config.pools:
             if await self._read_pool(pool, now):
                 read.append(pool)
+        self._monitor(read, now)
         self.scheduler.sync(self._targets())
         observations = {
             sid: self._observe(sid, member)
@@ -120,6 +128,33 @@ class Reconciler:
         self.rounds += 1
         self.last_round_at = now
         return decision
+
+    def _monitor(self, read: list[PoolConfig], now: float) -> None:
+        """Balance every round; the audit after a change (made last round) or on its timer."""
+        last = self.watch.last_audit
+        due = (
+            self.watch.audit_due
+            or last is None
+            or (now - last >= self.config.daemon.audit_interval)
+        )
+        for pool in read:
+            members = self.members[pool.name]
+            self.watch.balance(pool, members, now)
+            if pool.servers is None and pool.name not in self.discovered and members:
+                self.discovered[pool.name] = sorted(sid.server for sid in members)
+                self._save_blob("discovered", {"pools": self.discovered})
+                log.info(
+                    "servers_recorded",
+                    pool=pool.name,
+                    servers=self.discovered[pool.name],
+                    note="the audit expects this set from now on",
+                )
+            if due:
+                owned = [sid for sid in self.owned if sid.pool == pool.name]
+                self.watch.audit(pool, members, owned, self.discovered.get(pool.name))
+        if due and read:
+            self.watch.audit_due = False
+            self.watch.last_audit = now
 
     def _refresh_overrides(self, wall: float) -> None:
         try:
@@ -339,6 +374,8 @@ class Reconciler:
             log.error("lb_command_failed", **fields, error=str(exc))
             return False
         log.info("lb_command", **fields, ms=round((self.mono() - started) * 1000, 1))
+        self._sent += 1
+        self.watch.audit_due = True
         self._record(
             sid,
             f"set_{what}",

@@ -16,6 +16,7 @@ from typing import Any
 from lbhealthd.config import Config
 from lbhealthd.engine import governor
 from lbhealthd.model import AdminState, Member, OpState, Override, ServerId
+from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.reconciler import Reconciler
 from lbhealthd.store import OwnedEntry
 
@@ -72,6 +73,26 @@ def _pool_summary(config: Config, pool: str, members: Sequence[Member]) -> dict[
     }
 
 
+def _balance(report: BalanceReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {
+        "imbalance": report.imbalance,
+        "firing": report.firing,
+        "reason": report.reason,
+        "window_sessions": report.window_sessions,
+        "shares": {
+            name: {
+                "actual": round(v.actual, 4),
+                "intended": round(v.intended, 4),
+                "ratio": round(v.ratio, 3),
+                "sessions": v.sessions,
+            }
+            for name, v in report.shares.items()
+        },
+    }
+
+
 def from_daemon(r: Reconciler, wall: float, mono: float) -> dict[str, Any]:
     """The status document of a running daemon."""
     decision = r.decision
@@ -79,13 +100,15 @@ def from_daemon(r: Reconciler, wall: float, mono: float) -> dict[str, Any]:
     for pool_cfg in r.config.pools:
         members = r.members.get(pool_cfg.name, {})
         summary = _pool_summary(r.config, pool_cfg.name, list(members.values()))
-        alerts = []
+        alerts: list[dict[str, object]] = []
         if decision is not None:
             alerts += [
                 {"rule": w.rule.value, "message": w.message}
                 for w in decision.warnings
                 if w.evidence.get("pool") == pool_cfg.name
             ]
+        alerts += r.watch.alerts(pool_cfg.name)
+        report = r.watch.pools[pool_cfg.name].report if pool_cfg.name in r.watch.pools else None
         if pool_cfg.name in r.unavailable:
             alerts.append({"rule": "lb_unavailable", "message": r.unavailable[pool_cfg.name]})
         servers = []
@@ -145,6 +168,7 @@ def from_daemon(r: Reconciler, wall: float, mono: float) -> dict[str, Any]:
                 "blind": bool(decision and pool_cfg.name in decision.blind_pools),
                 "lb_available": pool_cfg.name not in r.unavailable,
                 "alerts": alerts,
+                "balance": _balance(report),
                 "servers": servers,
             }
         )

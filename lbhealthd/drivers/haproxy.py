@@ -43,6 +43,8 @@ CONNECTIONS_PER_ENDPOINT = 2
 _MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20  # forced, inherited, config, resolution
 _DRAIN_BITS = 0x08 | 0x10  # forced, inherited
 _AGENT_ENABLED = 0x04
+_CHECK_CONFIGURED = 0x02
+_CHECK_ENABLED = 0x04
 _OP_STATES = {0: OpState.DOWN, 1: OpState.STARTING, 2: OpState.UP, 3: OpState.STOPPING}
 
 
@@ -142,6 +144,13 @@ def _admin(bits: int) -> AdminState:
     return AdminState.READY
 
 
+def _checks(bits: int) -> bool | None:
+    """HAProxy's own health checks: None when not configured, else whether they are enabled."""
+    if not bits & _CHECK_CONFIGURED:
+        return None
+    return bool(bits & _CHECK_ENABLED)
+
+
 def _members(
     pool: str, state: list[dict[str, str]], stat: dict[str, dict[str, str]]
 ) -> list[Member]:
@@ -164,6 +173,7 @@ def _members(
                 sessions_total=_int(st.get("stot")),
                 check_status=st.get("check_status", "").removeprefix("* "),
                 has_agent=bool(_int(row.get("srv_agent_state")) & _AGENT_ENABLED),
+                checks_enabled=_checks(_int(row.get("srv_check_state"))),
             )
         )
     return members

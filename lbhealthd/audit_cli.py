@@ -1,0 +1,217 @@
+"""`lbhealthd audit`: the live pool against the config, or a candidate haproxy.cfg before it is
+deployed. Exit 0 clean, 1 drift, 2 could not check.
+
+`--fix` sets runtime weights back to ``expected_weights`` (never on a server whose weight
+lbhealthd itself is ramping); it asks first unless `--yes`, and logs each change in the action
+log. A runtime weight is lost when HAProxy reloads: the file must be fixed too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lbhealthd.config import Config
+from lbhealthd.drivers import make_driver
+from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.haproxy_cfg import audit_cfg, parse_backends, syntax_check
+from lbhealthd.model import Member, ServerId
+from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_findings
+from lbhealthd.oncall import Outcome
+from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.watch import expectation, live_findings
+
+
+def _doc(findings: list[Finding], **extra: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "clean": not findings,
+        "findings": [dataclasses.asdict(f) | {"kind": f.kind.value} for f in findings],
+        **extra,
+    }
+
+
+def _lines(findings: list[Finding], header: str) -> list[str]:
+    if not findings:
+        return [f"{header}: clean"]
+    return [f"{header}: {len(findings)} difference(s)"] + [
+        f"  {f.kind.value:<19} {f.message}" for f in findings
+    ]
+
+
+def _state(config: Config) -> tuple[dict[ServerId, OwnedEntry], dict[str, list[str]]]:
+    try:
+        store = Store(config.daemon.state_dir)
+        owned = store.load_owned()
+        recorded = dict((store.load_blob("discovered") or {}).get("pools", {}))
+    except (LbhealthdError, OSError):
+        return {}, {}
+    return owned, recorded
+
+
+async def _read(
+    config: Config,
+) -> tuple[dict[str, dict[ServerId, Member]], list[Finding], dict[str, str]]:
+    lb = config.load_balancer
+    members: dict[str, dict[ServerId, Member]] = {}
+    errors: dict[str, str] = {}
+    pair: list[Finding] = []
+    driver = make_driver(lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout)
+    singles = (
+        [make_driver(lb.type, sockets=[s], timeout=lb.haproxy.timeout) for s in lb.haproxy.sockets]
+        if len(lb.haproxy.sockets) > 1
+        else []
+    )
+    try:
+        for pool in config.pools:
+            try:
+                snap = await driver.snapshot(pool.name)
+            except DriverError as exc:
+                errors[pool.name] = str(exc)
+                continue
+            members[pool.name] = {m.id: m for m in snap.members}
+            views: dict[str, list[Member]] = {}
+            for socket_name, single in zip(lb.haproxy.sockets, singles, strict=False):
+                try:
+                    views[socket_name] = list((await single.snapshot(pool.name)).members)
+                except DriverError as exc:
+                    errors[f"{pool.name}@{socket_name}"] = str(exc)
+            if len(views) > 1:
+                pair += audit_pair(views)
+    finally:
+        await driver.close()
+        for single in singles:
+            await single.close()
+    return members, pair, errors
+
+
+def _findings(
+    config: Config, members: dict[str, dict[ServerId, Member]], pair: list[Finding]
+) -> list[Finding]:
+    owned, recorded = _state(config)
+    findings = list(pair)
+    for pool in config.pools:
+        if pool.name in members:
+            mine = [sid for sid in owned if sid.pool == pool.name]
+            found = live_findings(pool, members[pool.name], mine, recorded.get(pool.name))
+            if pair:  # the per-endpoint comparison already says which endpoint differs
+                found = [f for f in found if f.kind is not FindingKind.ENDPOINTS_DISAGREE]
+            findings += found
+    return sort_findings(findings)
+
+
+async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str], bool]) -> Outcome:
+    members, pair, errors = await _read(config)
+    lines = [f"cannot read {where}: {error}" for where, error in errors.items()]
+    if not members:
+        return Outcome(
+            2, tuple(lines or ["nothing could be read"]), _doc([], clean=None, errors=errors)
+        )
+    findings = _findings(config, members, pair)
+    lines += _lines(findings, "live pool")
+    fixed: list[str] = []
+    if fix:
+        plan = _fix_plan(config, members, findings)
+        if not plan:
+            lines.append("--fix: no weight to set back")
+        elif not yes and not confirm(
+            f"set {len(plan)} weight(s) back: "
+            + ", ".join(f"{sid} {w}" for sid, w, _ in plan)
+            + "? [y/N] "
+        ):
+            return Outcome(
+                2, (*lines, "--fix: not confirmed; nothing changed"), _doc(findings, errors=errors)
+            )
+        else:
+            fixed = await _apply(config, plan)
+            lines += [f"  fixed: {f}" for f in fixed]
+            lines.append(
+                "--fix changed runtime weights only: fix the HAProxy configuration "
+                "file too, or the next reload brings the old weights back"
+            )
+            members, pair, errors = await _read(config)
+            findings = _findings(config, members, pair)
+            lines += _lines(findings, "live pool after --fix")
+    code = 1 if findings else (2 if errors else 0)
+    return Outcome(code, tuple(lines), _doc(findings, errors=errors, fixed=fixed))
+
+
+def _fix_plan(
+    config: Config, members: dict[str, dict[ServerId, Member]], findings: list[Finding]
+) -> list[tuple[ServerId, int, int]]:
+    owned, _ = _state(config)
+    plan = []
+    for f in findings:
+        if f.kind is not FindingKind.WEIGHT or f.server is None:
+            continue
+        sid = ServerId(f.pool, f.server)
+        member = members.get(f.pool, {}).get(sid)
+        entry = owned.get(sid)
+        if member is None or (entry is not None and entry.weight is not None):
+            continue  # lbhealthd is ramping this one up: not ours to fix here
+        want = expectation(config.pool(f.pool), None).weight_of(f.server)
+        if want is not None and member.weight != want:
+            plan.append((sid, want, member.weight))
+    return plan
+
+
+async def _apply(config: Config, plan: list[tuple[ServerId, int, int]]) -> list[str]:
+    lb = config.load_balancer
+    driver = make_driver(lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout)
+    store: Store | None
+    try:
+        store = Store(config.daemon.state_dir)
+    except (LbhealthdError, OSError):
+        store = None
+    done = []
+    try:
+        for sid, weight, before in plan:
+            try:
+                await driver.set_weight(sid, weight)
+            except DriverError as exc:
+                done.append(f"{sid}: FAILED to set weight {weight}: {exc}")
+                continue
+            done.append(f"{sid}: weight {before} -> {weight}")
+            if store is not None:
+                try:
+                    store.append_action(
+                        server=str(sid),
+                        action="set_weight",
+                        value=weight,
+                        previous=before,
+                        rule="audit_fix",
+                        reason="audit --fix: expected_weights",
+                        who="audit",
+                    )
+                except LbhealthdError as exc:
+                    done.append(f"{sid}: not recorded in the action log: {exc}")
+    finally:
+        await driver.close()
+    return done
+
+
+def candidate(config: Config, path: str) -> Outcome:
+    """Check a candidate haproxy.cfg: HAProxy's own syntax check, then servers and weights."""
+    try:
+        ok, message = syntax_check(path)
+    except FileNotFoundError as exc:
+        return Outcome(2, (str(exc),))
+    lines = [f"haproxy -c: {'valid' if ok else 'INVALID'}: {message}"]
+    if not ok:
+        return Outcome(
+            1, tuple(lines), _doc([], clean=False, syntax_ok=False, syntax_message=message)
+        )
+    try:
+        backends = parse_backends(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError) as exc:
+        return Outcome(1, (*lines, f"{path}: {exc}"), _doc([], clean=False, syntax_ok=True))
+    findings: list[Finding] = []
+    for pool in config.pools:
+        findings += audit_cfg(backends, expectation(pool, None), source=Path(path).name)
+    findings = sort_findings(findings)
+    lines += _lines(findings, path)
+    return Outcome(
+        1 if findings else 0, tuple(lines), _doc(findings, syntax_ok=True, syntax_message=message)
+    )
