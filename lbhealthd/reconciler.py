@@ -80,6 +80,7 @@ class Reconciler:
         self._blocked: set[tuple[ServerId, str, str]] = set()
         self._blind: set[str] = set()
         self._dry_logged: set[tuple[ServerId, str]] = set()
+        self._agent_warned: set[ServerId] = set()
         self.watch = Watch(config)
         self.discovered: dict[str, list[str]] = dict(
             (store.load_blob("discovered") or {}).get("pools", {})
@@ -225,6 +226,11 @@ class Reconciler:
         owned = self.owned.get(sid)
         if owned is None or not member.consistent:
             return
+        if member.has_agent and owned.admin is not AdminState.READY:
+            if member.admin is not owned.admin:
+                log.warning("agent_undid_state", server=str(sid), ours=owned.admin.value,
+                            now=member.admin.value, note="re-applying; consider `disable agent`")
+            return  # an agent, not an operator: lbhealthd re-applies its state
         if owned.admin is not AdminState.READY and member.admin is not owned.admin:
             log.warning(
                 "operator_changed_state",
@@ -359,6 +365,15 @@ class Reconciler:
         fields: dict[str, Any] = {"server": str(sid), "set": what, "from": before, "to": shown}
         if action is not None:
             fields.update(rule=action.reason.rule.value, reason=action.reason.message)
+        if what == "state" and member.has_agent and sid not in self._agent_warned:
+            self._agent_warned.add(sid)
+            log.warning(
+                "agent_may_undo",
+                server=str(sid),
+                note="this server has an HAProxy agent-check: an agent reply of ready, "
+                "drain or maint overrides admin states set by anyone else; lbhealthd "
+                "re-applies its own every round",
+            )
         if self.dry_run:
             if (sid, f"{what}={shown}") not in self._dry_logged:
                 self._dry_logged.add((sid, f"{what}={shown}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,39 @@ async def _eq(value: object, expected: object) -> bool:
     if asyncio.iscoroutine(value):
         value = await value
     return value == expected
+
+
+async def test_agent_that_undoes_a_drain_is_not_taken_for_an_operator(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """An agent replying `ready` undoes the drain; the daemon warns and re-applies it."""
+    replies = 0
+
+    async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal replies
+        replies += 1
+        writer.write(b"ready\n")
+        await writer.drain()
+        writer.close()
+
+    agent_server = await asyncio.start_server(agent, "127.0.0.1", 0)
+    port = agent_server.sockets[0].getsockname()[1]
+    try:
+        servers = api_backend(api_servers)
+        servers[0] = replace(servers[0], extra=f"agent-check agent-port {port} agent-inter 1s")
+        lb = await haproxy_factory({"api": servers})
+        view = LBView(lb.socket)
+        with capture_logs() as logs:
+            async with running(make_config([lb.socket], tmp_path / "state")):
+                api_servers.set(0, cpu=0.97)
+                await wait_for(lambda: _eq(view.drained(), {"s1"}), 5, "s1 drained")
+                seen = replies
+                await wait_for(lambda: replies >= seen + 2, 6, "two agent replies")
+                await wait_for(lambda: _eq(view.drained(), {"s1"}), 3, "s1 drained still")
+        assert any(e["event"] == "agent_may_undo" for e in logs)
+        assert any(e["event"] == "agent_undid_state" for e in logs)
+        assert not any(e["event"] == "operator_changed_state" for e in logs)
+        assert Store(tmp_path / "state").load_overrides() == {}
+    finally:
+        agent_server.close()
+        await agent_server.wait_closed()
