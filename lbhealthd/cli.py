@@ -137,6 +137,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _print(outcome, as_json=args.json, report=True)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Replay the postmortem's outage on 127.0.0.1 with lbhealthd running."""
+    from pathlib import Path
+
+    from lbhealthd.demo import run_demo
+
+    return run_demo(Path(args.out) if args.out else None, args.short)
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -216,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--json", action="store_true", help="stable JSON instead of a table")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="replay the outage (weights 100,100,1,1,1) on 127.0.0.1")
+    p.add_argument("--short", action="store_true", help="a ~16 s run (used by CI)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: a new temporary one)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -133,6 +133,8 @@ class DaemonConfig(_Strict):
     # A server an operator puts back in rotation by hand (not through lbhealthd) is kept in
     # for this long before the daemon may drain it again (0 = until `lbhealthd restore`).
     manual_change_hold: Duration = 600.0
+    # Event-loop lag above this means the daemon itself is starved: its probes are not trusted.
+    max_loop_lag: Duration = Field(default=0.25, gt=0)
     # The live audit runs after every change lbhealthd makes and at least this often.
     audit_interval: Duration = Field(default=60.0, gt=0)
 

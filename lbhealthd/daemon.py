@@ -44,6 +44,7 @@ class Daemon:
         self.reconciler = Reconciler(config, self.driver, self.store, self.scheduler)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
+        self.max_lag = 0.0
         self.reload_requested = False
         self.control: ControlServer | None = None
 
@@ -96,6 +97,7 @@ class Daemon:
             owned=len(self.reconciler.owned),
             overrides=len(self.reconciler.overrides),
         )
+        lag_task = asyncio.create_task(self._measure_lag(), name="loop lag")
         try:
             if cfg.daemon.control_socket:
                 self.control = ControlServer(self, cfg.daemon.control_socket)
@@ -106,10 +108,13 @@ class Daemon:
                     self.reload_requested = False
                     self.reload()
                 self.wake.clear()
-                await self.reconciler.tick()
+                lag, self.max_lag = self.max_lag, 0.0
+                await self.reconciler.tick(starved=lag)
                 pause = self.config.daemon.round_interval - (time.monotonic() - started)
                 await self._pause(max(0.0, pause))
         finally:
+            lag_task.cancel()
+            await asyncio.gather(lag_task, return_exceptions=True)
             await self.close()
         log.info(
             "stopped",
@@ -117,6 +122,13 @@ class Daemon:
             note="servers lbhealthd drained stay drained until it runs again",
         )
         return 0
+
+    async def _measure_lag(self, step: float = 0.05) -> None:
+        """Keep the worst event-loop lag since the last round (how late a short sleep wakes)."""
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(step)
+            self.max_lag = max(self.max_lag, time.monotonic() - started - step)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep until the next round, cut short by a stop or a wake-up (an operator's action)."""

@@ -82,6 +82,14 @@ class Reconciler:
         self._dry_logged: set[tuple[ServerId, str]] = set()
         self._agent_warned: set[ServerId] = set()
         self.watch = Watch(config)
+        self.starved = False
+        # State changes recorded but not yet confirmed (settled at the next read of the LB).
+        self.pending: dict[ServerId, dict[str, str | None]] = {}
+        for key, value in dict((store.load_blob("pending") or {}).get("servers", {})).items():
+            try:
+                self.pending[ServerId.parse(key)] = dict(value)
+            except (LbhealthdError, TypeError, ValueError):
+                log.warning("pending_entry_ignored", entry=key)
         self.discovered: dict[str, list[str]] = dict(
             (store.load_blob("discovered") or {}).get("pools", {})
         )
@@ -99,9 +107,27 @@ class Reconciler:
 
     # --- the round ------------------------------------------------------------------------
 
-    async def tick(self) -> Decision:
-        """Run one round; never raises for LB or probe trouble (that is logged and retried)."""
+    async def tick(self, starved: float = 0.0) -> Decision:
+        """Run one round; never raises for LB or probe trouble (that is logged and retried).
+
+        ``starved`` is the worst event-loop lag (seconds) seen since the last round. Above
+        ``daemon.max_loop_lag`` the round's samples are no evidence (a starved daemon measures
+        its own lateness as latency and timeouts): the engine sees no new sample, so nothing is
+        drained or restored, and ``daemon_starved`` is logged.
+        """
         now, wall = self.mono(), self.wall()
+        frozen = starved > self.config.daemon.max_loop_lag
+        if frozen != self.starved:
+            if frozen:
+                log.error(
+                    "daemon_starved",
+                    lag_ms=round(starved * 1000, 1),
+                    max_loop_lag_ms=round(self.config.daemon.max_loop_lag * 1000, 1),
+                    note="this round's probes are not trusted: nothing drained or restored",
+                )
+            else:
+                log.info("daemon_recovered", lag_ms=round(starved * 1000, 1))
+            self.starved = frozen
         self._refresh_overrides(wall)
         read: list[PoolConfig] = []
         for pool in self.config.pools:
@@ -110,7 +136,7 @@ class Reconciler:
         self._monitor(read, now)
         self.scheduler.sync(self._targets())
         observations = {
-            sid: self._observe(sid, member)
+            sid: self._observe(sid, member, frozen)
             for pool in read
             for sid, member in self.members[pool.name].items()
         }
@@ -199,8 +225,8 @@ class Reconciler:
         for sid in previous.keys() - members.keys():
             self.state_since.pop(sid, None)
         restarted = self._note_epoch(pool.name, snap.epoch)
-        if not restarted:
-            for sid, member in members.items():
+        for sid, member in members.items():
+            if not self._settle_pending(sid, member) and not restarted:
                 self._notice_hand_change(sid, member)
         return True
 
@@ -228,8 +254,13 @@ class Reconciler:
             return
         if member.has_agent and owned.admin is not AdminState.READY:
             if member.admin is not owned.admin:
-                log.warning("agent_undid_state", server=str(sid), ours=owned.admin.value,
-                            now=member.admin.value, note="re-applying; consider `disable agent`")
+                log.warning(
+                    "agent_undid_state",
+                    server=str(sid),
+                    ours=owned.admin.value,
+                    now=member.admin.value,
+                    note="re-applying; consider `disable agent`",
+                )
             return  # an agent, not an operator: lbhealthd re-applies its state
         if owned.admin is not AdminState.READY and member.admin is not owned.admin:
             log.warning(
@@ -293,8 +324,8 @@ class Reconciler:
                 targets[sid] = Target(url, probe.interval, probe.timeout, probe.load_fields)
         return targets
 
-    def _observe(self, sid: ServerId, member: Member) -> Observation:
-        sample = self.scheduler.latest(sid)
+    def _observe(self, sid: ServerId, member: Member, frozen: bool = False) -> Observation:
+        sample = None if frozen else self.scheduler.latest(sid)
         if sample is not None:
             sample = merge(sample, member)
         owned = self.owned.get(sid)
@@ -316,21 +347,29 @@ class Reconciler:
                 return
             if owned is None and member.admin is not AdminState.READY and not want.manual:
                 return  # out by someone else's hand: never touched
+            # Ownership first: a daemon killed right after the command still knows it was its.
+            self._intend(sid, want.admin, owned)
             if await self._send(sid, member, "state", want.admin, action):
                 self._own(sid, want.admin, action)
+            else:
+                self._revert(sid, owned)
+            self._settled(sid)
             return
         if owned is not None and owned.admin is not AdminState.READY:
             weight = self._weight(want, member)
             if weight is not None and weight != member.weight:
                 await self._send(sid, member, "weight", weight, action)
-            if (member.admin is not AdminState.READY or not member.consistent) and not (
-                await self._send(sid, member, "state", AdminState.READY, action)
-            ):
-                return
+            if member.admin is not AdminState.READY or not member.consistent:
+                self._intend(sid, AdminState.READY, owned)
+                sent = await self._send(sid, member, "state", AdminState.READY, action)
+                if not sent:
+                    self._settled(sid)
+                    return
             if weight is not None:
                 self._own(sid, AdminState.READY, action, weight=weight)
             else:
                 self._disown(sid)
+            self._settled(sid)
             return
         if owned is not None and owned.weight is not None:
             weight = self._weight(want, member)
@@ -414,6 +453,61 @@ class Reconciler:
         if previous != entry:
             self.owned[sid] = entry
             self._save_owned()
+
+    def _intend(self, sid: ServerId, admin: AdminState, previous: OwnedEntry | None) -> None:
+        """Record, before sending it, that a state change is under way (see _settle_pending)."""
+        if self.dry_run:
+            return
+        self.pending[sid] = {
+            "to": admin.value,
+            "previous": None if previous is None else previous.admin.value,
+        }
+        if admin is not AdminState.READY:
+            self.owned[sid] = OwnedEntry(
+                sid, admin, self.wall(), "change under way", previous.weight if previous else None
+            )
+            self._save_owned()
+        self._save_blob("pending", {"servers": {str(k): v for k, v in self.pending.items()}})
+
+    def _revert(self, sid: ServerId, previous: OwnedEntry | None) -> None:
+        if self.dry_run:
+            return
+        if previous is None:
+            self._disown(sid)
+        elif self.owned.get(sid) != previous:
+            self.owned[sid] = previous
+            self._save_owned()
+
+    def _settled(self, sid: ServerId) -> None:
+        if self.pending.pop(sid, None) is not None:
+            self._save_blob("pending", {"servers": {str(k): v for k, v in self.pending.items()}})
+
+    def _settle_pending(self, sid: ServerId, member: Member) -> bool:
+        """After a crash mid-change: the LB says whether the change landed. True if settled."""
+        entry = self.pending.get(sid)
+        if entry is None:
+            return False
+        landed = member.admin.value == entry["to"]
+        log.warning(
+            "change_recovered",
+            server=str(sid),
+            to=entry["to"],
+            landed=landed,
+            note="the daemon stopped between recording and confirming this change",
+        )
+        if entry["to"] == AdminState.READY.value:
+            if landed:
+                self._disown(sid)
+                self._forget_phase(sid)
+        elif not landed:
+            previous = entry.get("previous")
+            if previous is None:
+                self._disown(sid)
+            else:
+                self.owned[sid] = OwnedEntry(sid, AdminState(previous), self.wall(), "recovered")
+                self._save_owned()
+        self._settled(sid)
+        return True
 
     def _disown(self, sid: ServerId) -> None:
         if self.owned.pop(sid, None) is not None:

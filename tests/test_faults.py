@@ -1,0 +1,266 @@
+"""Faults: the LB going away or hanging, crashes mid-change, corrupt or full state_dir, and a
+starved daemon. Against a real HAProxy; the daemon must never crash nor make things worse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from structlog.testing import capture_logs
+
+from lbhealthd.errors import StateError
+from lbhealthd.model import AdminState, ServerId
+from lbhealthd.store import OwnedEntry, Store
+from tests.daemon_harness import FAST, LBView, make_config, running, wait_for
+from tests.fixtures_haproxy import ApiServers, HAProxyHandle
+
+pytestmark = pytest.mark.integration
+
+S1 = ServerId("api", "s1")
+
+
+async def test_lb_socket_gone_then_back(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """HAProxy vanishing mid-run is an alert, not a crash; the drain is back once it returns."""
+    lb = LBView(haproxy.socket)
+    with capture_logs() as logs:
+        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
+            api_servers.set(0, cpu=0.97)
+            await wait_for(lambda: _drained(lb, {"s1"}), 5, "s1 drained")
+            await haproxy.proc.stop()
+            await wait_for(lambda: any(e["event"] == "lb_unavailable" for e in logs), 5, "alert")
+            rounds = daemon.reconciler.rounds
+            await wait_for(lambda: daemon.reconciler.rounds >= rounds + 3, 10, "rounds go on")
+            await haproxy.proc.start()
+            await wait_for(lambda: _drained(lb, {"s1"}), 8, "s1 drained again")
+    assert [e["event"] for e in logs].count("lb_unavailable") == 1  # said once, not per round
+    assert any(e["event"] == "lb_available" for e in logs)
+
+
+async def test_lb_socket_that_never_answers(api_servers: ApiServers, tmp_path: Path) -> None:
+    """A socket that accepts and never answers costs a bounded wait per round, no crash."""
+    path = tmp_path / "mute.sock"
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(path))
+    mute.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        mute.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(mute.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        with capture_logs() as logs:
+            async with running(make_config([f"unix:{path}"], tmp_path / "state")) as daemon:
+                started = time.monotonic()
+                await wait_for(lambda: daemon.reconciler.rounds >= 2, 10, "two rounds")
+                per_round = (time.monotonic() - started) / 2
+        assert per_round < 3.0  # the 1 s LB timeout bounds every exchange and its retries
+        assert any(e["event"] == "lb_unavailable" for e in logs)
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in accepted:
+            conn.close()
+        mute.close()
+
+
+async def test_crash_between_recording_and_sending_a_drain(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """A drain recorded but never sent is settled from the LB: no phantom owner, no fight."""
+    store = Store(tmp_path / "state")
+    store.save_owned({S1: OwnedEntry(S1, AdminState.DRAIN, time.time(), "change under way")})
+    store.save_blob("pending", {"servers": {"api/s1": {"to": "drain", "previous": None}}})
+    lb = LBView(haproxy.socket)
+    with capture_logs() as logs:
+        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
+            await wait_for(lambda: daemon.reconciler.rounds >= 5, 5, "rounds")
+            assert await lb.drained() == set()
+    recovered = [e for e in logs if e["event"] == "change_recovered"]
+    assert recovered and recovered[0]["landed"] is False
+    assert not any(e["event"] == "operator_changed_state" for e in logs)
+    assert Store(tmp_path / "state").load_owned() == {}
+    assert Store(tmp_path / "state").load_overrides() == {}
+
+
+async def test_crash_after_a_restore_landed_is_not_repeated(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """A restore that reached HAProxy before the crash is not undone nor sent again."""
+    store = Store(tmp_path / "state")
+    store.save_owned({S1: OwnedEntry(S1, AdminState.DRAIN, time.time() - 60, "overloaded")})
+    store.save_blob("pending", {"servers": {"api/s1": {"to": "ready", "previous": "drain"}}})
+    store.save_blob(
+        "engine",
+        {
+            "servers": {
+                "api/s1": {
+                    "phase": "drained",
+                    "drained_at": time.time() - 60,
+                    "hold": 1.0,
+                    "flap_level": 0,
+                    "restored_at": None,
+                }
+            }
+        },
+    )
+    lb = LBView(haproxy.socket)
+    with capture_logs() as logs:
+        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
+            await wait_for(lambda: daemon.reconciler.rounds >= 5, 5, "rounds")
+            assert await lb.drained() == set()
+    assert not [e for e in logs if e["event"] == "lb_command"]
+    assert Store(tmp_path / "state").load_owned() == {}
+
+
+async def test_sigkill_then_restart_keeps_and_later_restores_the_drain(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """Killed with SIGKILL, the daemon restarts with its drain and restores it when healthy."""
+    config = tmp_path / "lbhealthd.yaml"
+    doc = {
+        "daemon": {
+            "state_dir": str(tmp_path / "state"),
+            "round_interval": "100ms",
+            "control_socket": str(tmp_path / "control.sock"),
+        },
+        "load_balancer": {"haproxy": {"sockets": [haproxy.socket], "timeout": "1s"}},
+        "pools": [{"name": "api", **FAST}],
+    }
+    config.write_text(yaml.safe_dump(doc))
+    lb = LBView(haproxy.socket)
+    api_servers.set(0, cpu=0.97)
+    first = _start(config, tmp_path / "first.log")
+    try:
+        await wait_for(lambda: _drained(lb, {"s1"}), 10, "s1 drained")
+        first.send_signal(signal.SIGKILL)
+        first.wait(5)
+    finally:
+        _kill(first)
+    assert (tmp_path / "control.sock").exists()  # left behind: the next start must cope
+    second = _start(config, tmp_path / "second.log")
+    try:
+        await wait_for(lambda: _logged(tmp_path / "second.log", "started"), 10, "restart")
+        await asyncio.sleep(0.5)  # several rounds: the drain must hold while s1 is sick
+        assert await lb.drained() == {"s1"}
+        api_servers.set(0, cpu=0.1)
+        await wait_for(lambda: _drained(lb, set()), 10, "s1 restored")
+    finally:
+        _kill(second)
+    sets = [
+        json.loads(line) for line in (tmp_path / "state" / "actions.jsonl").read_text().splitlines()
+    ]
+    drains = [a for a in sets if a["action"] == "set_state" and a["value"] == "drain"]
+    assert len(drains) == 1  # no double action
+
+
+def test_corrupt_state_file_refuses_to_start(tmp_path: Path) -> None:
+    """A corrupt overrides file stops the daemon from starting, naming the file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "overrides.json").write_text('{"version": 1, "overrides": [{"server": "api/s1"')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump({"daemon": {"state_dir": str(state)}, "pools": [{"name": "api"}]})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "overrides.json" in done.stderr
+
+
+async def test_full_disk_keeps_the_daemon_serving(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """When state_dir cannot be written the daemon still drains, and says so."""
+    lb = LBView(haproxy.socket)
+    with capture_logs() as logs:
+        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
+
+            def full(*args: object, **kwargs: object) -> None:
+                raise StateError(f"{tmp_path}/state: No space left on device")
+
+            daemon.store.save_owned = full  # type: ignore[method-assign]
+            daemon.store.save_blob = full  # type: ignore[method-assign]
+            daemon.store.append_action = full  # type: ignore[method-assign]
+            api_servers.set(0, cpu=0.97)
+            await wait_for(lambda: _drained(lb, {"s1"}), 5, "s1 drained")
+    assert any(e["event"] == "state_write_failed" for e in logs)
+
+
+async def test_starved_daemon_freezes(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """A daemon whose event loop is blocked drains nobody, though its probes look terrible."""
+    lb = LBView(haproxy.socket)
+    # Blindness off and a tight latency mark: only the starvation freeze stands in the way.
+    config = make_config(
+        [haproxy.socket],
+        tmp_path / "state",
+        probe={"interval": "500ms", "timeout": "500ms", "load_fields": {"cpu": "cpu"}},
+        overload={"latency_ms": {"high": 200, "low": 100}},
+    )
+    for i in range(5):
+        api_servers.set(i, delay=0.05)  # a probe spans 50 ms: stalls land inside probes
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            await wait_for(lambda: daemon.reconciler.rounds >= 3, 5, "first rounds")
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                time.sleep(0.3)  # noqa: ASYNC251 - the point: the whole process stalls
+                await asyncio.sleep(0.02)
+            assert await lb.drained() == set()
+    assert any(e["event"] == "daemon_starved" for e in logs)
+    assert not [e for e in logs if e["event"] == "server_drained"]
+
+
+def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+
+
+def _logged(log: Path, event: str) -> bool:
+    return any(
+        json.loads(line).get("event") == event
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+    )
+
+
+async def _drained(lb: LBView, names: set[str]) -> bool:
+    return await lb.drained() == names
