@@ -204,6 +204,3 @@ async def test_unreadable_lb_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path / "lbhealthd.yaml", config)
     code, _, err = await cli("audit", "-c", str(path))
     assert code == 2 and "none.sock" in err
-
-
-
