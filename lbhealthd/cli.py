@@ -4,13 +4,16 @@ config error."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lbhealthd import __version__, oncall
 from lbhealthd.config import Config, load_config, parse_duration, resolve_path
+from lbhealthd.control import ControlError
 from lbhealthd.errors import ConfigError, DriverError, InvalidName, StateError
+from lbhealthd.http_api import ListenerError
 from lbhealthd.manual import CapRefused, UnknownServer
 from lbhealthd.model import ServerId
 
@@ -248,8 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    except StateError as exc:
+    except (StateError, ControlError, ListenerError) as exc:
         print(f"lbhealthd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `lbhealthd status --json | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -89,7 +89,7 @@ class ControlServer:
 
     async def start(self) -> None:
         _prepare(self.path)
-        app = web.Application(middlewares=[self._authorize])
+        app = web.Application(middlewares=[self._errors, self._authorize])
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
@@ -105,11 +105,25 @@ class ControlServer:
         log.info("control_listening", socket=self.path, mode=oct(SOCKET_MODE))
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.runner is None:
+            return  # never started: the socket, if any, belongs to someone else
+        await self.runner.cleanup()
+        self.runner = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    @web.middleware
+    async def _errors(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """lbhealthd's own errors (a corrupt state file, the LB refusing) as JSON answers."""
+        try:
+            return await handler(request)
+        except LbhealthdError as exc:
+            log.error("control_request_failed", path=request.path, error=str(exc))
+            return web.json_response({"error": str(exc)}, status=500)
 
     @web.middleware
     async def _authorize(
@@ -229,11 +243,21 @@ class ControlServer:
     def _result(
         self, sid: ServerId, what: str, override: Override | None, notes: list[str] | None = None
     ) -> dict[str, Any]:
-        member = self.daemon.reconciler.members.get(sid.pool, {}).get(sid)
+        r = self.daemon.reconciler
+        member = r.members.get(sid.pool, {}).get(sid)
+        want = r.decision.desired.get(sid) if r.decision else None
+        applied = want is not None and (
+            (member is not None and member.admin is want.admin and member.consistent)
+            or r.last_set.get(sid) is want.admin
+        )
+        if sid.pool in r.unavailable:
+            applied = False
         return {
             "result": what,
             "server": str(sid),
             "path": "daemon",
+            "applied": applied,
+            "lb_error": r.unavailable.get(sid.pool),
             "lb_state": member.admin.value if member else None,
             "until": override.expires_at if override else None,
             "notes": notes or [],

@@ -18,9 +18,12 @@ from lbhealthd.config import Config, load_config
 from lbhealthd.control import ControlServer, wait_rounds
 from lbhealthd.drivers import Driver, make_driver
 from lbhealthd.errors import ConfigError
+from lbhealthd.http_api import HttpListener
+from lbhealthd.metrics import Metrics
 from lbhealthd.probes.http import HttpProber
 from lbhealthd.probes.scheduler import ProbeScheduler
 from lbhealthd.reconciler import Reconciler
+from lbhealthd.sdnotify import Notifier
 from lbhealthd.store import Store
 
 log = structlog.get_logger("lbhealthd.daemon")
@@ -34,6 +37,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.config_path = config_path
+        # `run --dry-run` stays dry across reloads, whatever the file says.
+        self.force_dry_run = config.daemon.dry_run and config_path is not None
         self.store = Store.open(config.daemon.state_dir)
         lb = config.load_balancer
         self.driver = driver or make_driver(
@@ -41,12 +46,20 @@ class Daemon:
         )
         self.prober = HttpProber()
         self.scheduler = ProbeScheduler(self.prober, time.monotonic)
-        self.reconciler = Reconciler(config, self.driver, self.store, self.scheduler)
+        self.metrics = Metrics()
+        if hasattr(self.driver, "on_retry"):
+            self.driver.on_retry = self.metrics.retry
+        self.reconciler = Reconciler(
+            config, self.driver, self.store, self.scheduler, metrics=self.metrics
+        )
+        self.http: HttpListener | None = None
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.max_lag = 0.0
         self.reload_requested = False
         self.control: ControlServer | None = None
+        self.notifier = Notifier.from_env()  # systemd's Type=notify; a no-op elsewhere
+        self._announce_ready = True  # READY=1 after the next complete round
 
     def reload(self) -> bool:
         """Re-read the config file; keep the running config if the new one is invalid."""
@@ -62,6 +75,10 @@ class Daemon:
                 note="keeping the running config",
             )
             return False
+        if self.force_dry_run and not config.daemon.dry_run:
+            config = config.model_copy(
+                update={"daemon": config.daemon.model_copy(update={"dry_run": True})}
+            )
         self.config = config
         self.reconciler.reload(config)
         log.info(
@@ -80,6 +97,7 @@ class Daemon:
 
     def _on_stop(self, sig: signal.Signals) -> None:
         log.info("stopping", signal=sig.name)
+        self.notifier.stopping()
         self.stopping.set()
 
     def _on_hup(self) -> None:
@@ -102,14 +120,30 @@ class Daemon:
             if cfg.daemon.control_socket:
                 self.control = ControlServer(self, cfg.daemon.control_socket)
                 await self.control.start()
+            self.http = HttpListener(self, cfg.daemon.http, self.metrics)
+            await self.http.start()
             while not self.stopping.is_set():
                 started = time.monotonic()
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.reload()
+                    if not self._announce_ready:  # READY=1 was sent: a reload is under way
+                        self.notifier.reloading()
+                    reloaded = self.reload()
+                    self.notifier.status(
+                        "config reloaded"
+                        if reloaded
+                        else "config reload refused; running config kept (see the journal)"
+                    )
+                    self._announce_ready = True
                 self.wake.clear()
                 lag, self.max_lag = self.max_lag, 0.0
-                await self.reconciler.tick(starved=lag)
+                ticked = time.monotonic()
+                decision = await self.reconciler.tick(starved=lag)
+                self.metrics.observe_round(self.reconciler, decision, time.monotonic() - ticked)
+                if self._announce_ready:
+                    self._announce_ready = False
+                    self.notifier.ready()
+                self.notifier.watchdog()
                 pause = self.config.daemon.round_interval - (time.monotonic() - started)
                 await self._pause(max(0.0, pause))
         finally:
@@ -153,8 +187,12 @@ class Daemon:
         return await wait_rounds(lambda: self.reconciler.rounds, target, within)
 
     async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
         if self.control is not None:
             await self.control.close()
         await self.scheduler.close()
         await self.prober.close()
         await self.driver.close()
+        self.notifier.close()

@@ -53,7 +53,11 @@ async def call_daemon(
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
             session.request(method, f"http://lbhealthd{route}", json=body) as resp,
         ):
-            return resp.status, dict(await resp.json(content_type=None))
+            text = await resp.text()
+            try:
+                return resp.status, dict(json.loads(text))
+            except (ValueError, TypeError):
+                return resp.status, {"error": f"the daemon answered {resp.status}: {text[:200]}"}
     except aiohttp.ClientConnectorError as exc:
         code = getattr(exc.os_error, "errno", None)
         if code in (errno.EACCES, errno.EPERM):
@@ -88,6 +92,16 @@ async def drain(
     answer = await call_daemon(config.daemon.control_socket, "POST", "/drain", body)
     if answer is not None:
         code, doc = answer
+        if code == 200 and doc.get("applied") is False:
+            problem = doc.get("lb_error") or f"the LB shows {doc.get('lb_state')}"
+            return Outcome(
+                1,
+                (
+                    f"{kind.value}: override recorded for {sid}, {_until(doc.get('until'))}, but "
+                    f"NOT yet applied ({problem}); the daemon keeps trying every round",
+                ),
+                doc,
+            )
         if code == 200:
             return Outcome(
                 0,

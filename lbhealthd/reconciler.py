@@ -22,6 +22,7 @@ from lbhealthd.drivers import Driver
 from lbhealthd.engine import EngineState, Observation, ServerState, Settings, decide
 from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.metrics import Metrics
 from lbhealthd.model import (
     Action,
     AdminState,
@@ -57,7 +58,9 @@ class Reconciler:
         *,
         mono: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.driver = driver
         self.store = store
         self.scheduler = scheduler
@@ -83,6 +86,9 @@ class Reconciler:
         self._agent_warned: set[ServerId] = set()
         self.watch = Watch(config)
         self.starved = False
+        self.last_set: dict[ServerId, AdminState] = {}  # the last state the LB accepted
+        self._state_error: str | None = None
+        self._over_cap: set[str] = set()
         # State changes recorded but not yet confirmed (settled at the next read of the LB).
         self.pending: dict[ServerId, dict[str, str | None]] = {}
         for key, value in dict((store.load_blob("pending") or {}).get("servers", {})).items():
@@ -195,8 +201,15 @@ class Reconciler:
                 )
                 self._record(gone.server, "override_expired", who=gone.who, reason=gone.reason)
             self.overrides = self.store.load_overrides()
+            self._state_error = None
         except LbhealthdError as exc:
-            log.error("state_unreadable", error=str(exc))
+            if str(exc) != self._state_error:
+                log.error(
+                    "state_unreadable",
+                    error=str(exc),
+                    note="keeping the overrides read last; fix or move the file aside",
+                )
+            self._state_error = str(exc)
 
     async def _read_pool(self, pool: PoolConfig, now: float) -> bool:
         try:
@@ -425,8 +438,14 @@ class Reconciler:
             else:
                 await self.driver.set_weight(sid, value)
         except DriverError as exc:
+            self.metrics.lb_command(ok=False)
             log.error("lb_command_failed", **fields, error=str(exc))
             return False
+        self.metrics.lb_command(ok=True)
+        if isinstance(value, AdminState):
+            self.last_set[sid] = value
+        if action is not None and what == "state":
+            self.metrics.enforced(sid, action.kind, action.reason.rule)
         log.info("lb_command", **fields, ms=round((self.mono() - started) * 1000, 1))
         self._sent += 1
         self.watch.audit_due = True
@@ -503,6 +522,7 @@ class Reconciler:
             previous = entry.get("previous")
             if previous is None:
                 self._disown(sid)
+                self._forget_phase(sid)  # never happened: decide afresh from new samples
             else:
                 self.owned[sid] = OwnedEntry(sid, AdminState(previous), self.wall(), "recovered")
                 self._save_owned()
@@ -572,8 +592,8 @@ class Reconciler:
             except (LbhealthdError, KeyError, ValueError, TypeError):
                 log.warning("engine_state_entry_ignored", entry=key)
                 continue
-            if phase is Phase.DRAINED and self.owned.get(sid) is None:
-                phase = Phase.IN_SERVICE  # not ours in the LB any more
+            if phase is not Phase.IN_SERVICE and self.owned.get(sid) is None:
+                phase = Phase.IN_SERVICE  # not ours in the LB any more (restored meanwhile)
             servers[sid] = ServerState(
                 phase=phase,
                 drained_at=to_mono(raw.get("drained_at")),
@@ -584,6 +604,17 @@ class Reconciler:
                 if phase is Phase.MANUAL and sid in self.overrides
                 else None,
             )
+        # Out-of-rotation states lbhealthd owns but the engine has no memory of (a drain made by
+        # the on-call command while the daemon was down): out, and back only through `rise`.
+        for sid, entry in self.owned.items():
+            if entry.admin is not AdminState.READY and sid not in servers:
+                override = self.overrides.get(sid)
+                manual = override is not None and override.kind is not OverrideKind.READY
+                servers[sid] = ServerState(
+                    phase=Phase.MANUAL if manual else Phase.DRAINED,
+                    drained_at=now - max(0.0, wall - entry.since),
+                    manual=override.kind if manual and override else None,
+                )
         return EngineState(servers)
 
     # --- logging --------------------------------------------------------------------------
@@ -634,9 +665,13 @@ class Reconciler:
         for pool in sorted(self._blind - decision.blind_pools):
             log.info("pool_sight_restored", pool=pool)
         self._blind = set(decision.blind_pools)
+        over_cap = set()
         for w in decision.warnings:
             if w.rule.value == "override_over_cap":
-                log.warning("override_over_cap", reason=w.message, evidence=dict(w.evidence))
+                over_cap.add(w.message)
+                if w.message not in self._over_cap:
+                    log.warning("override_over_cap", reason=w.message, evidence=dict(w.evidence))
+        self._over_cap = over_cap
 
 
 def _who(action: Action | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lbhealthd.config import Config
 from lbhealthd.engine import governor
-from lbhealthd.model import AdminState, Member, OpState, Override, ServerId
+from lbhealthd.model import AdminState, Member, OpState, Override, OverrideKind, ServerId
 from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.reconciler import Reconciler
 from lbhealthd.store import OwnedEntry
@@ -43,7 +43,7 @@ def _owner(
 ) -> str | None:
     entry = owned.get(sid)
     override = overrides.get(sid)
-    if override is not None and override.kind is not None and entry is not None:
+    if override is not None and override.kind is not OverrideKind.READY and entry is not None:
         return "override"
     if entry is not None:
         return "lbhealthd"

@@ -71,11 +71,17 @@ class Watch:
         for pool in config.pools:
             b = pool.balance_alert
             old = self.pools.get(pool.name)
-            if old is None or (old.balance.factor, old.balance.hold, old.balance.min_sessions) != (
-                b.factor,
-                b.for_,
-                b.min_sessions,
-            ):
+            current = (
+                None
+                if old is None
+                else (
+                    old.balance.factor,
+                    old.balance.hold,
+                    old.balance.min_sessions,
+                    old.balance.window,
+                )
+            )
+            if current != (b.factor, b.for_, b.min_sessions, b.window):
                 self.pools[pool.name] = PoolWatch(
                     BalanceMonitor(
                         factor=b.factor, hold=b.for_, min_sessions=b.min_sessions, window=b.window

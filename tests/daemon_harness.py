@@ -14,6 +14,7 @@ import yaml
 from lbhealthd.config import Config, parse_config
 from lbhealthd.daemon import Daemon
 from lbhealthd.drivers.haproxy import HAProxyDriver
+from lbhealthd.haproxy_proc import free_port
 from lbhealthd.model import AdminState, Member, ServerId
 
 FAST: dict[str, Any] = {
@@ -36,6 +37,8 @@ def make_config(sockets: list[str], state_dir: Path, **pool: Any) -> Config:
             "state_dir": str(state_dir),
             "round_interval": "100ms",
             "log_format": "json",
+            "control_socket": str(state_dir.parent / "control.sock"),
+            "http": f"127.0.0.1:{free_port()}",
             **daemon,
         },
         "load_balancer": {"type": "haproxy", "haproxy": {"sockets": sockets, "timeout": "1s"}},

@@ -19,6 +19,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from lbhealthd.errors import StateError
+from lbhealthd.haproxy_proc import free_port
 from lbhealthd.model import AdminState, ServerId
 from lbhealthd.store import OwnedEntry, Store
 from tests.daemon_harness import FAST, LBView, make_config, running, wait_for
@@ -142,6 +143,7 @@ async def test_sigkill_then_restart_keeps_and_later_restores_the_drain(
             "state_dir": str(tmp_path / "state"),
             "round_interval": "100ms",
             "control_socket": str(tmp_path / "control.sock"),
+            "http": f"127.0.0.1:{free_port()}",
         },
         "load_balancer": {"haproxy": {"sockets": [haproxy.socket], "timeout": "1s"}},
         "pools": [{"name": "api", **FAST}],

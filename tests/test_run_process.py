@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lbhealthd.haproxy_proc import free_port
 from tests.daemon_harness import FAST, LBView, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
 
@@ -21,7 +22,12 @@ pytestmark = pytest.mark.integration
 
 def _write_config(path: Path, socket: str, state_dir: Path, **pool: object) -> None:
     doc = {
-        "daemon": {"state_dir": str(state_dir), "round_interval": "100ms"},
+        "daemon": {
+            "state_dir": str(state_dir),
+            "round_interval": "100ms",
+            "control_socket": str(state_dir.parent / "control.sock"),
+            "http": f"127.0.0.1:{free_port()}",
+        },
         "load_balancer": {"haproxy": {"sockets": [socket], "timeout": "1s"}},
         "pools": [{"name": "api", **FAST, **pool}],
     }

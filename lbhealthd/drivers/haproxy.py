@@ -226,6 +226,8 @@ class HAProxyDriver:
         self._limits: dict[Endpoint, asyncio.Semaphore] = {}
         # Errors of the endpoints that failed during the last snapshot, by endpoint.
         self.last_errors: dict[str, DriverError] = {}
+        # Called on every retry (the daemon counts them in its metrics).
+        self.on_retry: Callable[[], None] | None = None
 
     async def command(self, endpoint: Endpoint, cmd: str) -> str:
         """Send one command (built only from validated parts) and return the reply, with retries."""
@@ -234,9 +236,11 @@ class HAProxyDriver:
 
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            structlog.get_logger().warning(
+            structlog.get_logger().debug(
                 "driver_retry", endpoint=str(endpoint), attempt=state.attempt_number, error=str(exc)
             )
+            if self.on_retry is not None:
+                self.on_retry()
 
         backoff = wait_exponential(multiplier=0.05, max=0.5) + wait_random(0, 0.05)
 

@@ -1,0 +1,113 @@
+"""The read-only HTTP listener on ``daemon.http`` (loopback by default).
+
+    GET /metrics   Prometheus exposition of the daemon's own registry (OpenMetrics on request)
+    GET /healthz   200 while rounds complete: the last one within max(3 × round_interval, 5 s);
+                   503 with a reason before the first round, when rounds stall, and when stopping
+    GET /status    the status document (lbhealthd.status), as ``lbhealthd status --json``
+
+Nothing here changes anything: every other method is answered 405, and state-changing
+operations exist only on the control socket.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from lbhealthd import status
+from lbhealthd.errors import LbhealthdError
+from lbhealthd.metrics import Metrics
+
+if TYPE_CHECKING:
+    from lbhealthd.daemon import Daemon
+
+log = structlog.get_logger("lbhealthd.http")
+
+MIN_HEALTHY_AGE = 5.0  # seconds: /healthz never asks for rounds closer together than this
+
+
+class ListenerError(LbhealthdError):
+    """The HTTP listener could not be started (address in use, not local, no permission)."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9110`` for IPv6) → (host, port). The config has checked it."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class HttpListener:
+    """Serves /metrics, /healthz and /status for a running daemon."""
+
+    def __init__(self, daemon: Daemon, address: str, metrics: Metrics) -> None:
+        self.daemon = daemon
+        self.address = address
+        self.metrics = metrics
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port once started."""
+        if self.runner is None or not self.runner.addresses:
+            return None
+        return int(self.runner.addresses[0][1])
+
+    async def start(self) -> None:
+        """Listen on the address; raise ListenerError naming it if that is impossible."""
+        host, port = split_address(self.address)
+        app = web.Application()
+        app.router.add_get("/metrics", self.get_metrics)
+        app.router.add_get("/healthz", self.get_healthz)
+        app.router.add_get("/status", self.get_status)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenerError(
+                f"cannot listen on {self.address} (daemon.http): {exc.strerror or exc}"
+            ) from exc
+        self.runner = runner
+        log.info("http_listening", address=self.address, paths=["/metrics", "/healthz", "/status"])
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(
+            body=encode(self.metrics.registry), headers={"Content-Type": content_type}
+        )
+
+    async def get_healthz(self, request: web.Request) -> web.Response:
+        ok, doc = self.health()
+        return web.json_response(doc, status=200 if ok else 503)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the daemon is alive and its rounds complete, and the document saying so."""
+        r = self.daemon.reconciler
+        limit = max(3 * self.daemon.config.daemon.round_interval, MIN_HEALTHY_AGE)
+        age = None if r.last_round_at is None else round(r.mono() - r.last_round_at, 3)
+        doc: dict[str, Any] = {"ok": False, "last_round_age_s": age, "rounds": r.rounds}
+        if self.daemon.stopping.is_set():
+            doc["reason"] = "the daemon is stopping"
+        elif age is None:
+            doc["reason"] = "no round has completed yet"
+        elif age > limit:
+            doc["reason"] = f"the last round completed {age:.1f}s ago (limit {limit:g}s)"
+        else:
+            doc["ok"] = True
+        return doc["ok"], doc
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        r = self.daemon.reconciler
+        return web.json_response(status.from_daemon(r, r.wall(), r.mono()))
+
+
+__all__ = ["HttpListener", "ListenerError", "split_address"]

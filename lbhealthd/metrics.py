@@ -1,0 +1,317 @@
+"""Prometheus metrics of a running daemon, in a registry of its own (never the global one).
+
+Almost everything is read after each round from what the reconciler already keeps
+(``observe_round``); the few events a round cannot see afterwards are pushed as they happen:
+``enforced`` (an LB command carrying out a decision succeeded), ``lb_command`` and ``retry``.
+
+Decisions are counted three ways, as Envoy counts ejections: *decided* by the engine,
+*enforced* in the LB (not in dry-run, not when the command failed), and *blocked* by a safety
+rule (counted once when a block starts, not again each round it lasts).
+
+Label sets stay bounded: a server's series are removed when it leaves its pool, a pool's
+when it leaves the config; the state, rule and outcome labels take values from fixed enums.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Generic, Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from lbhealthd.config import Config
+from lbhealthd.model import ActionKind, AdminState, Decision, Member, Rule, Sample, ServerId
+from lbhealthd.probes.lbstats import merge
+from lbhealthd.watch import PoolWatch
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class _Latest(Protocol):
+    def latest(self, sid: ServerId) -> Sample | None: ...
+
+
+class _Watch(Protocol):
+    @property
+    def pools(self) -> Mapping[str, PoolWatch]: ...
+
+
+class RoundView(Protocol):
+    """What metrics read from the reconciler after a round (its public attributes)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def members(self) -> Mapping[str, Mapping[ServerId, Member]]: ...
+    @property
+    def unavailable(self) -> Mapping[str, str]: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def scheduler(self) -> _Latest: ...
+    @property
+    def watch(self) -> _Watch: ...
+
+
+class _Tracked(Generic[M]):
+    """A labelled metric that remembers its label sets, so stale ones can be removed."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self.live: set[tuple[str, ...]] = set()
+        self.seen: set[tuple[str, ...]] = set()  # set since the last sweep
+
+    def __call__(self, *labels: str) -> M:
+        self.live.add(labels)
+        self.seen.add(labels)
+        return self.metric.labels(*labels)
+
+    def keep(self, *labels: str) -> None:
+        """Keep a label set through the next sweep without changing its value."""
+        if labels in self.live:
+            self.seen.add(labels)
+
+    def sweep(self) -> None:
+        """Remove the label sets not set since the last sweep."""
+        self._remove(self.live - self.seen)
+        self.seen = set()
+
+    def drop_pools(self, pools: Collection[str]) -> None:
+        """Remove the label sets of these pools (the pool is the first label)."""
+        self._remove({labels for labels in self.live if labels[0] in pools})
+
+    def _remove(self, gone: set[tuple[str, ...]]) -> None:
+        for labels in gone:
+            self.metric.remove(*labels)
+        self.live -= gone
+
+
+_POOL_SERVER = ("pool", "server")
+
+
+class Metrics:
+    """The daemon's metrics. ``registry`` is what ``/metrics`` exposes."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._wall = wall
+        r = self.registry
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> _Tracked[Gauge]:
+            return _Tracked(Gauge(name, doc, labels, registry=r))
+
+        # Per server: the LB's view, the engine's wish and the latest probe.
+        self.server_state = gauge(
+            "lbhealthd_server_state",
+            "1 for the server's admin state in the LB (ready, drain, maint), 0 for the others.",
+            (*_POOL_SERVER, "state"),
+        )
+        self.server_weight = gauge(
+            "lbhealthd_server_weight", "The server's weight in the LB.", _POOL_SERVER
+        )
+        self.server_desired = gauge(
+            "lbhealthd_server_desired_in_service",
+            "1 when lbhealthd wants the server in rotation, 0 when it wants it out.",
+            _POOL_SERVER,
+        )
+        self.server_signal = gauge(
+            "lbhealthd_server_signal",
+            "Load signals of the server's latest probe, with the LB's own (lb_queue ...).",
+            (*_POOL_SERVER, "signal"),
+        )
+        self.probe_latency = _Tracked(
+            Histogram(
+                "lbhealthd_probe_latency_seconds",
+                "Latency of probes that got an answer (each probe counted once).",
+                ("pool",),
+                registry=r,
+            )
+        )
+        self.probe_failures = _Tracked(
+            Counter(
+                "lbhealthd_probe_failures_total",
+                "Failed probes by outcome (timeout, refused, http_status, bad_body, error).",
+                ("pool", "outcome"),
+                registry=r,
+            )
+        )
+        # Decisions and the LB commands carrying them out.
+        self.decisions = _Tracked(
+            Counter(
+                "lbhealthd_decisions_total",
+                "Actions decided by the engine, enforced in the LB, or blocked by a rule.",
+                ("pool", "action", "rule", "result"),
+                registry=r,
+            )
+        )
+        self.lb_commands = Counter(
+            "lbhealthd_lb_commands_total",
+            "Commands sent to the LB (set state or weight), by result.",
+            ("result",),
+            registry=r,
+        )
+        for result in ("ok", "error"):
+            self.lb_commands.labels(result)
+        self.lb_retries = Counter(
+            "lbhealthd_lb_retries_total",
+            "LB requests retried after a transient error.",
+            registry=r,
+        )
+        # Per pool.
+        self.pool_blind = gauge(
+            "lbhealthd_pool_blind",
+            "1 while too many probes fail at once: lbhealthd fails open and drains nothing.",
+            ("pool",),
+        )
+        self.pool_available = gauge(
+            "lbhealthd_pool_lb_available",
+            "1 when the pool was read from the LB in the last round, 0 when the read failed.",
+            ("pool",),
+        )
+        self.pool_drained = gauge(
+            "lbhealthd_pool_drained",
+            "Servers of the pool in the LB's drain state.",
+            ("pool",),
+        )
+        self.pool_balance = gauge(
+            "lbhealthd_pool_balance_ratio",
+            "Traffic imbalance: the largest actual/intended share ratio (NaN: no verdict).",
+            ("pool",),
+        )
+        self.pool_balance_alert = gauge(
+            "lbhealthd_pool_balance_alert",
+            "1 while the balance alert is firing.",
+            ("pool",),
+        )
+        self.pool_audit = gauge(
+            "lbhealthd_pool_audit_findings",
+            "Differences the last audit found between the LB and what is expected.",
+            ("pool",),
+        )
+        # Rounds.
+        self.rounds = Counter("lbhealthd_rounds", "Rounds completed.", registry=r)
+        self.round_duration = Histogram(
+            "lbhealthd_round_duration_seconds", "How long a round took.", registry=r
+        )
+        self.last_round = Gauge(
+            "lbhealthd_last_round_timestamp_seconds",
+            "Unix time when the last round completed.",
+            registry=r,
+        )
+        self._rounds_seen = 0
+        self._sample_at: dict[ServerId, float] = {}
+        self._blocked: set[tuple[ServerId, str, str]] = set()
+        self._pools: set[str] = set()
+
+    # --- events pushed while a round runs -----------------------------------------------------
+
+    def enforced(self, server: ServerId, action: ActionKind | str, rule: Rule | str) -> None:
+        """An LB command carrying out a decided action succeeded."""
+        self.decisions(server.pool, str(action), str(rule), "enforced").inc()
+
+    def lb_command(self, ok: bool) -> None:
+        """A command was sent to the LB; ``ok`` is False when it failed."""
+        self.lb_commands.labels("ok" if ok else "error").inc()
+
+    def retry(self) -> None:
+        """An LB request is retried after a transient error."""
+        self.lb_retries.inc()
+
+    # --- after each round ---------------------------------------------------------------------
+
+    def observe_round(self, r: RoundView, decision: Decision | None, duration: float) -> None:
+        """Update every metric from the reconciler's state after a round."""
+        pools = {p.name for p in r.config.pools}
+        gone = self._pools - pools
+        self._pools = pools
+        for tracked in (self.probe_latency, self.probe_failures, self.decisions):
+            tracked.drop_pools(gone)
+        self._decisions(decision)
+        present: set[ServerId] = set()
+        for pool in sorted(pools):
+            members = r.members.get(pool, {})
+            present |= members.keys()
+            for sid, member in members.items():
+                self._server(r, sid, member, decision)
+            self._pool(r, pool, members, decision)
+        for sid in self._sample_at.keys() - present:
+            del self._sample_at[sid]
+        for series in (
+            self.server_state,
+            self.server_weight,
+            self.server_desired,
+            self.server_signal,
+            self.pool_blind,
+            self.pool_available,
+            self.pool_drained,
+            self.pool_balance,
+            self.pool_balance_alert,
+            self.pool_audit,
+        ):
+            series.sweep()
+        self.rounds.inc(max(0, r.rounds - self._rounds_seen))
+        self._rounds_seen = max(self._rounds_seen, r.rounds)
+        self.round_duration.observe(duration)
+        self.last_round.set(self._wall())
+
+    def _decisions(self, decision: Decision | None) -> None:
+        if decision is None:
+            return
+        for a in decision.actions:
+            self.decisions(a.server.pool, a.kind.value, a.reason.rule.value, "decided").inc()
+        blocked = {(b.server, b.kind.value, b.reason.rule.value) for b in decision.blocked}
+        for sid, kind, rule in sorted(blocked - self._blocked):
+            self.decisions(sid.pool, kind, rule, "blocked").inc()
+        self._blocked = blocked
+
+    def _server(
+        self, r: RoundView, sid: ServerId, member: Member, decision: Decision | None
+    ) -> None:
+        pool, name = sid.pool, sid.server
+        for state in AdminState:
+            self.server_state(pool, name, state.value).set(1 if member.admin is state else 0)
+        self.server_weight(pool, name).set(member.weight)
+        desired = decision.desired.get(sid) if decision is not None else None
+        if desired is not None:
+            in_service = desired.admin is AdminState.READY
+            self.server_desired(pool, name).set(1 if in_service else 0)
+        else:
+            self.server_desired.keep(pool, name)  # not decided this round: its pool was not read
+        sample = r.scheduler.latest(sid)
+        if sample is None:
+            return
+        for signal, value in merge(sample, member).signals.items():
+            self.server_signal(pool, name, signal).set(value)
+        if self._sample_at.get(sid) == sample.at:
+            return
+        self._sample_at[sid] = sample.at
+        latency = sample.signals.get("latency_ms")
+        if latency is not None:
+            self.probe_latency(pool).observe(latency / 1000.0)
+        if not sample.ok:
+            self.probe_failures(pool, sample.outcome.value).inc()
+
+    def _pool(
+        self,
+        r: RoundView,
+        pool: str,
+        members: Mapping[ServerId, Member],
+        decision: Decision | None,
+    ) -> None:
+        blind = decision is not None and pool in decision.blind_pools
+        self.pool_blind(pool).set(1 if blind else 0)
+        self.pool_available(pool).set(0 if pool in r.unavailable else 1)
+        drained = sum(1 for m in members.values() if m.admin is AdminState.DRAIN)
+        self.pool_drained(pool).set(drained)
+        watch = r.watch.pools.get(pool)
+        report = watch.report if watch is not None else None
+        imbalance = report.imbalance if report is not None else None
+        self.pool_balance(pool).set(math.nan if imbalance is None else imbalance)
+        self.pool_balance_alert(pool).set(1 if report is not None and report.firing else 0)
+        self.pool_audit(pool).set(len(watch.findings) if watch is not None else 0)
+
+
+__all__ = ["Metrics", "RoundView"]
