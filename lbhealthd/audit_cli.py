@@ -58,9 +58,9 @@ async def _read(
     members: dict[str, dict[ServerId, Member]] = {}
     errors: dict[str, str] = {}
     pair: list[Finding] = []
-    driver = make_driver(lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout)
+    driver = make_driver(config)
     singles = (
-        [make_driver(lb.type, sockets=[s], timeout=lb.haproxy.timeout) for s in lb.haproxy.sockets]
+        [make_driver(config, sockets=[s]) for s in lb.haproxy.sockets]
         if len(lb.haproxy.sockets) > 1
         else []
     )
@@ -158,8 +158,7 @@ def _fix_plan(
 
 
 async def _apply(config: Config, plan: list[tuple[ServerId, int, int]]) -> list[str]:
-    lb = config.load_balancer
-    driver = make_driver(lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout)
+    driver = make_driver(config)
     store: Store | None
     try:
         store = Store(config.daemon.state_dir)

@@ -28,7 +28,7 @@ from pydantic import (
 from lbhealthd.engine.settings import Marks as EngineMarks
 from lbhealthd.engine.settings import PoolSettings, Settings
 from lbhealthd.errors import ConfigError, InvalidName, Problem
-from lbhealthd.model import check_name
+from lbhealthd.model import check_name, check_target_group
 
 ENV_VAR = "LBHEALTHD_CONFIG"
 
@@ -155,9 +155,51 @@ class HAProxyConfig(_Strict):
         return value
 
 
+_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+
+
+class ELBv2Config(_Strict):
+    region: str
+    endpoint_url: str | None = None
+    timeout: Duration = Field(default=5.0, gt=0)
+    target_groups: dict[SafeName, str] = Field(default_factory=dict)  # pool -> name or ARN
+    resolve_addresses: bool = True
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION_RE.fullmatch(value):
+            raise ValueError(f"expected an AWS region such as eu-west-1 (got {value!r})")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value
+
+    @field_validator("target_groups")
+    @classmethod
+    def _groups(cls, value: dict[str, str]) -> dict[str, str]:
+        for pool, ref in value.items():
+            try:
+                check_target_group(ref)
+            except InvalidName as exc:
+                raise ValueError(f"pool {pool!r}: {exc}") from None
+        return value
+
+
 class LoadBalancerConfig(_Strict):
     type: Literal["haproxy", "aws_elbv2"] = "haproxy"
     haproxy: HAProxyConfig = Field(default_factory=HAProxyConfig)
+    aws_elbv2: ELBv2Config | None = None
+
+    @model_validator(mode="after")
+    def _section(self) -> LoadBalancerConfig:
+        if self.type == "aws_elbv2" and self.aws_elbv2 is None:
+            raise ValueError("type aws_elbv2 needs a load_balancer.aws_elbv2 section (region)")
+        return self
 
 
 _PLACEHOLDER_RE = re.compile(r"{([^{}]*)}")

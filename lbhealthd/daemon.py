@@ -40,10 +40,7 @@ class Daemon:
         # `run --dry-run` stays dry across reloads, whatever the file says.
         self.force_dry_run = config.daemon.dry_run and config_path is not None
         self.store = Store.open(config.daemon.state_dir)
-        lb = config.load_balancer
-        self.driver = driver or make_driver(
-            lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout
-        )
+        self.driver = driver or make_driver(config)
         self.prober = HttpProber()
         self.scheduler = ProbeScheduler(self.prober, time.monotonic)
         self.metrics = Metrics()

@@ -27,19 +27,36 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ServerId:
-    """A server's identity: ``POOL/SERVER`` (HAProxy's backend/server)."""
+class ServerId(tuple[str, str]):
+    """A server's identity: ``POOL/SERVER`` (HAProxy's backend/server).
 
-    pool: str
-    server: str
+    A validated pair of names. It is a tuple so that hashing and comparing it, which the
+    engine does many times per server and round, run at C speed.
+    """
 
-    def __post_init__(self) -> None:
-        check_name(self.pool, "pool name")
-        check_name(self.server, "server name")
+    __slots__ = ()
+
+    def __new__(cls, pool: str, server: str) -> ServerId:
+        check_name(pool, "pool name")
+        check_name(server, "server name")
+        return tuple.__new__(cls, (pool, server))
+
+    def __getnewargs__(self) -> tuple[str, str]:  # pickling and copying
+        return (self[0], self[1])
+
+    @property
+    def pool(self) -> str:
+        return self[0]
+
+    @property
+    def server(self) -> str:
+        return self[1]
 
     def __str__(self) -> str:
-        return f"{self.pool}/{self.server}"
+        return f"{self[0]}/{self[1]}"
+
+    def __repr__(self) -> str:
+        return f"ServerId(pool={self[0]!r}, server={self[1]!r})"
 
     @classmethod
     def parse(cls, text: str) -> ServerId:
@@ -59,6 +76,24 @@ class ProbeOutcome(enum.StrEnum):
     HTTP_STATUS = "http_status"
     BAD_BODY = "bad_body"
     ERROR = "error"
+
+
+# AWS ELBv2 target groups: a name, or an ARN.
+TG_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?")
+TG_ARN_RE = re.compile(
+    r"arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:targetgroup/"
+    r"[A-Za-z0-9-]{1,32}/[0-9a-f]{1,32}"
+)
+
+
+def check_target_group(value: str) -> str:
+    """Return ``value`` if it is a target group name or ARN, else raise InvalidName."""
+    if isinstance(value, str) and (TG_NAME_RE.fullmatch(value) or TG_ARN_RE.fullmatch(value)):
+        return value
+    raise InvalidName(
+        f"invalid target group {value!r}: expected a name (1-32 letters, digits, '-') or "
+        "a target group ARN"
+    )
 
 
 @dataclass(frozen=True, slots=True)

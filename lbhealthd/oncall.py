@@ -151,8 +151,7 @@ def _refusal(code: int, doc: dict[str, Any]) -> Outcome:
 
 
 async def _members(config: Config, pool: str) -> tuple[Any, list[Member]]:
-    lb = config.load_balancer
-    driver = make_driver(lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout)
+    driver = make_driver(config)
     snap = await driver.snapshot(pool)
     return driver, list(snap.members)
 
@@ -256,8 +255,7 @@ async def _direct_restore(config: Config, sid: ServerId) -> Outcome:
 
 
 async def _direct_status(config: Config) -> dict[str, Any]:
-    lb = config.load_balancer
-    driver = make_driver(lb.type, sockets=lb.haproxy.sockets, timeout=lb.haproxy.timeout)
+    driver = make_driver(config)
     snapshots: dict[str, list[Member] | str] = {}
     try:
         for pool in config.pools:

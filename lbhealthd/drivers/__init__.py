@@ -6,9 +6,13 @@ Drivers raise only lbhealthd's own errors: ``Unavailable`` (transient, worth a r
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from typing import TYPE_CHECKING, Protocol
 
 from lbhealthd.model import AdminState, PoolSnapshot, ServerId
+
+if TYPE_CHECKING:
+    from lbhealthd.config import Config
 
 
 class Driver(Protocol):
@@ -31,10 +35,26 @@ class Driver(Protocol):
         ...
 
 
-def make_driver(lb_type: str, *, sockets: list[str], timeout: float) -> Driver:
-    """The driver for a load balancer type from the config."""
-    if lb_type == "haproxy":
+def make_driver(config: Config, *, sockets: list[str] | None = None) -> Driver:
+    """The driver for the config's load balancer. ``sockets`` narrows a HAProxy pair to some
+    of its sockets (the audit compares them one by one)."""
+    lb = config.load_balancer
+    if lb.type == "haproxy":
         from lbhealthd.drivers.haproxy import HAProxyDriver
 
-        return HAProxyDriver(sockets, timeout)
-    raise ValueError(f"load_balancer.type {lb_type!r} is not supported yet")
+        return HAProxyDriver(sockets or lb.haproxy.sockets, lb.haproxy.timeout)
+    if lb.type == "aws_elbv2":
+        from lbhealthd.drivers.elbv2 import ELBv2Driver
+
+        aws = lb.aws_elbv2
+        if aws is None:  # the config refuses this; kept for callers that build configs by hand
+            raise ValueError("load_balancer.aws_elbv2 is required for type aws_elbv2")
+        return ELBv2Driver(
+            aws.region,
+            aws.endpoint_url,
+            aws.timeout,
+            aws.target_groups,
+            resolve_addresses=aws.resolve_addresses,
+            state_file=os.path.join(config.daemon.state_dir, "elbv2_deregistered.json"),
+        )
+    raise ValueError(f"load_balancer.type {lb.type!r} is not supported")

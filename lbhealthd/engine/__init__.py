@@ -38,7 +38,14 @@ from lbhealthd.engine.governor import (
 from lbhealthd.engine.hysteresis import Event, Phase, step
 from lbhealthd.engine.settings import Marks, PoolSettings, Settings
 from lbhealthd.engine.state import EngineState, Observation, ServerState
-from lbhealthd.engine.verdict import Judgement, Verdict, judge
+from lbhealthd.engine.verdict import (
+    Judgement,
+    MarkItems,
+    Verdict,
+    judge,
+    judge_sorted,
+    sorted_marks,
+)
 from lbhealthd.model import (
     Action,
     ActionKind,
@@ -67,6 +74,8 @@ __all__ = [
 ]
 
 _STREAK_CAP = 1_000_000
+_IN_SERVICE = Desired(AdminState.READY)
+_DRAINED = Desired(AdminState.DRAIN)
 _OUT_KINDS = (OverrideKind.DRAIN, OverrideKind.MAINT)
 
 
@@ -131,22 +140,28 @@ class _Round:
     ) -> dict[ServerId, ServerState]:
         blind = self._blind(ps, ids, previous, observations, overrides)
         cur: dict[ServerId, ServerState] = {}
-        judged: dict[ServerId, Judgement] = {}
+        marks = sorted_marks(ps.marks)
+        fresh = ServerState()
+        in_service = Phase.IN_SERVICE
+        # One pass per server for rules 2-4 (they look at that server alone); this loop runs
+        # for every server every round, so the common case takes no call it does not need.
         for sid in ids:
-            st, judgement = _observe(
-                previous.get(sid, ServerState()), observations[sid].sample, ps, blind
-            )
+            st, _ = _observe(previous.get(sid, fresh), observations[sid].sample, marks, blind)
+            override = overrides.get(sid) if overrides else None
+            if override is not None or st.phase is not in_service:
+                st = self._override(sid, st, override, ps)
+                if st.phase is Phase.DRAINED:
+                    st = self._restore(sid, st, ps, blind)
             cur[sid] = st
-            if judgement is not None:
-                judged[sid] = judgement
-        for sid in ids:
-            cur[sid] = self._override(sid, cur[sid], overrides.get(sid), ps)
-        for sid in ids:
-            cur[sid] = self._restore(sid, cur[sid], ps, blind)
         self._drains(ps, ids, cur, observations, overrides, blind)
         self._check_caps(ps, ids, cur, observations)
+        desired = self.desired
         for sid in ids:
-            self.desired[sid] = self._desired(cur[sid], ps)
+            st = cur[sid]
+            if st.phase is in_service and st.restored_at is None:
+                desired[sid] = _IN_SERVICE
+            else:
+                desired[sid] = self._desired(st, ps)
         return cur
 
     def _blind(
@@ -355,21 +370,22 @@ class _Round:
             admin = AdminState.MAINT if st.manual is OverrideKind.MAINT else AdminState.DRAIN
             return Desired(admin, manual=True)
         if st.phase is Phase.DRAINED:
-            return Desired(AdminState.DRAIN)
+            return _DRAINED
         fraction = 1.0
         if st.restored_at is not None:
             fraction = slow_start_fraction(self.now - st.restored_at, ps)
             if fraction < 1.0:
                 self.wake_at(st.restored_at + ps.slow_start)
-        return Desired(AdminState.READY, weight_fraction=fraction)
+                return Desired(AdminState.READY, weight_fraction=fraction)
+        return _IN_SERVICE
 
 
 def _observe(
-    st: ServerState, sample: Sample | None, ps: PoolSettings, blind: bool
+    st: ServerState, sample: Sample | None, marks: MarkItems, blind: bool
 ) -> tuple[ServerState, Judgement | None]:
     if sample is None or (st.last_sample_at is not None and sample.at <= st.last_sample_at):
         return st, None
-    judgement = judge(sample, ps.marks)
+    judgement = judge_sorted(sample, marks)
     bad, good = st.bad, st.good
     if judgement.verdict is Verdict.FAILED and blind:
         pass  # discounted: while blind a failed probe is no evidence against the server
@@ -377,17 +393,22 @@ def _observe(
         bad, good = min(bad + 1, _STREAK_CAP), 0
     elif judgement.verdict is Verdict.HEALTHY:
         bad, good = 0, min(good + 1, _STREAK_CAP)
-    return (
-        replace(
-            st,
-            bad=bad,
-            good=good,
-            last_sample_at=sample.at,
-            verdict=judgement.verdict,
-            ratio=judgement.ratio,
-        ),
-        judgement,
+    # Built field by field rather than with dataclasses.replace: this runs for every server
+    # every round.
+    updated = ServerState(
+        st.phase,
+        bad,
+        good,
+        sample.at,
+        judgement.verdict,
+        judgement.ratio,
+        st.drained_at,
+        st.hold,
+        st.flap_level,
+        st.restored_at,
+        st.manual,
     )
+    return updated, judgement
 
 
 def _back_in(st: ServerState, now: float) -> ServerState:

@@ -41,25 +41,41 @@ class Judgement:
 
 def judge(sample: Sample, marks: Mapping[str, Marks]) -> Judgement:
     """Judge one sample. Pure and total: every sample gets a verdict."""
+    return judge_sorted(sample, sorted_marks(marks))
+
+
+MarkItems = tuple[tuple[str, float, float], ...]
+
+
+def sorted_marks(marks: Mapping[str, Marks]) -> MarkItems:
+    """The marks as (signal, high, low), sorted by signal: computed once per pool and round."""
+    return tuple((name, marks[name].high, marks[name].low) for name in sorted(marks))
+
+
+_FAILED = Judgement(Verdict.FAILED, ratio=float("inf"))
+
+
+def judge_sorted(sample: Sample, marks: MarkItems) -> Judgement:
+    """``judge`` with the marks already sorted (the engine's hot path)."""
     if not sample.ok:
-        return Judgement(Verdict.FAILED, ratio=float("inf"))
+        return _FAILED
     over: list[str] = []
     missing: list[str] = []
     all_low = True
     ratio = 0.0
     present = 0
-    for name in sorted(marks):
-        mark = marks[name]
-        value = sample.signals.get(name)
+    signals = sample.signals
+    for name, high, low in marks:
+        value = signals.get(name)
         if value is None:
             missing.append(name)
             continue
         present += 1
-        if mark.high > 0:
-            ratio = max(ratio, value / mark.high)
-        if value >= mark.high:
+        if high > 0 and value / high > ratio:
+            ratio = value / high
+        if value >= high:
             over.append(name)
-        if not value < mark.low:
+        if not value < low:
             all_low = False
     if over:
         verdict = Verdict.OVERLOADED
@@ -67,4 +83,4 @@ def judge(sample: Sample, marks: Mapping[str, Marks]) -> Judgement:
         verdict = Verdict.HEALTHY
     else:
         verdict = Verdict.BAND
-    return Judgement(verdict, ratio=ratio, over=tuple(over), missing=tuple(missing))
+    return Judgement(verdict, ratio, tuple(over), tuple(missing))
