@@ -149,6 +149,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out) if args.out else None, args.short)
 
 
+def _listen(text: str) -> str:
+    from lbhealthd.agent import parse_listen
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be 1-65535")
+    return int(text)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Report this host's load on HTTP /health and, with --agent-port, to HAProxy."""
+    import asyncio
+
+    from lbhealthd import logs
+    from lbhealthd.agent import Thresholds, run_agent
+
+    try:
+        thresholds = Thresholds(args.full_below, args.drain_at, args.min_weight)
+    except ValueError as exc:
+        print(f"lbhealthd agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(args.log_format or ("console" if sys.stderr.isatty() else "json"))
+    return asyncio.run(
+        run_agent(
+            args.listen,
+            args.agent_port,
+            thresholds,
+            agent_host=args.agent_bind,
+            cgroup_root=args.cgroup_root,
+        )
+    )
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -228,6 +268,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--json", action="store_true", help="stable JSON instead of a table")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "agent", help="report this host's load: HTTP /health and HAProxy's agent-check"
+    )
+    p.add_argument(
+        "--listen",
+        type=_listen,
+        default="127.0.0.1:9111",
+        metavar="HOST:PORT",
+        help="address of the HTTP /health endpoint (default: %(default)s)",
+    )
+    p.add_argument(
+        "--agent-port",
+        type=_port,
+        metavar="PORT",
+        help="answer HAProxy's agent-check on this TCP port (default: off)",
+    )
+    p.add_argument(
+        "--agent-bind",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="agent-check bind address; HAProxy must be able to reach it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--full-below",
+        type=float,
+        default=0.5,
+        metavar="CPU",
+        help="full weight (ready 100%%) up to this CPU share (default: %(default)s)",
+    )
+    p.add_argument(
+        "--drain-at",
+        type=float,
+        default=0.95,
+        metavar="CPU",
+        help="reply drain from this CPU share (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-weight",
+        type=int,
+        default=10,
+        metavar="PERCENT",
+        help="weight just below --drain-at, in percent (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cgroup-root",
+        default="/sys/fs/cgroup",
+        metavar="DIR",
+        help="cgroup v2 directory whose limits apply (default: %(default)s)",
+    )
+    p.add_argument("--log-format", choices=["json", "console"], help="default: json unless a tty")
+    p.set_defaults(func=cmd_agent)
+
     p = sub.add_parser("demo", help="replay the outage (weights 100,100,1,1,1) on 127.0.0.1")
     p.add_argument("--short", action="store_true", help="a ~16 s run (used by CI)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: a new temporary one)")

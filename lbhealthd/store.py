@@ -241,7 +241,9 @@ class Store:
             if reserved in fields:
                 raise ValueError(f"{reserved!r} is set by the action log itself")
         ts = self._clock()
-        record: dict[str, Any] = {"ts": ts, "time": _iso_utc(ts), **fields}
+        record: dict[str, Any] = {"ts": ts, "time": _iso_utc(ts)}
+        # A ServerId is a tuple, which JSON would write as a list: written as POOL/SERVER.
+        record.update({k: str(v) if isinstance(v, ServerId) else v for k, v in fields.items()})
         line = json.dumps(record, default=str, allow_nan=False).encode() + b"\n"
         path = self.dir / ACTIONS
         with self._locked():

@@ -756,7 +756,7 @@ def test_agent_sidecar_listens_on_the_pod_ip(agent_pod: dict[str, Any]) -> None:
     flags = _agent_args(agent_pod)
     assert flags["--listen"] == "0.0.0.0:9111"
     assert flags["--agent-port"] == "9112"
-    assert flags["--agent-host"] == "0.0.0.0"
+    assert flags["--agent-bind"] == "0.0.0.0"
     ports = {p["containerPort"] for p in _container(agent_pod, "lbhealthd-agent")["ports"]}
     assert ports == {9111, 9112}
 
