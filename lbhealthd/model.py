@@ -191,6 +191,7 @@ class ActionKind(enum.StrEnum):
     DRAIN = "drain"
     RESTORE = "restore"
     MAINT = "maint"
+    STEP_DOWN = "step_down"  # a ramping server's weight halved instead of a drain
 
 
 class Rule(enum.StrEnum):
@@ -205,6 +206,7 @@ class Rule(enum.StrEnum):
     OVERRIDE = "override"  # an operator's override decided
     OVERRIDE_ENDED = "override_ended"  # an override was removed or expired
     OVERRIDE_OVER_CAP = "override_over_cap"  # an override took the pool beyond its caps
+    STEP_DOWN = "step_down"  # overloaded while ramping up: its weight is halved, not drained
 
 
 @dataclass(frozen=True, slots=True)

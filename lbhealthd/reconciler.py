@@ -42,7 +42,12 @@ from lbhealthd.watch import Watch
 
 log = structlog.get_logger("lbhealthd.reconciler")
 
-_EVENTS = {"drain": "server_drained", "restore": "server_restored", "maint": "server_maint"}
+_EVENTS = {
+    "drain": "server_drained",
+    "restore": "server_restored",
+    "maint": "server_maint",
+    "step_down": "server_stepped_down",
+}
 HAND = "lb (changed by hand)"
 
 
@@ -399,10 +404,37 @@ class Reconciler:
                 self._own(sid, AdminState.READY, action, weight=target)
 
     def _weight(self, want: Desired, member: Member) -> int | None:
-        """The ramped weight to set, or None when the server should have its full weight."""
-        if want.weight_fraction >= 1.0 or member.initial_weight <= 0:
+        """The ramped weight to set, or None when the server should have its full weight.
+
+        The ramp is geometric (a constant ratio per step of the share) from a start weight to
+        the server's configured weight. The start is ``slow_start_floor`` of that weight, but
+        never above the weight of the pool's other servers (their median): a server weighted
+        100 among servers weighted 1 starts at 1, not at 10 = 10 times their share.
+        """
+        full = member.initial_weight
+        if want.weight_fraction >= 1.0 or full <= 0:
             return None
-        return max(1, round(member.initial_weight * want.weight_fraction))
+        floor = self.settings.pools[member.id.pool].slow_start_floor
+        start = max(1.0, min(full * floor, self._reference_weight(member)))
+        span = 1.0 - floor
+        progress = 1.0 if span <= 0 else min(1.0, max(0.0, (want.weight_fraction - floor) / span))
+        weight = int(round(start * (full / start) ** progress))
+        return max(1, min(full, weight))
+
+    def _reference_weight(self, member: Member) -> float:
+        """The median weight of the pool's other servers in rotation at their full weight."""
+        weights = sorted(
+            m.weight
+            for sid, m in self.members.get(member.id.pool, {}).items()
+            if sid != member.id
+            and m.admin is AdminState.READY
+            and m.weight > 0
+            and (sid not in self.owned or self.owned[sid].weight is None)
+        )
+        if not weights:
+            return float(member.initial_weight)
+        mid = len(weights) // 2
+        return float(weights[mid] if len(weights) % 2 else (weights[mid - 1] + weights[mid]) / 2)
 
     async def _send(
         self,
@@ -568,9 +600,13 @@ class Reconciler:
                 "hold": st.hold,
                 "flap_level": st.flap_level,
                 "restored_at": to_wall(st.restored_at),
+                "fraction": st.fraction,
             }
             for sid, st in sorted(self.state.servers.items())
-            if st.phase is not Phase.IN_SERVICE or st.flap_level or st.restored_at is not None
+            if st.phase is not Phase.IN_SERVICE
+            or st.flap_level
+            or st.restored_at is not None
+            or st.fraction < 1.0
         }
         if data != getattr(self, "_persisted", None):
             self._persisted = data
@@ -600,6 +636,8 @@ class Reconciler:
                 hold=float(raw.get("hold") or 0.0),
                 flap_level=int(raw.get("flap_level") or 0),
                 restored_at=to_mono(raw.get("restored_at")),
+                fraction=min(1.0, max(0.0, float(raw.get("fraction", 1.0) or 1.0))),
+                ramp_at=now,
                 manual=self.overrides[sid].kind
                 if phase is Phase.MANUAL and sid in self.overrides
                 else None,

@@ -354,3 +354,40 @@ def test_same_sample_counts_once() -> None:
     for now in (2.0, 3.0, 4.0, 5.0):
         state, _ = decide(state, {S1: Observation(sample)}, {}, Settings({"api": sim.pool}), now)
     assert state.servers[S1].bad == 1
+
+
+def _restored(sim: Sim, others: dict[str, str]) -> None:
+    sim.run({"s1": "OOO", **{k: "HHH" for k in others}})
+    while not any(a.kind is ActionKind.RESTORE for a in sim.round({"s1": "H", **others}).actions):
+        pass
+
+
+def test_ramp_holds_in_the_band() -> None:
+    """A ramping server's weight share does not grow while its samples are in the band."""
+    sim = Sim(pool(slow_start=10.0, slow_start_floor=0.1, min_drain=1.0, rise=1))
+    others = {f"s{i}": "H" for i in range(2, 6)}
+    _restored(sim, others)
+    held = sim.round({"s1": "B", **others}).desired[S1].weight_fraction
+    for _ in range(5):
+        assert sim.round({"s1": "B", **others}).desired[S1].weight_fraction == held
+    assert sim.round({"s1": "H", **others}).desired[S1].weight_fraction > held
+
+
+def test_overload_while_ramping_steps_down_then_drains_at_the_floor() -> None:
+    """Overloaded while ramping: the share halves instead of a drain; at the floor it drains."""
+    sim = Sim(pool(slow_start=10.0, slow_start_floor=0.1, min_drain=1.0, rise=1, fall=3))
+    others = {f"s{i}": "H" for i in range(2, 6)}
+    _restored(sim, others)
+    for _ in range(6):
+        sim.round({"s1": "H", **others})
+    before = sim.state.servers[S1].fraction
+    assert before > 0.4
+    d = sim.round({"s1": "O", **others})
+    assert [(a.kind, a.reason.rule) for a in d.actions] == [(ActionKind.STEP_DOWN, Rule.STEP_DOWN)]
+    assert d.desired[S1].weight_fraction == pytest.approx(before / 2)
+    assert d.desired[S1].admin is AdminState.READY
+    kinds = []
+    for _ in range(8):
+        kinds += [a.kind for a in sim.round({"s1": "O", **others}).actions]
+    assert ActionKind.STEP_DOWN in kinds and kinds[-1] is ActionKind.DRAIN
+    assert kinds.count(ActionKind.DRAIN) == 1

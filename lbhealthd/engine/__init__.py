@@ -18,8 +18,10 @@ Rules, per pool, in the order they apply each round:
    (engine/governor.py); candidates are taken worst first: failed probes, then the largest
    value/high ratio, then the longer bad streak, then by name. Refused ones are reported as
    blocked with the rule and the evidence.
-6. Slow start: a server back in rotation gets a weight fraction rising linearly from
-   ``slow_start_floor`` to 1 over ``slow_start``.
+6. Slow start, gated by health: a server back in rotation gets a weight share rising from
+   ``slow_start_floor`` to 1 over ``slow_start`` seconds of healthy samples; band samples hold
+   it, and a bad sample halves it (a step-down) instead of counting toward a drain until the
+   share is at the floor.
 
 No asyncio, no I/O, no clock reads, no logging: same input, same output.
 """
@@ -33,7 +35,7 @@ from lbhealthd.engine.governor import (
     budget,
     hold_time,
     is_blind,
-    slow_start_fraction,
+    slow_start_step,
 )
 from lbhealthd.engine.hysteresis import Event, Phase, step
 from lbhealthd.engine.settings import Marks, PoolSettings, Settings
@@ -146,7 +148,9 @@ class _Round:
         # One pass per server for rules 2-4 (they look at that server alone); this loop runs
         # for every server every round, so the common case takes no call it does not need.
         for sid in ids:
-            st, _ = _observe(previous.get(sid, fresh), observations[sid].sample, marks, blind)
+            st, judged = _observe(previous.get(sid, fresh), observations[sid].sample, marks, blind)
+            if judged is not None and st.fraction < 1.0 and st.phase is in_service:
+                st = self._ramp(sid, st, judged, ps, blind)
             override = overrides.get(sid) if overrides else None
             if override is not None or st.phase is not in_service:
                 st = self._override(sid, st, override, ps)
@@ -158,7 +162,7 @@ class _Round:
         desired = self.desired
         for sid in ids:
             st = cur[sid]
-            if st.phase is in_service and st.restored_at is None:
+            if st.phase is in_service and st.fraction >= 1.0:
                 desired[sid] = _IN_SERVICE
             else:
                 desired[sid] = self._desired(st, ps)
@@ -219,7 +223,7 @@ class _Round:
             if st.phase is Phase.IN_SERVICE:
                 return st
             self.actions.append(Action(sid, ActionKind.RESTORE, _override_reason(override)))
-            return _back_in(replace(st, phase=step(st.phase, Event.OVERRIDE_READY)), self.now)
+            return _back_in(replace(st, phase=step(st.phase, Event.OVERRIDE_READY)), self.now, ps)
         if st.phase is Phase.MANUAL:
             # The override is gone: the daemon owns the server now and restores it only
             # through the RISE rule, without a further hold.
@@ -274,7 +278,7 @@ class _Round:
                 Reason(Rule.RISE, f"{st.good} healthy samples in a row (rise {ps.rise})", evidence),
             )
         )
-        return _back_in(replace(st, phase=step(st.phase, Event.RISE)), self.now)
+        return _back_in(replace(st, phase=step(st.phase, Event.RISE)), self.now, ps)
 
     def _drains(
         self,
@@ -371,13 +375,43 @@ class _Round:
             return Desired(admin, manual=True)
         if st.phase is Phase.DRAINED:
             return _DRAINED
-        fraction = 1.0
-        if st.restored_at is not None:
-            fraction = slow_start_fraction(self.now - st.restored_at, ps)
-            if fraction < 1.0:
-                self.wake_at(st.restored_at + ps.slow_start)
-                return Desired(AdminState.READY, weight_fraction=fraction)
+        if st.fraction < 1.0:
+            self.wake_at(self.now + ps.slow_start * (1.0 - st.fraction))
+            return Desired(AdminState.READY, weight_fraction=st.fraction)
         return _IN_SERVICE
+
+    def _ramp(
+        self, sid: ServerId, st: ServerState, judged: Judgement, ps: PoolSettings, blind: bool
+    ) -> ServerState:
+        """Slow start, gated by health: the weight share rises with time only while samples
+        are healthy, holds in the band, and is halved (down to the floor) by an overloaded
+        sample instead of counting toward a drain. At the floor, bad samples count as usual."""
+        since = self.now - st.ramp_at if st.ramp_at is not None else 0.0
+        if judged.verdict is Verdict.HEALTHY:
+            fraction = slow_start_step(st.fraction, since, ps)
+            return replace(st, fraction=fraction, ramp_at=self.now)
+        floor = ps.slow_start_floor
+        if not judged.bad or blind or st.fraction <= floor + 1e-9:
+            return replace(st, ramp_at=self.now)
+        fraction = max(floor, st.fraction / 2.0)
+        self.actions.append(
+            Action(
+                sid,
+                ActionKind.STEP_DOWN,
+                Reason(
+                    Rule.STEP_DOWN,
+                    f"{judged.verdict.value} while its weight ramps up: weight share "
+                    f"{st.fraction:.0%} -> {fraction:.0%} instead of a drain",
+                    {
+                        "verdict": judged.verdict.value,
+                        "from": round(st.fraction, 3),
+                        "to": round(fraction, 3),
+                        "over": list(judged.over),
+                    },
+                ),
+            )
+        )
+        return replace(st, fraction=fraction, ramp_at=self.now, bad=0)
 
 
 def _observe(
@@ -407,12 +441,24 @@ def _observe(
         st.flap_level,
         st.restored_at,
         st.manual,
+        st.fraction,
+        st.ramp_at,
     )
     return updated, judgement
 
 
-def _back_in(st: ServerState, now: float) -> ServerState:
-    return replace(st, manual=None, drained_at=None, hold=0.0, restored_at=now, bad=0)
+def _back_in(st: ServerState, now: float, ps: PoolSettings) -> ServerState:
+    fraction = ps.slow_start_floor if ps.slow_start > 0 else 1.0
+    return replace(
+        st,
+        manual=None,
+        drained_at=None,
+        hold=0.0,
+        restored_at=now,
+        bad=0,
+        fraction=fraction,
+        ramp_at=now,
+    )
 
 
 def _count_out(

@@ -68,9 +68,10 @@ def hold_time(level: int, settings: PoolSettings) -> float:
     return max(settings.min_drain, min(hold, settings.flap_max_hold))
 
 
-def slow_start_fraction(since_restore: float, settings: PoolSettings) -> float:
-    """The share of full weight a server gets ``since_restore`` seconds after coming back."""
-    if settings.slow_start <= 0 or since_restore >= settings.slow_start:
+def slow_start_step(fraction: float, healthy_for: float, settings: PoolSettings) -> float:
+    """The weight share after ``healthy_for`` more seconds of health: it rises linearly from
+    ``slow_start_floor`` to 1 over ``slow_start`` seconds of health."""
+    if settings.slow_start <= 0:
         return 1.0
-    floor = settings.slow_start_floor
-    return floor + (1.0 - floor) * max(0.0, since_restore) / settings.slow_start
+    rate = (1.0 - settings.slow_start_floor) / settings.slow_start
+    return min(1.0, fraction + rate * max(0.0, healthy_for))

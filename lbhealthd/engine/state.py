@@ -25,6 +25,8 @@ class ServerState:
     flap_level: int = 0
     restored_at: float | None = None
     manual: OverrideKind | None = None
+    fraction: float = 1.0  # share of its full weight; below 1 while it ramps back up
+    ramp_at: float | None = None  # when the ramp last moved (or held)
 
 
 @dataclass(frozen=True, slots=True)
