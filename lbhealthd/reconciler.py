@@ -418,8 +418,8 @@ class Reconciler:
         start = max(1.0, min(full * floor, self._reference_weight(member)))
         span = 1.0 - floor
         progress = 1.0 if span <= 0 else min(1.0, max(0.0, (want.weight_fraction - floor) / span))
-        weight = int(round(start * (full / start) ** progress))
-        return max(1, min(full, weight))
+        weight: float = start * (full / start) ** progress
+        return max(1, min(full, round(weight)))
 
     def _reference_weight(self, member: Member) -> float:
         """The median weight of the pool's other servers in rotation at their full weight."""
