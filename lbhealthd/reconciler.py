@@ -101,6 +101,7 @@ class Reconciler:
                 self.pending[ServerId.parse(key)] = dict(value)
             except (LbhealthdError, TypeError, ValueError):
                 log.warning("pending_entry_ignored", entry=key)
+        self._recovering = set(self.pending)  # settled against the LB at its first read
         self.discovered: dict[str, list[str]] = dict(
             (store.load_blob("discovered") or {}).get("pools", {})
         )
@@ -219,7 +220,7 @@ class Reconciler:
     async def _read_pool(self, pool: PoolConfig, now: float) -> bool:
         try:
             snap = await self.driver.snapshot(pool.name)
-        except DriverError as exc:
+        except LbhealthdError as exc:
             if self.unavailable.get(pool.name) != str(exc):
                 log.error("lb_unavailable", pool=pool.name, error=str(exc))
             self.unavailable[pool.name] = str(exc)
@@ -244,7 +245,9 @@ class Reconciler:
             self.state_since.pop(sid, None)
         restarted = self._note_epoch(pool.name, snap.epoch)
         for sid, member in members.items():
-            if not self._settle_pending(sid, member) and not restarted:
+            if sid in self._recovering:
+                self._settle_pending(sid, member)
+            elif sid not in self.pending and not restarted:
                 self._notice_hand_change(sid, member)
         return True
 
@@ -362,16 +365,17 @@ class Reconciler:
             if member.admin is want.admin and member.consistent:
                 if owned is None or owned.admin is not want.admin:
                     self._own(sid, want.admin, action)
+                self._settled(sid)
                 return
             if owned is None and member.admin is not AdminState.READY and not want.manual:
                 return  # out by someone else's hand: never touched
             # Ownership first: a daemon killed right after the command still knows it was its.
+            # A command that failed stays intended (and is sent again next round): it may have
+            # reached part of an HA pair, and that part is ours to repair or undo.
             self._intend(sid, want.admin, owned)
             if await self._send(sid, member, "state", want.admin, action):
                 self._own(sid, want.admin, action)
-            else:
-                self._revert(sid, owned)
-            self._settled(sid)
+                self._settled(sid)
             return
         if owned is not None and owned.admin is not AdminState.READY:
             weight = self._weight(want, member)
@@ -520,21 +524,13 @@ class Reconciler:
             self._save_owned()
         self._save_blob("pending", {"servers": {str(k): v for k, v in self.pending.items()}})
 
-    def _revert(self, sid: ServerId, previous: OwnedEntry | None) -> None:
-        if self.dry_run:
-            return
-        if previous is None:
-            self._disown(sid)
-        elif self.owned.get(sid) != previous:
-            self.owned[sid] = previous
-            self._save_owned()
-
     def _settled(self, sid: ServerId) -> None:
         if self.pending.pop(sid, None) is not None:
             self._save_blob("pending", {"servers": {str(k): v for k, v in self.pending.items()}})
 
     def _settle_pending(self, sid: ServerId, member: Member) -> bool:
         """After a crash mid-change: the LB says whether the change landed. True if settled."""
+        self._recovering.discard(sid)
         entry = self.pending.get(sid)
         if entry is None:
             return False

@@ -33,7 +33,7 @@ from tenacity import (
     wait_random,
 )
 
-from lbhealthd.errors import DriverError, Rejected, Unavailable
+from lbhealthd.errors import DriverError, InvalidName, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
 
 MAX_REPLY = 4 * 1024 * 1024
@@ -151,16 +151,32 @@ def _checks(bits: int) -> bool | None:
     return bool(bits & _CHECK_ENABLED)
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(name: str, reason: str) -> None:
+    if name not in _warned:
+        _warned.add(name)
+        structlog.get_logger().warning("server_name_unsupported", server=name[:200], reason=reason)
+
+
 def _members(
     pool: str, state: list[dict[str, str]], stat: dict[str, dict[str, str]]
 ) -> list[Member]:
     members = []
     for row in state:
         name = row.get("srv_name", "")
+        try:
+            sid = ServerId(pool, name)
+        except InvalidName as exc:
+            # HAProxy accepts some names lbhealthd will not send back (over 64 characters):
+            # such a server is left alone, never driven.
+            _warn_once(f"{pool}/{name}", str(exc))
+            continue
         st = stat.get(name, {})
         members.append(
             Member(
-                id=ServerId(pool, name),
+                id=sid,
                 address=row.get("srv_addr", ""),
                 port=_int(row.get("srv_port")),
                 admin=_admin(_int(row.get("srv_admin_state"))),
