@@ -1,25 +1,29 @@
-"""Probe capacity: how many HTTP health probes one core sustains, and what a steady schedule costs.
+"""Probe capacity: what a probe costs with each prober, side by side in one run, against the
+goals of issue 9.
 
-    python -m bench.probe_capacity [--targets 100,1000,10000] [--seconds 10] [--interval 1.0]
-    python -m bench.probe_capacity --quick        # 100 and 1,000 targets, 3 s each
+    python -m bench.probe_capacity [--targets 1000,10000] [--seconds 10] [--interval 1.0]
+    python -m bench.probe_capacity --quick        # 1,000 targets only, 3 s each
+    python -m bench.probe_capacity --loop asyncio # both probers on the standard loop
+
+Two probers are measured: ``aiohttp`` (HttpProber, the aiohttp client) and ``fast``
+(FastProber, an asyncio Protocol per target with httptools' parser). Both run on the same event
+loop in the probing process: uvloop when it is installed (``--loop auto``), else asyncio.
 
 For every size N, a health server in child processes listens on N loopback ports and answers
-each GET with a small keep-alive JSON body. Two measurements then run, each in a fresh process so
-that neither sees the other's memory or connections:
+each GET with a small keep-alive JSON body. Then, for each prober, two measurements run, each in
+a fresh process so that none sees another's memory or connections:
 
-- **throughput**: the real HttpProber probes all N targets round-robin with bounded concurrency
-  for ``--seconds`` (after one pass that opens the keep-alive connections): probes per second and
-  probes per CPU-second of the probing process.
-- **steady state**: the real ProbeScheduler with the real HttpProber runs N servers every
-  ``--interval`` for ``--seconds`` after a warm-up of one interval: the probing process's CPU as a
-  share of one core, probes per second achieved, how late probes start, failed probes, and RSS
-  growth per server (RSS before the scheduler exists vs after the warm-up, divided by N).
+- **throughput**: the prober probes all N targets round-robin with bounded concurrency for
+  ``--seconds`` (after one pass that opens the keep-alive connections), checking the status and
+  reading the JSON load fields under the body cap: probes per second and per CPU-second of the
+  probing process.
+- **steady state**: the real ProbeScheduler runs N servers every ``--interval`` for ``--seconds``
+  after a warm-up of two intervals: the probing process's CPU as a share of one core, probes per
+  second (all and OK), beats skipped by the scheduler, failed probes, how late probes start, and
+  RSS growth per server (RSS before the prober and scheduler exist vs after the warm-up, / N).
 
-Lateness is a probe's start minus the time it was due. The scheduler does not expose when a probe
-is due, so it is rebuilt from the scheduler's own rule: the first probe is due when it starts;
-each next one at the previous due time plus the interval plus the jitter the scheduler drew (read
-from the ``rng`` it is given), and never before the previous probe ended. A start found earlier
-than its due time means the rule no longer matches the scheduler; the run says so.
+Lateness is a probe's start (when the prober is entered) minus the time its beat was due, which
+the scheduler reports through its ``on_start`` hook; the first probe of each server counts too.
 
 Sockets: each target needs a listening socket and an accepted connection in the server and a
 connection in the prober. Both sides raise their soft RLIMIT_NOFILE to the hard limit; the
@@ -32,12 +36,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import itertools
 import math
 import multiprocessing
 import os
 import platform
-import random
 import resource
 import socket
 import sys
@@ -49,14 +53,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
+import httptools
 import psutil
 
 from lbhealthd.model import Sample, ServerId
+from lbhealthd.probes.fast import FastProber
 from lbhealthd.probes.http import HttpProber
-from lbhealthd.probes.scheduler import ProbeScheduler, Target
+from lbhealthd.probes.scheduler import DEFAULT_COALESCE, Prober, ProbeScheduler, Target
 
 BODY = b'{"cpu":0.12,"inflight":3}'
 RESPONSE = (
@@ -70,7 +76,7 @@ LOAD_FIELDS: Mapping[str, str] = {"cpu": "cpu", "inflight": "inflight"}
 PROBE_TIMEOUT = 0.8  # the config's default probe timeout, for a 1 s interval
 FDS_PER_PORT = 3  # a listening socket and up to two keep-alive connections (per_host=2)
 FD_RESERVE = 200  # the interpreter, the event loop, pipes and libraries
-EARLY_TOLERANCE = 0.001  # seconds; an earlier start means the due-time rule is out of date
+PROBERS = ("aiohttp", "fast")
 
 _SPAWN = multiprocessing.get_context("spawn")
 _R = TypeVar("_R")
@@ -87,8 +93,7 @@ class _HealthProtocol(asyncio.Protocol):
         self._pending = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         buffer = self._pending + data
@@ -211,6 +216,22 @@ def prober_fds_needed(targets: int, concurrency: int) -> int:
     return targets + concurrency + FD_RESERVE
 
 
+# --- the probing process: loop and prober ---------------------------------------------------------
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if loop == "uvloop":
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return None
+
+
+def _make_prober(kind: str) -> HttpProber | FastProber:
+    return FastProber() if kind == "fast" else HttpProber()
+
+
 # --- measurement A: throughput -------------------------------------------------------------------
 
 
@@ -230,15 +251,20 @@ class Throughput:
         return self.probes / self.cpu_seconds if self.cpu_seconds > 0 else math.inf
 
 
-def measure_throughput(ports: Sequence[int], seconds: float, concurrency: int) -> Throughput:
+def measure_throughput(
+    kind: str, loop: str, ports: Sequence[int], seconds: float, concurrency: int
+) -> Throughput:
     """Worker process: probe every port round-robin for ``seconds`` after a connecting pass."""
     raise_nofile_limit()
-    return asyncio.run(_throughput(ports, seconds, concurrency))
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(_throughput(kind, ports, seconds, concurrency))
 
 
-async def _throughput(ports: Sequence[int], seconds: float, concurrency: int) -> Throughput:
+async def _throughput(
+    kind: str, ports: Sequence[int], seconds: float, concurrency: int
+) -> Throughput:
     targets = [(_server_id(i), _url(port)) for i, port in enumerate(ports)]
-    async with HttpProber() as prober:
+    async with _make_prober(kind) as prober:
         await _drive(prober, targets, concurrency, limit=len(targets), until=math.inf)
         cpu_start, wall_start = time.process_time(), time.monotonic()
         probes, failures = await _drive(
@@ -249,7 +275,7 @@ async def _throughput(ports: Sequence[int], seconds: float, concurrency: int) ->
 
 
 async def _drive(
-    prober: HttpProber,
+    prober: Prober,
     targets: Sequence[tuple[ServerId, str]],
     concurrency: int,
     *,
@@ -281,70 +307,21 @@ async def _drive(
 # --- measurement B: steady state -----------------------------------------------------------------
 
 
-class _DueTimes:
-    """Rebuilds when each server's probe was due and records how late it started."""
+class _Starts:
+    """The scheduler's start hook and a wrapping prober: when each probe was due, when the
+    prober was entered, and how it ended."""
 
-    def __init__(self, servers: Sequence[ServerId], interval: float) -> None:
+    def __init__(self, servers: Sequence[ServerId], prober: Prober) -> None:
         self._index = {server: i for i, server in enumerate(servers)}
-        self._interval = interval
         self._due = array("d", [math.nan]) * len(servers)
-        self._ended = array("d", [0.0]) * len(servers)
-        self._just_ended = -1  # a server whose loop draws its jitter next
+        self._prober = prober
         self.recording = False
         self.lateness = array("d")  # seconds
         self.probes = 0
         self.failures: Counter[str] = Counter()
-        self.overruns = 0  # probes due when the previous one ended: the cadence slipped
 
-    def started(self, server: ServerId, at: float) -> None:
-        i = self._index[server]
-        due = self._due[i]
-        if math.isnan(due):
-            self._due[i] = at
-        elif self.recording:
-            self.lateness.append(at - due)
-
-    def ended(self, server: ServerId, at: float, sample: Sample) -> None:
-        i = self._index[server]
-        self._ended[i] = at
-        self._just_ended = i
-        if self.recording:
-            self.probes += 1
-            if not sample.ok:
-                self.failures[sample.outcome] += 1
-
-    def jitter(self, value: float) -> None:
-        """The scheduler drew ``value``: a phase for a new loop, or the jitter of the next probe
-        of the server whose probe just ended (drawn before its loop yields again)."""
-        i, self._just_ended = self._just_ended, -1
-        if i < 0:
-            return
-        due = self._due[i] + self._interval + value
-        if due < self._ended[i]:
-            due = self._ended[i]
-            self.overruns += self.recording
-        self._due[i] = due
-
-
-class _ObservedRandom(random.Random):
-    """The scheduler's jitter source, telling ``_DueTimes`` every value it draws."""
-
-    def __init__(self, due: _DueTimes) -> None:
-        super().__init__()
-        self._due_times = due
-
-    def uniform(self, a: float, b: float) -> float:
-        value = super().uniform(a, b)
-        self._due_times.jitter(value)
-        return value
-
-
-class _TimedProber(HttpProber):
-    """The real prober, telling ``_DueTimes`` when each probe starts and ends."""
-
-    def __init__(self, due: _DueTimes) -> None:
-        super().__init__()
-        self._due_times = due
+    def __call__(self, server: ServerId, due: float, started: float) -> None:
+        self._due[self._index[server]] = due
 
     async def probe(
         self,
@@ -354,9 +331,13 @@ class _TimedProber(HttpProber):
         load_fields: Mapping[str, str],
         now: Callable[[], float],
     ) -> Sample:
-        self._due_times.started(server, now())
-        sample = await super().probe(server, url, timeout, load_fields, now)
-        self._due_times.ended(server, now(), sample)
+        if self.recording:
+            self.lateness.append(now() - self._due[self._index[server]])
+        sample = await self._prober.probe(server, url, timeout, load_fields, now)
+        if self.recording:
+            self.probes += 1
+            if not sample.ok:
+                self.failures[sample.outcome] += 1
         return sample
 
 
@@ -364,12 +345,11 @@ class _TimedProber(HttpProber):
 class Steady:
     probes: int
     failures: Mapping[str, int]  # outcome: count
+    skipped: int
     seconds: float
     cpu_seconds: float
     lateness_ms: tuple[float, float]  # p50, p99
-    overruns: int
-    early: int  # starts before their rebuilt due time
-    rss_growth: int  # bytes, from before the scheduler to after the warm-up
+    rss_growth: int  # bytes, from before the prober and scheduler to after the warm-up
 
     @property
     def cpu_percent(self) -> float:
@@ -384,44 +364,55 @@ class Steady:
         return (self.probes - sum(self.failures.values())) / self.seconds
 
 
-def measure_steady(ports: Sequence[int], seconds: float, interval: float) -> Steady:
+def measure_steady(
+    kind: str,
+    loop: str,
+    ports: Sequence[int],
+    seconds: float,
+    interval: float,
+    coalesce: float,
+) -> Steady:
     """Worker process: run the scheduler over every port for ``seconds`` after a warm-up."""
     raise_nofile_limit()
-    return asyncio.run(_steady(ports, seconds, interval))
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(_steady(kind, ports, seconds, interval, coalesce))
 
 
-async def _steady(ports: Sequence[int], seconds: float, interval: float) -> Steady:
+async def _steady(
+    kind: str, ports: Sequence[int], seconds: float, interval: float, coalesce: float
+) -> Steady:
     servers = [_server_id(i) for i in range(len(ports))]
     timeout = min(PROBE_TIMEOUT, 0.8 * interval)
     targets = {
         server: Target(_url(port), interval, timeout, LOAD_FIELDS)
         for server, port in zip(servers, ports, strict=True)
     }
-    due = _DueTimes(servers, interval)
     process = psutil.Process()
-    async with _TimedProber(due) as prober:
-        rss_before = process.memory_info().rss
-        scheduler = ProbeScheduler(prober, time.monotonic, rng=_ObservedRandom(due))
+    rss_before = process.memory_info().rss
+    async with _make_prober(kind) as prober:
+        starts = _Starts(servers, prober)
+        scheduler = ProbeScheduler(starts, time.monotonic, coalesce=coalesce, on_start=starts)
         try:
             scheduler.sync(targets)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(2 * interval)
             rss_growth = process.memory_info().rss - rss_before
-            due.recording = True
+            skipped_before = scheduler.skipped
+            starts.recording = True
             cpu_start, wall_start = time.process_time(), time.monotonic()
             await asyncio.sleep(seconds)
-            due.recording = False
+            starts.recording = False
             cpu, wall = time.process_time() - cpu_start, time.monotonic() - wall_start
+            skipped = scheduler.skipped - skipped_before
         finally:
             await scheduler.close()
-    lateness = sorted(due.lateness)
+    lateness = sorted(starts.lateness)
     return Steady(
-        probes=due.probes,
-        failures=dict(due.failures),
+        probes=starts.probes,
+        failures=dict(starts.failures),
+        skipped=skipped,
         seconds=wall,
         cpu_seconds=cpu,
         lateness_ms=(_percentile(lateness, 0.50) * 1e3, _percentile(lateness, 0.99) * 1e3),
-        overruns=due.overruns,
-        early=sum(1 for late in lateness if late < -EARLY_TOLERANCE),
         rss_growth=rss_growth,
     )
 
@@ -451,31 +442,45 @@ def _in_fresh_process(function: Callable[..., _R], *args: Any) -> _R:
 @dataclass(frozen=True, slots=True)
 class Row:
     targets: int
+    prober: str
     throughput: Throughput | None = None
     steady: Steady | None = None
     server_processes: int = 0
     skipped: str = ""
+    interval: float = 1.0
 
 
 def run_size(
-    targets: int, seconds: float, interval: float, concurrency: int, hard_limit: int
-) -> Row:
+    targets: int,
+    seconds: float,
+    interval: float,
+    concurrency: int,
+    hard_limit: int,
+    loop: str,
+    coalesce: float,
+    probers: Sequence[str] = PROBERS,
+) -> list[Row]:
     needed = prober_fds_needed(targets, concurrency)
     if needed > hard_limit:
-        return Row(
-            targets,
-            skipped=f"needs about {needed} open files, hard RLIMIT_NOFILE is {hard_limit}",
-        )
-    lifetime = 2 * seconds + interval + 60 + targets / 100
+        why = f"needs about {needed} open files, hard RLIMIT_NOFILE is {hard_limit}"
+        return [Row(targets, kind, skipped=why) for kind in probers]
+    lifetime = len(probers) * (2 * seconds + 3 * interval + 60) + targets / 50
+    rows = []
     with health_server(targets, lifetime, hard_limit) as server:
-        _say(f"{targets} targets: {server.processes} health-server process(es); throughput ...")
-        throughput = _in_fresh_process(measure_throughput, server.ports, seconds, concurrency)
-        _say(f"{targets} targets: steady state at {interval:g} s ...")
-        steady = _in_fresh_process(measure_steady, server.ports, seconds, interval)
-    return Row(targets, throughput, steady, server.processes)
+        for kind in probers:
+            _say(f"{targets} targets, {kind}: throughput ...")
+            throughput = _in_fresh_process(
+                measure_throughput, kind, loop, server.ports, seconds, concurrency
+            )
+            _say(f"{targets} targets, {kind}: steady state at {interval:g} s ...")
+            steady = _in_fresh_process(
+                measure_steady, kind, loop, server.ports, seconds, interval, coalesce
+            )
+            rows.append(Row(targets, kind, throughput, steady, server.processes, "", interval))
+    return rows
 
 
-def machine(server_uvloop: bool) -> list[str]:
+def machine(server_uvloop: bool, probing_loop: str = "asyncio") -> list[str]:
     model = "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -487,36 +492,140 @@ def machine(server_uvloop: bool) -> list[str]:
         pass
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     memory = psutil.virtual_memory().total / 2**30
+    loops = f"probing loop: {probing_loop}"
+    if probing_loop == "uvloop" or server_uvloop:
+        loops += f", uvloop {importlib.metadata.version('uvloop')}"
     return [
         f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"CPU: {model}, {os.cpu_count()} cores, {memory:.0f} GiB",
         f"OS: {platform.system()} {platform.release()}",
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__},"
-        f" probing loop: asyncio, health server loop: {'uvloop' if server_uvloop else 'asyncio'}",
+        f" httptools {httptools.__version__}, {loops},"
+        f" health server loop: {'uvloop' if server_uvloop else 'asyncio'}",
         f"RLIMIT_NOFILE: soft {soft}, hard {hard}",
     ]
 
 
 def table(rows: Sequence[Row], interval: float) -> list[str]:
     lines = [
-        "| targets | probes/s | probes per CPU-s | steady CPU % of a core"
-        f" | steady probes/s, all (ok) of {_fmt(1 / interval)}×N | start lateness p50 / p99 ms"
-        " | failures (A / B) | RSS per server KB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| targets | prober | probes/s | probes per CPU-s | steady CPU % of a core"
+        f" | steady probes/s, all (ok) of {_fmt(1 / interval)}×N | beats skipped"
+        " | start lateness p50 / p99 ms | failures (A / B) | RSS per server KB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         a, b = row.throughput, row.steady
         if a is None or b is None:
-            lines.append(f"| {row.targets:,} | skipped: {row.skipped} | | | | | | |")
+            lines.append(f"| {row.targets:,} | {row.prober} | skipped: {row.skipped} |||||||||")
             continue
         lines.append(
-            f"| {row.targets:,} | {a.per_second:,.0f} | {a.per_cpu_second:,.0f}"
+            f"| {row.targets:,} | {row.prober} | {a.per_second:,.0f} | {a.per_cpu_second:,.0f}"
             f" | {b.cpu_percent:.1f} | {b.per_second:,.0f} ({b.ok_per_second:,.0f})"
-            f" | {b.lateness_ms[0]:.2f} / {b.lateness_ms[1]:.2f}"
+            f" | {b.skipped:,} | {b.lateness_ms[0]:.2f} / {b.lateness_ms[1]:.2f}"
             f" | {sum(a.failures.values())} / {sum(b.failures.values())}"
             f" | {b.rss_growth / row.targets / 1024:.2f} |"
         )
     return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    name: str
+    size: int
+    value: Callable[[Row], float]
+    unit: str
+    limit: float
+    higher_is_better: bool
+
+
+GOALS = (
+    Goal(
+        "probes per CPU-second, 1,000 keep-alive targets",
+        1000,
+        lambda row: row.throughput.per_cpu_second if row.throughput else math.nan,
+        "",
+        30_000,
+        True,
+    ),
+    Goal(
+        "CPU % of one core, 1,000 servers × interval",
+        1000,
+        lambda row: row.steady.cpu_percent if row.steady else math.nan,
+        " %",
+        10.0,
+        False,
+    ),
+    Goal(
+        "p99 start lateness, 1,000 servers × interval",
+        1000,
+        lambda row: row.steady.lateness_ms[1] if row.steady else math.nan,
+        " ms",
+        2.0,
+        False,
+    ),
+    Goal(
+        "RSS per server (prober + scheduler), 1,000 servers",
+        1000,
+        lambda row: row.steady.rss_growth / row.targets / 1024 if row.steady else math.nan,
+        " KB",
+        2.0,
+        False,
+    ),
+    Goal(
+        "RSS per server (prober + scheduler), 10,000 servers",
+        10000,
+        lambda row: row.steady.rss_growth / row.targets / 1024 if row.steady else math.nan,
+        " KB",
+        2.0,
+        False,
+    ),
+    Goal(
+        "OK probes of the nominal rate, 10,000 servers × interval",
+        10000,
+        lambda row: (
+            100.0 * row.steady.ok_per_second * row.interval / row.targets
+            if row.steady
+            else math.nan
+        ),
+        " %",
+        95.0,
+        True,
+    ),
+)
+
+
+def goals_table(rows: Sequence[Row]) -> list[str]:
+    """Each goal's figure for both probers, their ratio (fast ÷ aiohttp) and the verdict."""
+    by = {(row.targets, row.prober): row for row in rows if row.steady is not None}
+    lines = [
+        "| goal | aiohttp | fast | fast ÷ aiohttp | target | fast prober |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for goal in GOALS:
+        old, new = by.get((goal.size, "aiohttp")), by.get((goal.size, "fast"))
+        if old is None or new is None:
+            continue
+        a, b = goal.value(old), goal.value(new)
+        ratio = b / a if a else math.inf
+        sign = "≥" if goal.higher_is_better else "≤"
+        met = b >= goal.limit if goal.higher_is_better else b <= goal.limit
+        if met:
+            verdict = "met"
+        elif goal.higher_is_better:
+            verdict = f"missed: {goal.limit / b:.2f}× short" if b > 0 else "missed"
+        else:
+            verdict = f"missed: {b / goal.limit:.2f}× over"
+        lines.append(
+            f"| {goal.name} | {_num(a)}{goal.unit} | {_num(b)}{goal.unit} | {ratio:.2f}"
+            f" | {sign} {_num(goal.limit)}{goal.unit} | {verdict} |"
+        )
+    return lines
+
+
+def _num(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
 def notes(rows: Sequence[Row], seconds: float, interval: float) -> list[str]:
@@ -525,32 +634,28 @@ def notes(rows: Sequence[Row], seconds: float, interval: float) -> list[str]:
         a, b = row.throughput, row.steady
         if a is None or b is None:
             continue
+        who = f"{row.targets:,} targets, {row.prober}"
         for name, failures in (("throughput", a.failures), ("steady state", b.failures)):
             if failures:
                 kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(failures.items()))
-                lines.append(f"- {row.targets:,} targets, {name}: failed probes: {kinds}.")
+                lines.append(f"- {who}, {name}: failed probes: {kinds}.")
         nominal = row.targets / interval
         if b.per_second < 0.95 * nominal:
             lines.append(
-                f"- {row.targets:,} targets: the scheduler kept up with only"
-                f" {b.per_second / nominal:.0%} of the nominal {nominal:,.0f} probes/s"
-                f" ({b.overruns:,} probes fell due only when the previous one ended)."
+                f"- {who}: {b.per_second / nominal:.0%} of the nominal {nominal:,.0f} probes/s"
+                f" were made; the scheduler skipped {b.skipped:,} beats."
             )
         if b.seconds > 1.2 * seconds:
             lines.append(
-                f"- {row.targets:,} targets: the {seconds:g} s steady window took"
-                f" {b.seconds:.1f} s: the event loop woke its sleep that late."
+                f"- {who}: the {seconds:g} s steady window took {b.seconds:.1f} s:"
+                " the event loop woke its sleep that late."
             )
-        if b.early:
-            lines.append(
-                f"- {row.targets:,} targets: {b.early} starts came before their rebuilt due time:"
-                " the due-time rule no longer matches the scheduler; lateness is unreliable."
-            )
-        if row.server_processes > 1:
-            lines.append(
-                f"- {row.targets:,} targets: the health server ran in {row.server_processes}"
-                " processes (hard RLIMIT_NOFILE), sharing the cores with the prober."
-            )
+    processes = {row.targets: row.server_processes for row in rows if row.server_processes > 1}
+    for size, count in processes.items():
+        lines.append(
+            f"- {size:,} targets: the health server ran in {count} processes"
+            " (hard RLIMIT_NOFILE), sharing the cores with the prober."
+        )
     return lines
 
 
@@ -572,30 +677,73 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _probers(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(names) - set(PROBERS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(PROBERS)}: {text!r}")
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.probe_capacity", description=__doc__)
-    parser.add_argument("--targets", type=_sizes, help="sizes to measure (100,1000,10000)")
+    parser.add_argument("--targets", type=_sizes, help="sizes to measure (1000,10000)")
     parser.add_argument("--seconds", type=float, help="length of each measurement (10)")
     parser.add_argument("--interval", type=float, default=1.0, help="probe interval (1.0)")
     parser.add_argument(
         "--concurrency", type=int, default=100, help="probes in flight for throughput (100)"
     )
-    parser.add_argument("--quick", action="store_true", help="100 and 1,000 targets, 3 s each")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the probing processes' event loop (auto: uvloop if installed)",
+    )
+    parser.add_argument(
+        "--coalesce",
+        type=float,
+        default=DEFAULT_COALESCE,
+        help=f"the scheduler's coalescing window in seconds ({DEFAULT_COALESCE:g})",
+    )
+    parser.add_argument(
+        "--probers",
+        type=_probers,
+        default=PROBERS,
+        help="probers to measure, comma-separated (aiohttp,fast)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1,000 targets only, 3 s each")
     args = parser.parse_args(argv)
-    sizes: list[int] = args.targets or ([100, 1000] if args.quick else [100, 1000, 10000])
+    sizes: list[int] = args.targets or ([1000] if args.quick else [1000, 10000])
     seconds: float = args.seconds or (3.0 if args.quick else 10.0)
+    loop: str = args.loop
+    if loop == "auto":
+        loop = "uvloop" if _has_uvloop() else "asyncio"
+    elif loop == "uvloop" and not _has_uvloop():
+        parser.error("uvloop is not installed (pip install uvloop)")
     hard_limit = raise_nofile_limit()
-    rows = []
+    rows: list[Row] = []
     for size in sizes:
-        row = run_size(size, seconds, args.interval, args.concurrency, hard_limit)
-        if row.skipped:
-            _say(f"{size} targets skipped: {row.skipped}")
-        rows.append(row)
-    print("\n".join(machine(_has_uvloop())))
+        size_rows = run_size(
+            size,
+            seconds,
+            args.interval,
+            args.concurrency,
+            hard_limit,
+            loop,
+            args.coalesce,
+            args.probers,
+        )
+        for row in size_rows[:1]:
+            if row.skipped:
+                _say(f"{size} targets skipped: {row.skipped}")
+        rows.extend(size_rows)
+    print("\n".join(machine(_has_uvloop(), loop)))
     print(
         f"each measurement {seconds:g} s; interval {args.interval:g} s;"
-        f" throughput concurrency {args.concurrency}"
+        f" throughput concurrency {args.concurrency}; scheduler coalescing {args.coalesce:g} s"
     )
+    print()
+    print("\n".join(goals_table(rows)))
     print()
     print("\n".join(table(rows, args.interval)))
     extra = notes(rows, seconds, args.interval)

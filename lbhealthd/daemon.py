@@ -20,7 +20,7 @@ from lbhealthd.drivers import Driver, make_driver
 from lbhealthd.errors import ConfigError
 from lbhealthd.http_api import HttpListener
 from lbhealthd.metrics import Metrics
-from lbhealthd.probes.http import HttpProber
+from lbhealthd.probes.fast import FastProber
 from lbhealthd.probes.scheduler import ProbeScheduler
 from lbhealthd.reconciler import Reconciler
 from lbhealthd.sdnotify import Notifier
@@ -41,7 +41,7 @@ class Daemon:
         self.force_dry_run = config.daemon.dry_run and config_path is not None
         self.store = Store.open(config.daemon.state_dir)
         self.driver = driver or make_driver(config)
-        self.prober = HttpProber()
+        self.prober = FastProber()
         self.scheduler = ProbeScheduler(self.prober, time.monotonic)
         self.metrics = Metrics()
         if hasattr(self.driver, "on_retry"):
@@ -104,15 +104,6 @@ class Daemon:
     async def run(self) -> int:
         """The round loop. Returns the process exit code."""
         cfg = self.config
-        log.info(
-            "started",
-            pools=[p.name for p in cfg.pools],
-            lb=cfg.load_balancer.type,
-            dry_run=cfg.daemon.dry_run,
-            state_dir=cfg.daemon.state_dir,
-            owned=len(self.reconciler.owned),
-            overrides=len(self.reconciler.overrides),
-        )
         lag_task = asyncio.create_task(self._measure_lag(), name="loop lag")
         try:
             if cfg.daemon.control_socket:
@@ -120,6 +111,15 @@ class Daemon:
                 await self.control.start()
             self.http = HttpListener(self, cfg.daemon.http, self.metrics)
             await self.http.start()
+            log.info(  # only once its sockets are bound: a clash above ends the start
+                "started",
+                pools=[p.name for p in cfg.pools],
+                lb=cfg.load_balancer.type,
+                dry_run=cfg.daemon.dry_run,
+                state_dir=cfg.daemon.state_dir,
+                owned=len(self.reconciler.owned),
+                overrides=len(self.reconciler.overrides),
+            )
             while not self.stopping.is_set():
                 started = time.monotonic()
                 if self.reload_requested:

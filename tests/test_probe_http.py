@@ -1,4 +1,8 @@
-"""The HTTP prober against real loopback servers: aiohttp.web apps and misbehaving raw sockets."""
+"""The HTTP probers against real loopback servers: aiohttp.web apps and misbehaving raw sockets.
+
+Every behaviour test runs against both probers (the ``prober_cls`` fixture): the aiohttp-based
+HttpProber and the Protocol-based FastProber must turn every server behaviour into the same
+Sample."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from lbhealthd.model import AdminState, Member, OpState, ProbeOutcome, Sample, ServerId
+from lbhealthd.probes.fast import FastProber
 from lbhealthd.probes.http import HttpProber, render_url, validate_url_template
 from lbhealthd.probes.lbstats import lb_signals, merge
 
@@ -20,6 +25,8 @@ SERVER = ServerId("api", "s1")
 MAX_BODY = 65536
 SLACK = 0.5  # how far past its timeout a probe may end
 
+Prober = HttpProber | FastProber
+ProberClass = type[HttpProber] | type[FastProber]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -95,14 +102,21 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
+@pytest.fixture(params=[HttpProber, FastProber], ids=["aiohttp", "fast"])
+def prober_cls(request: pytest.FixtureRequest) -> ProberClass:
+    """Each prober class in turn: every behaviour test runs against both."""
+    cls: ProberClass = request.param
+    return cls
+
+
 @pytest.fixture
-async def prober() -> AsyncIterator[HttpProber]:
-    async with HttpProber(max_body=MAX_BODY) as instance:
+async def prober(prober_cls: ProberClass) -> AsyncIterator[Prober]:
+    async with prober_cls(max_body=MAX_BODY) as instance:
         yield instance
 
 
 @asynccontextmanager
-async def raw_server(handler: RawHandler) -> AsyncIterator[int]:
+async def raw_server(handler: RawHandler, host: str = "127.0.0.1") -> AsyncIterator[int]:
     """Serve ``handler`` on a loopback port (yielded); cancel its connections on exit."""
     tasks: set[asyncio.Task[None]] = set()
 
@@ -117,7 +131,7 @@ async def raw_server(handler: RawHandler) -> AsyncIterator[int]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_connect, host, 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -141,7 +155,7 @@ async def read_request(reader: asyncio.StreamReader) -> None:
 
 
 async def run_probe(
-    prober: HttpProber,
+    prober: Prober,
     url: str,
     fields: dict[str, str] | None = None,
     within: float = 2.0,
@@ -151,7 +165,7 @@ async def run_probe(
 
 
 async def timed_probe(
-    prober: HttpProber, url: str, within: float, fields: dict[str, str] | None = None
+    prober: Prober, url: str, within: float, fields: dict[str, str] | None = None
 ) -> tuple[Sample, float]:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -163,7 +177,7 @@ async def timed_probe(
 # --- answers that are good ---------------------------------------------------------------------
 
 
-async def test_ok_reads_load_fields(upstream: Upstream, prober: HttpProber) -> None:
+async def test_ok_reads_load_fields(upstream: Upstream, prober: Prober) -> None:
     """A JSON body yields one signal per configured field, plus the latency."""
     body = json.dumps({"cpu": 0.5, "inflight": 3, "load": {"queue": 2}})
     url = upstream.reply("/health", body)
@@ -182,7 +196,7 @@ async def test_ok_reads_load_fields(upstream: Upstream, prober: HttpProber) -> N
     assert 0 <= sample.signals["latency_ms"] < 2000
 
 
-async def test_missing_field_leaves_signal_out(upstream: Upstream, prober: HttpProber) -> None:
+async def test_missing_field_leaves_signal_out(upstream: Upstream, prober: Prober) -> None:
     """A configured field absent from the body leaves its signal out and is named in detail."""
     url = upstream.reply("/health", json.dumps({"cpu": 0.2, "load": {}}))
     fields = {"cpu": "cpu", "mem": "memory", "queue": "load.queue"}
@@ -193,21 +207,21 @@ async def test_missing_field_leaves_signal_out(upstream: Upstream, prober: HttpP
     assert "load.queue" in sample.detail
 
 
-async def test_literal_dotted_key_wins(upstream: Upstream, prober: HttpProber) -> None:
+async def test_literal_dotted_key_wins(upstream: Upstream, prober: Prober) -> None:
     """A top-level key that contains a dot is read as it is before any nested lookup."""
     url = upstream.reply("/health", json.dumps({"load.cpu": 0.7, "load": {"cpu": 0.1}}))
     sample = await run_probe(prober, url, {"cpu": "load.cpu"})
     assert sample.signals["cpu"] == 0.7
 
 
-async def test_plain_body_without_fields_is_ok(upstream: Upstream, prober: HttpProber) -> None:
+async def test_plain_body_without_fields_is_ok(upstream: Upstream, prober: Prober) -> None:
     """Without load fields any 2xx body is fine, JSON or not."""
     sample = await run_probe(prober, upstream.reply("/health", "OK\n"))
     assert sample.outcome is ProbeOutcome.OK
     assert set(sample.signals) == {"latency_ms"}
 
 
-async def test_latency_uses_the_given_clock(upstream: Upstream, prober: HttpProber) -> None:
+async def test_latency_uses_the_given_clock(upstream: Upstream, prober: Prober) -> None:
     """Sample.at is the clock at the start and latency runs from there to the end of the body."""
     readings = iter([100.0])
 
@@ -248,7 +262,7 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("body", "fields", "expected"), BAD_BODIES)
 async def test_bad_body(
-    upstream: Upstream, prober: HttpProber, body: bytes, fields: dict[str, str], expected: str
+    upstream: Upstream, prober: Prober, body: bytes, fields: dict[str, str], expected: str
 ) -> None:
     """A body that cannot be trusted fails the probe with BAD_BODY saying why."""
     url = upstream.reply("/health", body, headers={"Content-Type": "application/json"})
@@ -271,7 +285,7 @@ async def test_bad_body(
 )
 async def test_status_document(
     upstream: Upstream,
-    prober: HttpProber,
+    prober: Prober,
     status: str,
     fields: dict[str, str],
     outcome: ProbeOutcome,
@@ -291,10 +305,12 @@ async def test_status_document(
         pytest.param(65, ProbeOutcome.BAD_BODY, id="one-byte-over"),
     ],
 )
-async def test_body_cap_boundary(upstream: Upstream, size: int, outcome: ProbeOutcome) -> None:
+async def test_body_cap_boundary(
+    upstream: Upstream, prober_cls: ProberClass, size: int, outcome: ProbeOutcome
+) -> None:
     """A body of exactly max_body bytes is read; one byte more is refused."""
     body = b'{"cpu": 1}'.ljust(size)
-    async with HttpProber(max_body=64) as small:
+    async with prober_cls(max_body=64) as small:
         sample = await run_probe(small, upstream.reply("/health", body), {"cpu": "cpu"})
     assert sample.outcome is outcome
     if outcome is ProbeOutcome.BAD_BODY:
@@ -318,7 +334,7 @@ def chunked(data: bytes) -> bytes:
         pytest.param(b"Connection: close\r\n", id="until-close"),
     ],
 )
-async def test_huge_body_is_not_buffered(prober: HttpProber, framing: bytes) -> None:
+async def test_huge_body_is_not_buffered(prober: Prober, framing: bytes) -> None:
     """A 256 MB body is refused at the cap, quickly, while the server manages to send little."""
     sent = 0
     done = asyncio.Event()
@@ -353,7 +369,7 @@ async def test_huge_body_is_not_buffered(prober: HttpProber, framing: bytes) -> 
     ],
 )
 async def test_endless_chunked_body(
-    prober: HttpProber, pause: float, step: int, outcome: ProbeOutcome
+    prober: Prober, pause: float, step: int, outcome: ProbeOutcome
 ) -> None:
     """A chunked body that never ends stops at the cap or at the timeout, whichever comes first."""
     timeout = 0.5
@@ -372,7 +388,7 @@ async def test_endless_chunked_body(
     assert elapsed < timeout + SLACK
 
 
-async def test_headers_one_byte_at_a_time_time_out(prober: HttpProber) -> None:
+async def test_headers_one_byte_at_a_time_time_out(prober: Prober) -> None:
     """Headers trickled a byte at a time cannot stretch a probe past its timeout."""
     timeout = 0.6
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -392,14 +408,14 @@ async def test_headers_one_byte_at_a_time_time_out(prober: HttpProber) -> None:
     assert sample.signals == {}
 
 
-async def test_silent_server_times_out(upstream: Upstream, prober: HttpProber) -> None:
+async def test_silent_server_times_out(upstream: Upstream, prober: Prober) -> None:
     """A server that never answers gives TIMEOUT right after the timeout."""
     sample, elapsed = await timed_probe(prober, upstream.hang("/health"), 0.3)
     assert sample.outcome is ProbeOutcome.TIMEOUT
     assert elapsed < 0.3 + SLACK
 
 
-async def test_cancellation_propagates(upstream: Upstream, prober: HttpProber) -> None:
+async def test_cancellation_propagates(upstream: Upstream, prober: Prober) -> None:
     """Cancelling a probe cancels it; it is not turned into a sample."""
     url = upstream.hang("/health")
     task = asyncio.create_task(run_probe(prober, url, within=30.0))
@@ -413,7 +429,7 @@ async def test_cancellation_propagates(upstream: Upstream, prober: HttpProber) -
 
 
 @pytest.mark.parametrize("status", [503, 500, 404, 204], ids=str)
-async def test_http_status(upstream: Upstream, prober: HttpProber, status: int) -> None:
+async def test_http_status(upstream: Upstream, prober: Prober, status: int) -> None:
     """A status other than 2xx is HTTP_STATUS with the code; 2xx is OK."""
     sample = await run_probe(prober, upstream.reply("/health", status=status))
     if status == 204:
@@ -425,9 +441,7 @@ async def test_http_status(upstream: Upstream, prober: HttpProber, status: int) 
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308], ids=str)
-async def test_redirect_is_not_followed(
-    upstream: Upstream, prober: HttpProber, status: int
-) -> None:
+async def test_redirect_is_not_followed(upstream: Upstream, prober: Prober, status: int) -> None:
     """A redirect fails the probe and its target is never requested."""
     target = upstream.reply("/moved", "OK")
     url = upstream.reply("/health", status=status, headers={"Location": target})
@@ -439,7 +453,7 @@ async def test_redirect_is_not_followed(
     assert upstream.hits == ["/health"]
 
 
-async def test_refused(prober: HttpProber) -> None:
+async def test_refused(prober: Prober) -> None:
     """Nothing listening on the port gives REFUSED."""
     with closed_port() as port:
         sample = await run_probe(prober, f"http://127.0.0.1:{port}/health")
@@ -451,11 +465,14 @@ BROKEN = [
     pytest.param(b"", "ServerDisconnectedError", id="closes-without-answer"),
     pytest.param(b"SSH-2.0-OpenSSH\r\n\r\n", "Error", id="not-http"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "Error", id="truncated"),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOKgarbage", "Error", id="junk-after-answer"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("answer", "expected"), BROKEN)
-async def test_broken_server_is_an_error(prober: HttpProber, answer: bytes, expected: str) -> None:
+async def test_broken_server_is_an_error(prober: Prober, answer: bytes, expected: str) -> None:
     """A server that breaks the protocol gives ERROR naming the exception, without a traceback."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -471,7 +488,7 @@ async def test_broken_server_is_an_error(prober: HttpProber, answer: bytes, expe
     assert "\n" not in sample.detail
 
 
-async def test_invalid_url_is_an_error(prober: HttpProber) -> None:
+async def test_invalid_url_is_an_error(prober: Prober) -> None:
     """An unusable URL gives an ERROR sample, not an exception."""
     sample = await run_probe(prober, "http:///no-host")
     assert sample.outcome is ProbeOutcome.ERROR
@@ -481,7 +498,7 @@ async def test_invalid_url_is_an_error(prober: HttpProber) -> None:
 # --- connections -------------------------------------------------------------------------------
 
 
-async def test_keep_alive_reuses_one_connection(upstream: Upstream, prober: HttpProber) -> None:
+async def test_keep_alive_reuses_one_connection(upstream: Upstream, prober: Prober) -> None:
     """Several probes of one server travel over one kept-alive connection."""
     url = upstream.reply("/health", '{"cpu": 0.1}')
     samples = [await run_probe(prober, url, {"cpu": "cpu"}) for _ in range(4)]
@@ -490,7 +507,7 @@ async def test_keep_alive_reuses_one_connection(upstream: Upstream, prober: Http
     assert len(set(upstream.peer_ports)) == 1
 
 
-async def test_reconnects_when_server_closes(upstream: Upstream, prober: HttpProber) -> None:
+async def test_reconnects_when_server_closes(upstream: Upstream, prober: Prober) -> None:
     """A server that closes after each answer gets a fresh connection per probe."""
     url = upstream.reply("/health", "OK", close=True)
     samples = [await run_probe(prober, url) for _ in range(3)]
@@ -498,7 +515,7 @@ async def test_reconnects_when_server_closes(upstream: Upstream, prober: HttpPro
     assert len(set(upstream.peer_ports)) == 3
 
 
-async def test_reconnects_after_idle_close(prober: HttpProber) -> None:
+async def test_reconnects_after_idle_close(prober: Prober) -> None:
     """A kept-alive connection the server dropped while idle is replaced, and the probe is OK."""
     connections = 0
     closed = asyncio.Event()
@@ -522,9 +539,132 @@ async def test_reconnects_after_idle_close(prober: HttpProber) -> None:
     assert connections == 2
 
 
-async def test_closed_prober_refuses_to_probe() -> None:
+def answer_then_close(first_only: bool) -> tuple[RawHandler, Callable[[], int]]:
+    """A server that answers the first request of its first connection (of every connection
+    unless ``first_only``) and closes any connection on its next request without answering,
+    as a server does that closed a kept-alive connection just as the request was sent."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        if first_only and connections > 1:
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        await writer.drain()
+        await read_request(reader)
+
+    return handler, lambda: connections
+
+
+async def test_retries_once_when_a_reused_connection_was_closed(prober: Prober) -> None:
+    """A request lost on a kept-alive connection the server closed is sent again, once."""
+    handler, connections = answer_then_close(first_only=False)
+    async with raw_server(handler) as port:
+        url = f"http://127.0.0.1:{port}/health"
+        samples = [await run_probe(prober, url) for _ in range(3)]
+    assert [s.outcome for s in samples] == [ProbeOutcome.OK] * 3
+    assert connections() == 3
+
+
+async def test_does_not_retry_twice(prober: Prober) -> None:
+    """When the retried request is closed on too, the probe is an ERROR: no endless retries."""
+    handler, connections = answer_then_close(first_only=True)
+    async with raw_server(handler) as port:
+        url = f"http://127.0.0.1:{port}/health"
+        first = await run_probe(prober, url)
+        second = await run_probe(prober, url)
+    assert (first.outcome, second.outcome) == (ProbeOutcome.OK, ProbeOutcome.ERROR)
+    assert "ServerDisconnectedError" in second.detail
+    assert connections() == 2
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_literal(prober: Prober) -> None:
+    """A bracketed IPv6 literal is probed over IPv6, with the Host header bracketed too."""
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"cpu": 1}')
+        await writer.drain()
+
+    async with raw_server(handler, host="::1") as port:
+        sample = await run_probe(prober, f"http://[::1]:{port}/health", {"cpu": "cpu"})
+    assert sample.outcome is ProbeOutcome.OK, sample.detail
+    assert sample.signals["cpu"] == 1.0
+    assert f"Host: [::1]:{port}\r\n".encode() in heads[0]
+
+
+async def test_https_is_probed(prober: Prober) -> None:
+    """An https:// URL is probed (FastProber hands it to the aiohttp prober): refused here."""
+    with closed_port() as port:
+        sample = await run_probe(prober, f"https://127.0.0.1:{port}/health")
+    assert sample.outcome is ProbeOutcome.REFUSED
+
+
+async def test_close_ends_probes_in_flight(upstream: Upstream, prober_cls: ProberClass) -> None:
+    """Closing the prober ends a probe in flight as an ERROR at once, not at its timeout."""
+    prober = prober_cls()
+    task = asyncio.create_task(run_probe(prober, upstream.hang("/health"), within=30.0))
+    await asyncio.wait_for(upstream.hanging.wait(), 5.0)
+    await prober.close()
+    async with asyncio.timeout(5.0):
+        sample = await task
+    assert sample.outcome is ProbeOutcome.ERROR
+
+
+@contextmanager
+def full_accept_queue() -> Iterator[int]:
+    """Yield a loopback port whose accept queue is full, so that a new connection hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(8):  # Linux queues backlog + 1 connections; the rest wait for SYN-ACK
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_connect_that_hangs_times_out(prober: Prober) -> None:
+    """A connection that is never accepted gives TIMEOUT at the probe's timeout."""
+    with full_accept_queue() as port:
+        sample, elapsed = await timed_probe(prober, f"http://127.0.0.1:{port}/health", 0.4)
+    assert sample.outcome is ProbeOutcome.TIMEOUT
+    assert elapsed < 0.4 + SLACK
+
+
+async def test_fast_prober_connect_timeout() -> None:
+    """FastProber's connect_timeout bounds connecting within the probe's own timeout."""
+    async with FastProber(connect_timeout=0.2) as prober:
+        with full_accept_queue() as port:
+            sample, elapsed = await timed_probe(prober, f"http://127.0.0.1:{port}/", 5.0)
+    assert sample.outcome is ProbeOutcome.TIMEOUT
+    assert sample.detail == "no connection within 0.2s"
+    assert 0.15 <= elapsed < 0.2 + SLACK
+
+
+async def test_closed_prober_refuses_to_probe(prober_cls: ProberClass) -> None:
     """Probing after close() is a programming error, not a failed sample."""
-    prober = HttpProber()
+    prober = prober_cls()
     await prober.close()
     with pytest.raises(RuntimeError, match="closed"):
         await run_probe(prober, "http://127.0.0.1:1/")

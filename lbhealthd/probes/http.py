@@ -109,14 +109,21 @@ class HttpProber:
             async with asyncio.timeout(timeout):
                 answer = await self._fetch(session, url)
         except TimeoutError:
-            return _failed(server, started, ProbeOutcome.TIMEOUT, f"no answer within {timeout:g}s")
+            return failed(server, started, ProbeOutcome.TIMEOUT, f"no answer within {timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
             outcome = ProbeOutcome.REFUSED if _refused(exc) else ProbeOutcome.ERROR
-            return _failed(server, started, outcome, _describe(exc))
+            return failed(server, started, outcome, describe(exc))
         except Exception as exc:
-            return _failed(server, started, ProbeOutcome.ERROR, _describe(exc))
+            return failed(server, started, ProbeOutcome.ERROR, describe(exc))
         latency_ms = (now() - started) * 1000.0
-        return self._judge(server, started, latency_ms, answer, load_fields)
+        return judge(
+            server,
+            started,
+            latency_ms,
+            (answer.status, answer.location, answer.body),
+            load_fields,
+            self._max_body,
+        )
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -159,27 +166,31 @@ class HttpProber:
             body += chunk
         return None
 
-    def _judge(
-        self,
-        server: ServerId,
-        started: float,
-        latency_ms: float,
-        answer: _Answer,
-        load_fields: Mapping[str, str],
-    ) -> Sample:
-        signals = {"latency_ms": latency_ms}
-        if not 200 <= answer.status < 300:
-            detail = _status_detail(answer)
-            return Sample(server, started, ProbeOutcome.HTTP_STATUS, signals, detail)
-        if answer.body is None:
-            detail = f"body larger than {self._max_body} bytes"
-            return Sample(server, started, ProbeOutcome.BAD_BODY, signals, detail)
-        try:
-            loads, missing = _read_signals(answer.body, load_fields)
-        except _BadBody as exc:
-            return Sample(server, started, ProbeOutcome.BAD_BODY, signals, _clip(str(exc)))
-        detail = f"missing load fields: {', '.join(missing)}" if missing else ""
-        return Sample(server, started, ProbeOutcome.OK, {**signals, **loads}, _clip(detail))
+
+def judge(
+    server: ServerId,
+    started: float,
+    latency_ms: float,
+    answer: tuple[int, str, bytes | None],
+    load_fields: Mapping[str, str],
+    max_body: int,
+) -> Sample:
+    """Turn an answer ``(status, Location header, body or None if larger than max_body)`` into
+    a Sample: the status, then the body's size, then its JSON status and load fields."""
+    status, location, body = answer
+    signals = {"latency_ms": latency_ms}
+    if not 200 <= status < 300:
+        detail = _status_detail(status, location)
+        return Sample(server, started, ProbeOutcome.HTTP_STATUS, signals, detail)
+    if body is None:
+        detail = f"body larger than {max_body} bytes"
+        return Sample(server, started, ProbeOutcome.BAD_BODY, signals, detail)
+    try:
+        loads, missing = _read_signals(body, load_fields)
+    except _BadBody as exc:
+        return Sample(server, started, ProbeOutcome.BAD_BODY, signals, _clip(str(exc)))
+    detail = f"missing load fields: {', '.join(missing)}" if missing else ""
+    return Sample(server, started, ProbeOutcome.OK, {**signals, **loads}, _clip(detail))
 
 
 def _read_signals(
@@ -273,14 +284,15 @@ def _kind(value: object) -> str:
             return type(value).__name__
 
 
-def _status_detail(answer: _Answer) -> str:
-    if 300 <= answer.status < 400:
-        target = f" to {answer.location[:200]!r}" if answer.location else ""
-        return f"HTTP {answer.status}: redirect{target} not followed"
-    return f"HTTP {answer.status}"
+def _status_detail(status: int, location: str) -> str:
+    if 300 <= status < 400:
+        target = f" to {location[:200]!r}" if location else ""
+        return f"HTTP {status}: redirect{target} not followed"
+    return f"HTTP {status}"
 
 
-def _failed(server: ServerId, started: float, outcome: ProbeOutcome, detail: str) -> Sample:
+def failed(server: ServerId, started: float, outcome: ProbeOutcome, detail: str) -> Sample:
+    """A failed probe's Sample: no signals, ``detail`` clipped to MAX_DETAIL characters."""
     return Sample(server, started, outcome, {}, _clip(detail))
 
 
@@ -289,7 +301,8 @@ def _refused(exc: aiohttp.ClientConnectorError) -> bool:
     return isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """One line naming an exception and its message, for a Sample's detail."""
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 

@@ -1,15 +1,54 @@
-"""Runs one probe loop per server: every ``interval`` with jitter, starts spread over the
-interval so that a large pool is never probed all at once. Keeps each server's newest sample."""
+"""Runs every server's probe on its own beat, spread over the interval, with a bounded number of
+probes in flight; keeps each server's newest sample.
+
+Rules:
+- Each server's first beat falls at a random phase of its interval, so a pool is never probed
+  all at once; each next beat follows by the interval plus a jitter (± ``jitter`` × interval).
+- At most ``max_in_flight`` probes run at once. A beat whose server is still being probed, or
+  that cannot start before it is half an interval late (no free slot, or the loop fell behind),
+  is skipped and counted in ``skipped``; the cadence goes on. Overload therefore degrades into
+  fewer probes, each on time, never into a queue of probes that all time out.
+- Changing a server's target restarts its beat at a new random phase; removing it forgets its
+  sample. A probe of a removed or changed target that ends afterwards is discarded.
+
+Theory of operation: one task keeps a heap of (due time, sequence, server); it sleeps until the
+earliest beat, starts every beat that is due (each probe in its own task), and schedules each
+server's next beat. A due beat with no free slot waits for one until its skip deadline; ``sync``
+and the end of a probe wake the task early when needed. Per server the
+scheduler holds a heap entry, the target and the newest sample, not a task.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
 
 from lbhealthd.model import Sample, ServerId
-from lbhealthd.probes.http import HttpProber
+
+log = structlog.get_logger("lbhealthd.probes.scheduler")
+
+DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_COALESCE = 0.01  # seconds: beats due this soon start with the current wake-up
+_MARGIN = 0.0005  # seconds past a beat's skip deadline to wake at: timers may fire a bit early
+
+
+class Prober(Protocol):
+    """What the scheduler needs of a prober (HttpProber and FastProber both are one)."""
+
+    async def probe(
+        self,
+        server: ServerId,
+        url: str,
+        timeout: float,  # noqa: ASYNC109 - the probers' own signature
+        load_fields: Mapping[str, str],
+        now: Callable[[], float],
+    ) -> Sample: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,64 +61,172 @@ class Target:
     load_fields: Mapping[str, str]
 
 
+StartHook = Callable[[ServerId, float, float], None]  # (server, due, started): for measurements
+
+
 class ProbeScheduler:
-    """Keeps a probe loop running for every target given to ``sync``; ``latest`` has results."""
+    """Keeps every target given to ``sync`` probed on its beat; ``latest`` has the results.
+
+    ``skipped`` counts the beats not probed (see the module's rules); ``on_start``, if given, is
+    told every probe's due and actual start times (the benchmark measures lateness with it).
+    """
 
     def __init__(
         self,
-        prober: HttpProber,
+        prober: Prober,
         clock: Callable[[], float],
         *,
         jitter: float = 0.1,
         rng: random.Random | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        coalesce: float = DEFAULT_COALESCE,
+        on_start: StartHook | None = None,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._prober = prober
         self._clock = clock
         self._jitter = jitter
         self._rng = rng or random.Random()  # noqa: S311 - spreading probes, not cryptography
-        self._tasks: dict[ServerId, tuple[Target, asyncio.Task[None]]] = {}
+        self._max_in_flight = max_in_flight
+        self._coalesce = coalesce
+        self._on_start = on_start
+        self._targets: dict[ServerId, Target] = {}
         self._latest: dict[ServerId, Sample] = {}
+        self._beats: list[tuple[float, int, ServerId, Target]] = []  # a heap
+        self._sequence = 0
+        self._in_flight: dict[ServerId, asyncio.Task[None]] = {}
+        self._wake: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self.skipped = 0
+
+    # --- the public surface ----------------------------------------------------------------
 
     def sync(self, targets: Mapping[ServerId, Target]) -> None:
-        """Start loops for new targets, restart changed ones, stop the ones that left."""
-        for sid in list(self._tasks):
-            target, task = self._tasks[sid]
-            if targets.get(sid) != target:
-                task.cancel()
-                del self._tasks[sid]
-                if sid not in targets:
-                    self._latest.pop(sid, None)
+        """Start beats for new targets, restart changed ones, forget the ones that left."""
+        now = self._clock()
+        for sid in [sid for sid in self._targets if sid not in targets]:
+            del self._targets[sid]
+            self._latest.pop(sid, None)
+        earliest = self._beats[0][0] if self._beats else None
         for sid, target in targets.items():
-            if sid not in self._tasks:
-                task = asyncio.create_task(self._loop(sid, target), name=f"probe {sid}")
-                self._tasks[sid] = (target, task)
+            if self._targets.get(sid) == target:
+                continue
+            self._targets[sid] = target
+            self._push(now + self._rng.uniform(0.0, target.interval), sid, target)
+        if len(self._beats) > 2 * len(self._targets) + 64:
+            # drop the beats of removed and changed targets (in place: the loop holds the list)
+            self._beats[:] = [b for b in self._beats if self._targets.get(b[2]) is b[3]]
+            heapq.heapify(self._beats)
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(
+                self._run(), name="probe scheduler"
+            )
+        elif self._beats and (earliest is None or self._beats[0][0] < earliest):
+            self._wake_up()
 
     def latest(self, sid: ServerId) -> Sample | None:
         return self._latest.get(sid)
 
     @property
     def targets(self) -> int:
-        return len(self._tasks)
+        return len(self._targets)
 
-    async def _loop(self, sid: ServerId, target: Target) -> None:
-        # Start at a random phase of the interval, then keep a steady cadence with jitter.
-        await asyncio.sleep(self._rng.uniform(0.0, target.interval))
-        next_at = self._clock()
-        while True:
-            self._latest[sid] = await self._prober.probe(
-                sid, target.url, target.timeout, target.load_fields, self._clock
-            )
-            spread = target.interval * self._jitter
-            next_at += target.interval + self._rng.uniform(-spread, spread)
-            now = self._clock()
-            if next_at < now:  # fell behind (a slow probe): do not burst to catch up
-                next_at = now
-            await asyncio.sleep(next_at - now)
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
 
     async def close(self) -> None:
-        """Stop every loop and wait for them to end."""
-        tasks = [task for _, task in self._tasks.values()]
+        """Stop the beats and every probe in flight, and wait for them to end."""
+        tasks = list(self._in_flight.values())
+        if self._runner is not None:
+            tasks.append(self._runner)
+            self._runner = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        self._in_flight.clear()
+        self._beats.clear()
+        self._targets.clear()
+
+    # --- the beat loop ---------------------------------------------------------------------
+
+    def _push(self, due: float, sid: ServerId, target: Target) -> None:
+        self._sequence += 1
+        heapq.heappush(self._beats, (due, self._sequence, sid, target))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock, beats, in_flight = self._clock, self._beats, self._in_flight
+        while True:
+            now = clock()
+            horizon = now + self._coalesce
+            while beats and beats[0][0] <= horizon:
+                due, _, sid, target = beats[0]
+                if self._targets.get(sid) is not target:
+                    heapq.heappop(beats)  # removed or changed since this beat was scheduled
+                    continue
+                late = now - due >= target.interval / 2  # negative: started early
+                if not late and sid not in in_flight and len(in_flight) >= self._max_in_flight:
+                    break  # wait for a free slot, until this beat is too late
+                heapq.heappop(beats)
+                spread = target.interval * self._jitter
+                self._push(due + target.interval + self._rng.uniform(-spread, spread), sid, target)
+                if late or sid in in_flight:
+                    self.skipped += 1
+                else:
+                    self._start(loop, sid, target, due, now)
+            if not beats:
+                await self._sleep(loop, None)  # until sync adds beats
+            elif beats[0][0] <= horizon:  # until a slot frees, or this beat is to be skipped
+                due, _, _, target = beats[0]
+                await self._sleep(loop, due + target.interval / 2 - now + _MARGIN)
+            else:
+                await self._sleep(loop, beats[0][0] - now)
+
+    def _start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sid: ServerId,
+        target: Target,
+        due: float,
+        now: float,
+    ) -> None:
+        if self._on_start is not None:
+            self._on_start(sid, due, now)
+        task = loop.create_task(self._probe(sid, target))
+        self._in_flight[sid] = task
+
+    async def _probe(self, sid: ServerId, target: Target) -> None:
+        try:
+            sample = await self._prober.probe(
+                sid, target.url, target.timeout, target.load_fields, self._clock
+            )
+        except Exception:
+            log.exception("probe_crashed", server=str(sid), url=target.url)
+            return
+        finally:
+            del self._in_flight[sid]
+            if len(self._in_flight) == self._max_in_flight - 1:
+                self._wake_up()
+        if self._targets.get(sid) is target:
+            self._latest[sid] = sample
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, delay: float | None) -> None:
+        wake = self._wake = loop.create_future()
+        timer = None if delay is None else loop.call_later(delay, _set, wake)
+        try:
+            await wake
+        finally:
+            self._wake = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            _set(self._wake)
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
