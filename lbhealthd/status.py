@@ -52,6 +52,28 @@ def _owner(
     return None
 
 
+def _lb_view(m: Member) -> dict[str, Any]:
+    """What the load balancer says of a server: the part of its entry every path shares."""
+    return {
+        "server": str(m.id),
+        "address": m.address,
+        "port": m.port,
+        "lb_state": m.admin.value,
+        "lb_op": m.op.value,
+        "weight": m.weight,
+        "initial_weight": m.initial_weight,
+        "consistent": m.consistent,
+        "lb": {
+            "sessions": m.sessions,
+            "queue": m.queue,
+            "rate": m.session_rate,
+            "sessions_total": m.sessions_total,
+            "check": m.check_status,
+            "agent": m.has_agent,
+        },
+    }
+
+
 def _in_rotation(member: Member) -> bool:
     return member.admin is AdminState.READY and member.op not in (OpState.DOWN, OpState.STOPPING)
 
@@ -121,22 +143,7 @@ def from_daemon(r: Reconciler, wall: float, mono: float) -> dict[str, Any]:
             since = r.state_since.get(sid)
             servers.append(
                 {
-                    "server": str(sid),
-                    "address": m.address,
-                    "port": m.port,
-                    "lb_state": m.admin.value,
-                    "lb_op": m.op.value,
-                    "weight": m.weight,
-                    "initial_weight": m.initial_weight,
-                    "consistent": m.consistent,
-                    "lb": {
-                        "sessions": m.sessions,
-                        "queue": m.queue,
-                        "rate": m.session_rate,
-                        "sessions_total": m.sessions_total,
-                        "check": m.check_status,
-                        "agent": m.has_agent,
-                    },
+                    **_lb_view(m),
                     "desired": want.admin.value if want else None,
                     "desired_weight_fraction": round(want.weight_fraction, 3) if want else None,
                     "owner": _owner(sid, m, r.owned, r.overrides),
@@ -211,22 +218,7 @@ def from_lb(
             continue
         servers = [
             {
-                "server": str(m.id),
-                "address": m.address,
-                "port": m.port,
-                "lb_state": m.admin.value,
-                "lb_op": m.op.value,
-                "weight": m.weight,
-                "initial_weight": m.initial_weight,
-                "consistent": m.consistent,
-                "lb": {
-                    "sessions": m.sessions,
-                    "queue": m.queue,
-                    "rate": m.session_rate,
-                    "sessions_total": m.sessions_total,
-                    "check": m.check_status,
-                    "agent": m.has_agent,
-                },
+                **_lb_view(m),
                 "desired": None,
                 "desired_weight_fraction": None,
                 "owner": _owner(m.id, m, owned, overrides),
