@@ -39,7 +39,7 @@ from lbhealthd.config import Config, DaemonConfig, parse_config
 from lbhealthd.control import ControlError
 from lbhealthd.daemon import Daemon
 from lbhealthd.drivers.haproxy import Endpoint, HAProxyDriver
-from lbhealthd.errors import InvalidName
+from lbhealthd.errors import DriverError, InvalidName
 from lbhealthd.haproxy_proc import ServerSpec, free_port
 from lbhealthd.http_api import split_address
 from lbhealthd.model import AdminState, ProbeOutcome, Sample, ServerId, check_name
@@ -385,14 +385,17 @@ async def test_hostile_endpoints_are_failed_probes_within_bounds(
             for i, spec in enumerate(specs)
         }
         lb = await haproxy_factory(backends)
-        view = HAProxyDriver([lb.socket], timeout=2.0)
+        view = HAProxyDriver([lb.socket], timeout=5.0)
         daemon = Daemon(hostile_config(lb.socket, tmp_path / "state"))
         seen = watch(daemon)
         with capture_logs() as logs:
             async with run_daemon(daemon) as task:
 
                 async def settled() -> bool:
-                    counts = {pool: len(await _drained(view, pool)) for pool in POOLS}
+                    try:
+                        counts = {pool: len(await _drained(view, pool)) for pool in POOLS}
+                    except DriverError:  # the test's own read timed out on a busy machine
+                        return False
                     return counts == EXPECTED_DRAINED and all(
                         daemon.scheduler.latest(sid) for sid in kind_of
                     )
@@ -406,7 +409,8 @@ async def test_hostile_endpoints_are_failed_probes_within_bounds(
                 while time.monotonic() < deadline:
                     assert not task.done(), "the daemon stopped"
                     for pool in POOLS:
-                        most[pool] = max(most[pool], len(await _drained(view, pool)))
+                        with contextlib.suppress(DriverError):  # a slow read: look again
+                            most[pool] = max(most[pool], len(await _drained(view, pool)))
                     await asyncio.sleep(0.5)
                 rss_end = _rss()
                 latest = {sid: daemon.scheduler.latest(sid) for sid in kind_of}
