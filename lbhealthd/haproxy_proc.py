@@ -187,10 +187,36 @@ class HAProxyProcess:
         if self.pid is not None:
             raise RuntimeError(f"haproxy already running (pid {self.pid})")
         await self.check()
+        await self._spawn([])
+
+    async def reload(self) -> subprocess.Popen[bytes]:
+        """Start a new process that takes over the sockets and soft-stops the old one (``-sf``).
+
+        Returns once the admin socket answers with the new PID; the old process is returned
+        (still finishing its soft stop, it exits once its last connection is closed) and the
+        caller reaps it.
+        """
+        old = self._proc
+        if old is None or old.poll() is not None:
+            raise RuntimeError("haproxy is not running")
+        await self.check()
+        log = self._log
+        self._log = None
+        try:
+            await self._spawn(["-sf", str(old.pid)])
+        except BaseException:
+            self._proc = old  # the new one failed: the old process goes on serving
+            raise
+        finally:
+            if log is not None:
+                log.close()
+        return old
+
+    async def _spawn(self, extra: list[str]) -> None:
         self._log = self.log_path.open("ab")
         self._proc = await asyncio.to_thread(
             subprocess.Popen,
-            [self._binary(), "-db", "-f", str(self.config_path)],
+            [self._binary(), "-db", "-f", str(self.config_path), *extra],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -231,9 +257,9 @@ class HAProxyProcess:
         try:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-                if not await _wait_exit(proc, self.stop_timeout):
+                if not await wait_exit(proc, self.stop_timeout):
                     proc.kill()
-                    await _wait_exit(proc, self.stop_timeout)
+                    await wait_exit(proc, self.stop_timeout)
         finally:
             if self._log is not None:
                 self._log.close()
@@ -265,7 +291,8 @@ class HAProxyProcess:
         await self.stop()
 
 
-async def _wait_exit(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+async def wait_exit(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``proc`` to exit (reaping it); True if it did."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while proc.poll() is None:

@@ -1,14 +1,20 @@
 """Drive HAProxy through its runtime API (the admin ``stats socket``), one or several endpoints.
 
-Wire protocol: one command per connection, ``cmd + "\\n"`` then read to EOF, under a connect
-timeout and an overall deadline (HAProxy never times out a malformed exchange by itself). At
-most two connections per endpoint are open at once. Every name is checked against HAProxy's
-safe charset before it is put in a command, so ``;``, newlines, spaces or ``#`` never reach the
-socket; weights are integers 0..256 and states come from ``AdminState``.
+Wire protocol (``lbhealthd.drivers.cli_channel``): one interactive (``prompt``) connection per
+endpoint carries a burst of commands, written without waiting for each other's answers and
+answered in order; it closes once idle for ``keepalive`` seconds and takes no new command after
+``max_age`` seconds, so a reloaded HAProxy is reached on a new connection within that time and
+its old process is never kept alive by us. Every command has a deadline of ``timeout`` seconds,
+including any reconnect and retry (HAProxy never times out a malformed exchange by itself).
+Every name is checked against HAProxy's safe charset before it is put in a command, so ``;``,
+newlines, spaces or ``#`` never reach the socket; weights are integers 0..256 and states come
+from ``AdminState``.
 
-Errors: socket missing, refused, permission denied or timed out -> ``Unavailable`` (retried a
-few times with backoff, within the timeout); any text HAProxy answers to a ``set`` command, or
-an unexpected reply to a ``show`` command -> ``Rejected`` (never retried).
+Errors: socket missing, refused, permission denied, closed or timed out -> ``Unavailable``
+(retried a few times with backoff on a new connection, within the deadline; every command sent
+is idempotent, so a command that may have run is safe to send again); any text HAProxy answers
+to a ``set`` command, or an unexpected reply to a ``show`` command -> ``Rejected`` (never
+retried).
 
 Several endpoints form an HA pair: reads merge them (``consistent=False`` on disagreement or
 when an endpoint is down), writes go to every endpoint and fail if any of them failed.
@@ -19,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import errno
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -33,11 +38,11 @@ from tenacity import (
     wait_random,
 )
 
+from lbhealthd.drivers.cli_channel import Channel
 from lbhealthd.errors import DriverError, InvalidName, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
 
 MAX_REPLY = 4 * 1024 * 1024
-CONNECTIONS_PER_ENDPOINT = 2
 
 # srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*).
 _MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20  # forced, inherited, config, resolution
@@ -83,20 +88,6 @@ def parse_socket(text: str) -> Endpoint:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"invalid socket {text!r}: port must be 1-65535")
     return Endpoint("tcp", host=host, port=int(port_text))
-
-
-def _unavailable(endpoint: Endpoint, exc: OSError) -> Unavailable:
-    if exc.errno == errno.ENOENT:
-        why = "socket missing (ENOENT)"
-    elif exc.errno == errno.ECONNREFUSED:
-        why = "connection refused (ECONNREFUSED)"
-    elif exc.errno in (errno.EACCES, errno.EPERM):
-        why = "permission denied (EACCES)"
-    elif exc.errno == errno.ECONNRESET:
-        why = "connection reset (ECONNRESET)"
-    else:
-        why = f"{type(exc).__name__}: {exc}"
-    return Unavailable(why, endpoint=str(endpoint))
 
 
 def _int(value: str | None) -> int:
@@ -221,6 +212,8 @@ def _replace_consistent(member: Member, consistent: bool) -> Member:
 class HAProxyDriver:
     """The Driver for HAProxy's runtime API; ``sockets`` are ``unix:PATH`` or ``tcp:HOST:PORT``."""
 
+    max_in_flight = 256
+
     def __init__(
         self,
         sockets: Sequence[str],
@@ -228,91 +221,114 @@ class HAProxyDriver:
         *,
         attempts: int = 3,
         connect_timeout: float | None = None,
+        keepalive: float = 0.1,
+        max_age: float = 2.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not sockets:
             raise ValueError("at least one HAProxy socket is needed")
-        if timeout <= 0 or attempts < 1:
-            raise ValueError("timeout must be > 0 and attempts >= 1")
+        if timeout <= 0 or attempts < 1 or keepalive < 0 or max_age <= 0:
+            raise ValueError("timeout and max_age must be > 0, keepalive >= 0, attempts >= 1")
         self.endpoints = [parse_socket(s) for s in sockets]
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout or 1.0, timeout)
         self.attempts = attempts
+        self.keepalive = keepalive
+        self.max_age = max_age
         self._sleep = sleep
-        self._limits: dict[Endpoint, asyncio.Semaphore] = {}
+        self._channels: dict[Endpoint, Channel] = {}
+        self._opening: dict[Endpoint, asyncio.Task[Channel]] = {}
         # Errors of the endpoints that failed during the last snapshot, by endpoint.
         self.last_errors: dict[str, DriverError] = {}
         # Called on every retry (the daemon counts them in its metrics).
         self.on_retry: Callable[[], None] | None = None
+        # Connections opened so far (each carries a burst of commands).
+        self.connections = 0
 
     async def command(self, endpoint: Endpoint, cmd: str) -> str:
         """Send one command (built only from validated parts) and return the reply, with retries."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
+        line = cmd.encode("ascii") + b"\n"
+        try:
+            # The common case takes no retry machinery: one exchange on the open channel.
+            return await self._exchange(endpoint, line, deadline)
+        except Unavailable as exc:
+            if self.attempts == 1 or deadline - loop.time() < 0.02:
+                raise
+            self._retrying(endpoint, 1, exc)
+        await self._sleep(_pause(1, deadline, loop))
+
+        # Attempts 2 and later; tenacity counts from 1, so its attempt n is our n + 1.
+        def stop(state: RetryCallState) -> bool:
+            return state.attempt_number + 1 >= self.attempts or deadline - loop.time() < 0.02
 
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            structlog.get_logger().debug(
-                "driver_retry", endpoint=str(endpoint), attempt=state.attempt_number, error=str(exc)
-            )
-            if self.on_retry is not None:
-                self.on_retry()
-
-        backoff = wait_exponential(multiplier=0.05, max=0.5) + wait_random(0, 0.05)
-
-        def wait(state: RetryCallState) -> float:
-            return max(0.0, min(backoff(state), deadline - loop.time() - 0.01))
-
-        def stop(state: RetryCallState) -> bool:
-            return state.attempt_number >= self.attempts or deadline - loop.time() < 0.02
+            self._retrying(endpoint, state.attempt_number + 1, exc)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Unavailable),
             stop=stop,
-            wait=wait,
+            wait=lambda state: _pause(state.attempt_number + 1, deadline, loop),
             sleep=self._sleep,
             before_sleep=log_retry,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                return await self._exchange(endpoint, cmd, deadline)
+                return await self._exchange(endpoint, line, deadline)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _exchange(self, endpoint: Endpoint, cmd: str, deadline: float) -> str:
-        limit = self._limits.setdefault(endpoint, asyncio.Semaphore(CONNECTIONS_PER_ENDPOINT))
-        phase = "waiting for a free connection slot"
-        try:
-            async with asyncio.timeout_at(deadline), limit:
-                phase = "connecting"
-                async with asyncio.timeout(self.connect_timeout):
-                    if endpoint.kind == "unix":
-                        reader, writer = await asyncio.open_unix_connection(endpoint.path)
-                    else:
-                        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-                try:
-                    phase = "waiting for the reply"
-                    writer.write(cmd.encode("ascii") + b"\n")
-                    await writer.drain()
-                    data = b""
-                    while len(data) <= MAX_REPLY:
-                        chunk = await reader.read(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except TimeoutError as exc:
-            raise Unavailable(f"timed out {phase}", endpoint=str(endpoint)) from exc
-        except OSError as exc:
-            raise _unavailable(endpoint, exc) from exc
-        if len(data) > MAX_REPLY:
-            raise Unavailable(f"reply larger than {MAX_REPLY} bytes", endpoint=str(endpoint))
-        if not data.endswith(b"\n"):
-            raise Unavailable("connection closed before a complete reply", endpoint=str(endpoint))
+    def _retrying(self, endpoint: Endpoint, attempt: int, exc: BaseException | None) -> None:
+        structlog.get_logger().debug(
+            "driver_retry", endpoint=str(endpoint), attempt=attempt, error=str(exc)
+        )
+        if self.on_retry is not None:
+            self.on_retry()
+
+    async def _exchange(self, endpoint: Endpoint, line: bytes, deadline: float) -> str:
+        channel = await self._channel(endpoint, deadline)
+        data = await channel.ask(line, deadline)
         return data.decode("utf-8", errors="replace")
+
+    async def _channel(self, endpoint: Endpoint, deadline: float) -> Channel:
+        """The endpoint's open channel, or a new one (one opening at a time per endpoint)."""
+        loop = asyncio.get_running_loop()
+        channel = self._channels.get(endpoint)
+        if channel is not None:
+            if channel.loop is loop and channel.usable(self.max_age):
+                return channel
+            del self._channels[endpoint]
+            if channel.loop is loop:
+                channel.close_when_idle()  # too old: it finishes its answers, then closes
+        opening = self._opening.get(endpoint)
+        if opening is None or opening.get_loop() is not loop:
+            opening = loop.create_task(self._open(endpoint, deadline))
+            # Its error reaches every waiter; retrieved here too in case all of them left.
+            opening.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._opening[endpoint] = opening
+        return await asyncio.shield(opening)
+
+    async def _open(self, endpoint: Endpoint, deadline: float) -> Channel:
+        loop = asyncio.get_running_loop()
+        try:
+            channel = await Channel.open(
+                name=str(endpoint),
+                unix_path=endpoint.path if endpoint.kind == "unix" else "",
+                host=endpoint.host,
+                port=endpoint.port,
+                connect_by=min(deadline, loop.time() + self.connect_timeout),
+                deadline=deadline,
+                idle=self.keepalive,
+                max_reply=MAX_REPLY,
+            )
+        finally:
+            if self._opening.get(endpoint) is asyncio.current_task():
+                del self._opening[endpoint]
+        self.connections += 1
+        self._channels[endpoint] = channel
+        return channel
 
     async def show_info(self, endpoint: Endpoint) -> dict[str, str]:
         """``show info`` as a dict (``Pid``, ``Uptime_sec``, ``Start_time_sec`` ...)."""
@@ -393,7 +409,32 @@ class HAProxyDriver:
         await self._set(server, f"weight {weight}")
 
     async def close(self) -> None:
-        self._limits.clear()
+        """Close the connections; commands still in flight fail with ``Unavailable``."""
+        opening, self._opening = list(self._opening.values()), {}
+        for task in opening:
+            task.cancel()
+        channels, self._channels = list(self._channels.values()), {}
+        loop = asyncio.get_running_loop()
+        for channel in channels:
+            if channel.loop is loop:
+                channel.abort("the driver was closed")
+        for channel in channels:
+            if channel.loop is loop:
+                await channel.wait_lost()
+        for task in opening:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+_BACKOFF = wait_exponential(multiplier=0.05, max=0.5) + wait_random(0, 0.05)
+_BACKOFF_OWNER = AsyncRetrying()  # a RetryCallState needs one; only its attempt count is read
+
+
+def _pause(attempt: int, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+    """The backoff after failed attempt ``attempt``, never past the deadline."""
+    state = RetryCallState(_BACKOFF_OWNER, None, (), {})
+    state.attempt_number = attempt
+    return max(0.0, min(_BACKOFF(state), deadline - loop.time() - 0.01))
 
 
 def _combined(errors: list[DriverError], total: int, prefer: type[DriverError]) -> DriverError:
