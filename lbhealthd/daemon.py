@@ -200,6 +200,7 @@ class Daemon:
             self.http = None
         if self.control is not None:
             await self.control.close()
+        await self.reconciler.close()
         await self.scheduler.close()
         await self.prober.close()
         await self.driver.close()

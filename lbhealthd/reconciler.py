@@ -10,6 +10,7 @@ in rotation by hand gets a keep-in override for ``daemon.manual_change_hold``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,6 +23,7 @@ from lbhealthd.drivers import Driver
 from lbhealthd.engine import EngineState, Observation, ServerState, Settings, decide
 from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.journal import Journal
 from lbhealthd.metrics import Metrics
 from lbhealthd.model import (
     Action,
@@ -68,6 +70,7 @@ class Reconciler:
         self.metrics = metrics if metrics is not None else Metrics()
         self.driver = driver
         self.store = store
+        self.journal = Journal(store, clock=store.clock)
         self.scheduler = scheduler
         self.mono = mono
         self.wall = wall
@@ -159,11 +162,9 @@ class Reconciler:
         self.state = EngineState({**kept, **state.servers})
         self.decision = decision
         self._log_decision(decision)
-        for sid, desired in decision.desired.items():
-            member = self.members[sid.pool].get(sid)
-            if member is not None:
-                await self._converge(sid, desired, member, decision)
+        await self._converge_all(decision)
         self._persist_engine_state(now, wall)
+        await self.journal.sync()
         self.rounds += 1
         self.last_round_at = now
         return decision
@@ -356,11 +357,38 @@ class Reconciler:
 
     # --- converging ---------------------------------------------------------------------------
 
+    async def _converge_all(self, decision: Decision) -> None:
+        """Converge every server that may need a change, up to ``max_in_flight`` at a time.
+
+        Servers that should be in rotation and that lbhealthd owns nothing of need nothing
+        (the common case, skipped without a task). The others run concurrently: their intents
+        are staged together and written once before their commands go out, and the commands
+        share the driver's connection.
+        """
+        actions: dict[ServerId, Action] = {}
+        for a in decision.actions:
+            actions.setdefault(a.server, a)
+        work = []
+        for sid, desired in decision.desired.items():
+            if desired.admin is AdminState.READY and sid not in self.owned:
+                continue
+            member = self.members[sid.pool].get(sid)
+            if member is not None:
+                work.append((sid, desired, member, actions.get(sid)))
+        if not work:
+            return
+        limit = asyncio.Semaphore(max(1, getattr(self.driver, "max_in_flight", 1)))
+
+        async def one(sid: ServerId, want: Desired, member: Member, action: Action | None) -> None:
+            async with limit:
+                await self._converge(sid, want, member, action)
+
+        await asyncio.gather(*(one(*w) for w in work))
+
     async def _converge(
-        self, sid: ServerId, want: Desired, member: Member, decision: Decision
+        self, sid: ServerId, want: Desired, member: Member, action: Action | None
     ) -> None:
         owned = self.owned.get(sid)
-        action = next((a for a in decision.actions if a.server == sid), None)
         if want.admin is not AdminState.READY:
             if member.admin is want.admin and member.consistent:
                 if owned is None or owned.admin is not want.admin:
@@ -467,6 +495,9 @@ class Reconciler:
                 self._dry_logged.add((sid, f"{what}={shown}"))
                 log.info("dry_run_skipped", **fields)
             return False
+        # Write-ahead: what _intend staged for this server (and for every server converging
+        # with it) is durable before the command leaves.
+        await self.journal.sync()
         started = self.mono()
         try:
             if isinstance(value, AdminState):
@@ -561,27 +592,25 @@ class Reconciler:
         if self.owned.pop(sid, None) is not None:
             self._save_owned()
 
+    # Writes to state_dir are staged in the journal and made durable together: before a
+    # command is sent (write-ahead) and at the end of every round.
+
     def _save_owned(self) -> None:
-        try:
-            self.store.save_owned(self.owned)
-        except LbhealthdError as exc:
-            log.error("state_write_failed", error=str(exc), file="owned")
+        self.journal.stage_owned(self.owned)
 
     def _save_blob(self, name: str, data: dict[str, Any]) -> None:
-        try:
-            self.store.save_blob(name, data)
-        except LbhealthdError as exc:
-            log.error("state_write_failed", error=str(exc), file=name)
+        self.journal.stage_blob(name, data)
 
     def record(self, sid: ServerId, action: str, **fields: Any) -> None:
-        """Append to the action log; a write failure is logged, never raised."""
+        """Add to the action log (written by the end of the round); failures are logged."""
         self._record(sid, action, **fields)
 
     def _record(self, sid: ServerId, action: str, **fields: Any) -> None:
-        try:
-            self.store.append_action(server=str(sid), action=action, dry_run=self.dry_run, **fields)
-        except LbhealthdError as exc:
-            log.error("state_write_failed", error=str(exc), file="actions")
+        self.journal.stage_record(server=str(sid), action=action, dry_run=self.dry_run, **fields)
+
+    async def close(self) -> None:
+        """Write what is still staged (the daemon calls it when it stops)."""
+        await self.journal.sync()
 
     def _persist_engine_state(self, now: float, wall: float) -> None:
         """Persist what must survive a restart: drains' start, hold, flap level, restores."""

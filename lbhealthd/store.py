@@ -41,7 +41,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,6 +116,11 @@ class Store:
             raise _write_error(self.dir, "create it", exc) from exc
         with self._locked():
             self._clean_temp_files()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock that stamps action records."""
+        return self._clock
 
     @classmethod
     def open(cls, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> Store:
@@ -212,11 +217,15 @@ class Store:
 
     def save_blob(self, name: str, data: Mapping[str, Any]) -> None:
         """Store ``data`` (JSON-serialisable) under ``name``, replacing what was there."""
-        _check_blob_name(name)
-        value = dict(data)
+        self.save_blobs({name: data})
+
+    def save_blobs(self, named: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store several blobs in one write, each replacing what was there under its name."""
+        for name in named:
+            _check_blob_name(name)
         with self._locked():
             blobs = self._read_blobs()
-            blobs[name] = value
+            blobs.update({name: dict(data) for name, data in named.items()})
             self._write_document(ENGINE, "blobs", dict(sorted(blobs.items())))
 
     def _read_blobs(self) -> dict[str, dict[str, Any]]:
@@ -237,14 +246,26 @@ class Store:
         ``ts`` (wall seconds) and ``time`` (ISO 8601, UTC) are added; values JSON cannot
         hold (a ServerId, say) are written as their ``str``.
         """
-        for reserved in ("ts", "time"):
-            if reserved in fields:
-                raise ValueError(f"{reserved!r} is set by the action log itself")
-        ts = self._clock()
-        record: dict[str, Any] = {"ts": ts, "time": _iso_utc(ts)}
-        # A ServerId is a tuple, which JSON would write as a list: written as POOL/SERVER.
-        record.update({k: str(v) if isinstance(v, ServerId) else v for k, v in fields.items()})
-        line = json.dumps(record, default=str, allow_nan=False).encode() + b"\n"
+        return self.append_actions([(self._clock(), fields)])[0]
+
+    def append_actions(
+        self, batch: Sequence[tuple[float, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Append several records, each ``(ts, fields)``, in one durable write."""
+        records = []
+        for ts, fields in batch:
+            for reserved in ("ts", "time"):
+                if reserved in fields:
+                    raise ValueError(f"{reserved!r} is set by the action log itself")
+            record: dict[str, Any] = {"ts": ts, "time": _iso_utc(ts)}
+            # A ServerId is a tuple, which JSON would write as a list: written as POOL/SERVER.
+            record.update({k: str(v) if isinstance(v, ServerId) else v for k, v in fields.items()})
+            records.append(record)
+        if not records:
+            return records
+        data = b"".join(
+            json.dumps(r, default=str, allow_nan=False).encode() + b"\n" for r in records
+        )
         path = self.dir / ACTIONS
         with self._locked():
             try:
@@ -252,8 +273,8 @@ class Store:
                 try:
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":
-                        line = b"\n" + line  # a torn last line: start afresh after it
-                    _write_all(fd, line)
+                        data = b"\n" + data  # a torn last line: start afresh after it
+                    _write_all(fd, data)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -261,7 +282,7 @@ class Store:
                     _fsync_dir(self.dir)
             except OSError as exc:
                 raise _write_error(path, "append to it", exc) from exc
-        return record
+        return records
 
     def read_actions(self, limit: int | None = None) -> ActionRecords:
         """The last ``limit`` records of the action log (all when None), oldest first.

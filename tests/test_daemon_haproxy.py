@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from lbhealthd.model import AdminState
+from lbhealthd.daemon import Daemon
+from lbhealthd.drivers.haproxy import HAProxyDriver
+from lbhealthd.haproxy_proc import ServerSpec
+from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
 from lbhealthd.store import Store
 from tests.daemon_harness import LBView, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory, HAProxyHandle, api_backend
@@ -258,3 +261,32 @@ async def test_agent_that_undoes_a_drain_is_not_taken_for_an_operator(
     finally:
         agent_server.close()
         await agent_server.wait_closed()
+
+
+async def test_a_round_of_many_changes_shares_one_connection_and_few_writes(
+    haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """40 servers taken out in one round (operators' overrides): their commands share the
+    runtime API connection, state_dir is written a handful of times rather than per change,
+    and every one of them is in DRAIN with its record in the action log."""
+    servers = [ServerSpec(f"s{i}", "127.0.0.1", 20000 + i, 100) for i in range(60)]
+    haproxy = await haproxy_factory({"api": servers})
+    state = tmp_path / "state"
+    store = Store.open(state)
+    wall = time.time()
+    for i in range(40):
+        sid = ServerId("api", f"s{i}")
+        store.put_override(Override(sid, OverrideKind.DRAIN, "batch test", "test", wall))
+    daemon = Daemon(make_config([haproxy.socket], state, blind_threshold="100%"))
+    driver = daemon.driver
+    assert isinstance(driver, HAProxyDriver)
+    try:
+        await daemon.reconciler.tick()
+        assert driver.connections <= 2  # the round's reads, then its 40 commands
+        assert daemon.reconciler.journal.writes <= 6
+    finally:
+        await daemon.close()
+    drained = await LBView(haproxy.socket).drained()
+    assert drained == {f"s{i}" for i in range(40)}
+    sets = [a for a in Store(state).read_actions() if a["action"] == "set_state"]
+    assert sorted(a["server"] for a in sets) == sorted(f"api/s{i}" for i in range(40))

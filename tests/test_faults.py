@@ -207,8 +207,8 @@ async def test_full_disk_keeps_the_daemon_serving(
                 raise StateError(f"{tmp_path}/state: No space left on device")
 
             daemon.store.save_owned = full  # type: ignore[method-assign]
-            daemon.store.save_blob = full  # type: ignore[method-assign]
-            daemon.store.append_action = full  # type: ignore[method-assign]
+            daemon.store.save_blobs = full  # type: ignore[method-assign]
+            daemon.store.append_actions = full  # type: ignore[method-assign]
             api_servers.set(0, cpu=0.97)
             await wait_for(lambda: _drained(lb, {"s1"}), 5, "s1 drained")
     assert any(e["event"] == "state_write_failed" for e in logs)

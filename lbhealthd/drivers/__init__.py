@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 class Driver(Protocol):
     """List a pool's members with their state, weight and counters; change state and weight."""
 
+    #: How many servers' changes the reconciler may have in flight at once (their commands
+    #: then share the driver's connection: HAProxy's runtime API answers them in order).
+    max_in_flight: int
+
     async def snapshot(self, pool: str) -> PoolSnapshot:
         """Read every member of ``pool`` from the LB (all endpoints of an HA pair)."""
         ...

@@ -146,6 +146,8 @@ class ELBv2Driver:
     A pool missing from ``target_groups`` is the target group of the same name.
     """
 
+    max_in_flight = 1  # one API call at a time, as AWS's per-account request rate expects
+
     def __init__(
         self,
         region: str,

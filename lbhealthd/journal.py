@@ -1,0 +1,145 @@
+"""The daemon's writes to ``state_dir``, batched per round and made off the event loop.
+
+A round that changes many servers used to write ``owned.json`` and the pending blob (two
+fsyncs each) and append to the action log (one more) for every change, on the event loop:
+hundreds of changes held the loop for seconds and delayed every probe. The journal stages
+those writes in memory instead, and ``sync()`` makes them durable together: one whole-file
+write per document staged, one append for all staged action records, in a worker thread.
+
+Write-ahead, unchanged: the reconciler stages its intent for a server, then awaits ``sync()``
+before it sends the command; every change staged before the call is durable when it returns.
+Callers whose changes a write under way already holds wait for it; the others wait for the
+next one, which holds everything staged until it starts: however many callers sync together,
+they share one or two writes.
+
+A failed write is logged (``state_write_failed``, with the file), never raised: the daemon
+keeps serving on a full disk, exactly as when it wrote synchronously. A document that failed
+is written again at the next sync (unless a newer version was staged meanwhile); action
+records that failed are not kept (memory would grow for as long as the disk is full), as
+before: the JSON log still carries every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from lbhealthd.errors import LbhealthdError
+from lbhealthd.model import ServerId
+from lbhealthd.store import OwnedEntry, Store
+
+log = structlog.get_logger("lbhealthd.journal")
+
+__all__ = ["Journal"]
+
+
+class Journal:
+    """Staged writes for one Store; ``sync()`` writes them, ``sync_blocking()`` at shutdown."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._clock = clock
+        self._owned: dict[ServerId, OwnedEntry] | None = None
+        self._blobs: dict[str, dict[str, Any]] = {}
+        self._records: list[tuple[float, dict[str, Any]]] = []
+        self._lock: asyncio.Lock | None = None
+        self._staged = 0  # changes staged so far (a generation number)
+        self._written = 0  # generation covered by the last write
+        self.writes = 0  # syncs that wrote something (for tests and benchmarks)
+
+    @property
+    def dirty(self) -> bool:
+        return self._owned is not None or bool(self._blobs) or bool(self._records)
+
+    def stage_owned(self, entries: Mapping[ServerId, OwnedEntry]) -> None:
+        """The whole ownership record as it is now (a copy is kept)."""
+        self._owned = dict(entries)
+        self._staged += 1
+
+    def stage_blob(self, name: str, data: Mapping[str, Any]) -> None:
+        """An engine blob as it is now; the caller passes data it will not mutate."""
+        self._blobs[name] = dict(data)
+        self._staged += 1
+
+    def stage_record(self, **fields: Any) -> None:
+        """An action-log record, stamped now."""
+        self._records.append((self._clock(), fields))
+        self._staged += 1
+
+    async def sync(self) -> None:
+        """Make everything staged before this call durable (see the module docstring)."""
+        target = self._staged
+        if self._written >= target:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._written >= target:
+                return  # the write this caller waited for covered its changes
+            covers = self._staged
+            work = self._take()
+            failed = await asyncio.to_thread(self._write, work)
+            self._written = covers
+            self._restore(failed)
+
+    def sync_blocking(self) -> None:
+        """``sync()`` on the calling thread, for paths with no event loop to spare."""
+        if self.dirty:
+            covers = self._staged
+            failed = self._write(self._take())
+            self._written = max(self._written, covers)
+            self._restore(failed)
+
+    # --- internals -------------------------------------------------------------------------
+
+    _Work = tuple[
+        dict[ServerId, OwnedEntry] | None,
+        dict[str, dict[str, Any]],
+        list[tuple[float, dict[str, Any]]],
+    ]
+
+    def _take(self) -> _Work:
+        work = (self._owned, self._blobs, self._records)
+        self._owned, self._blobs, self._records = None, {}, []
+        return work
+
+    def _write(self, work: _Work) -> _Work:
+        """Write ``work``; return what could not be written (to be tried again)."""
+        owned, blobs, records = work
+        self.writes += 1
+        failed_owned: dict[ServerId, OwnedEntry] | None = None
+        failed_blobs: dict[str, dict[str, Any]] = {}
+        if owned is not None:
+            try:
+                self.store.save_owned(owned)
+            except LbhealthdError as exc:
+                log.error("state_write_failed", error=str(exc), file="owned")
+                failed_owned = owned
+        if blobs:
+            try:
+                self.store.save_blobs(blobs)
+            except LbhealthdError as exc:
+                log.error("state_write_failed", error=str(exc), file=",".join(sorted(blobs)))
+                failed_blobs = blobs
+        if records:
+            try:
+                self.store.append_actions(records)
+            except LbhealthdError as exc:
+                log.error(
+                    "state_write_failed", error=str(exc), file="actions", records=len(records)
+                )
+        return failed_owned, failed_blobs, []
+
+    def _restore(self, failed: _Work) -> None:
+        """Put back what failed, under anything staged meanwhile (newer wins)."""
+        owned, blobs, _ = failed
+        if owned is not None and self._owned is None:
+            self._owned = owned
+        for name, data in blobs.items():
+            self._blobs.setdefault(name, data)
+        if owned is not None or blobs:
+            self._staged += 1  # the next sync writes them again
