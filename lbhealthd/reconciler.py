@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -332,8 +331,8 @@ class Reconciler:
         st = self.state.servers.get(sid)
         if st is not None:
             servers = dict(self.state.servers)
-            servers[sid] = replace(
-                st, phase=Phase.IN_SERVICE, manual=None, drained_at=None, bad=0, good=0
+            servers[sid] = st._replace(
+                phase=Phase.IN_SERVICE, manual=None, drained_at=None, bad=0, good=0
             )
             self.state = EngineState(servers)
 

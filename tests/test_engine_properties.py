@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -85,6 +86,21 @@ def test_deterministic(scenario: tuple[PoolSettings, dict[str, str], frozenset[s
     settings, script, external = scenario
     first, second = Sim(settings), Sim(settings)
     assert first.run(script, external_out=external) == second.run(script, external_out=external)
+    assert first.state == second.state
+
+
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_the_order_of_the_servers_does_not_matter(
+    scenario: tuple[PoolSettings, dict[str, str], frozenset[str]], rng: random.Random
+) -> None:
+    """Observations given in any order give the same decisions and state (the engine groups
+    servers in the caller's order and sorts only what it reports)."""
+    settings, script, external = scenario
+    names = list(script)
+    rng.shuffle(names)
+    shuffled = {name: script[name] for name in names}
+    first, second = Sim(settings), Sim(settings)
+    assert first.run(script, external_out=external) == second.run(shuffled, external_out=external)
     assert first.state == second.state
 
 

@@ -29,7 +29,6 @@ No asyncio, no I/O, no clock reads, no logging: same input, same output.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from lbhealthd.engine.governor import (
     budget,
@@ -41,9 +40,9 @@ from lbhealthd.engine.hysteresis import Event, Phase, step
 from lbhealthd.engine.settings import Marks, PoolSettings, Settings
 from lbhealthd.engine.state import EngineState, Observation, ServerState
 from lbhealthd.engine.verdict import (
-    Judgement,
     MarkItems,
     Verdict,
+    assess,
     judge,
     judge_sorted,
     sorted_marks,
@@ -57,6 +56,7 @@ from lbhealthd.model import (
     Desired,
     Override,
     OverrideKind,
+    ProbeOutcome,
     Reason,
     Rule,
     Sample,
@@ -79,6 +79,7 @@ _STREAK_CAP = 1_000_000
 _IN_SERVICE = Desired(AdminState.READY)
 _DRAINED = Desired(AdminState.DRAIN)
 _OUT_KINDS = (OverrideKind.DRAIN, OverrideKind.MAINT)
+_FRESH = ServerState()
 
 
 def decide(
@@ -93,17 +94,39 @@ def decide(
     Servers absent from ``observations`` are forgotten (they left the LB); servers of pools not
     in ``settings`` are ignored.
     """
+    # Grouped in the caller's order, not sorted: sorting 10,000 ids costs more than the rest
+    # of the round. What the caller sees does not depend on that order: actions and blocked
+    # changes are sorted per pool below, and drains are ranked by a total order.
+    known = settings.pools
     pools: dict[str, list[ServerId]] = {}
-    for sid in sorted(observations):
-        if sid.pool in settings.pools:
-            pools.setdefault(sid.pool, []).append(sid)
+    for sid in observations:
+        pool = sid[0]
+        if pool in known:
+            group = pools.get(pool)
+            if group is None:
+                group = pools[pool] = []
+            group.append(sid)
     round_ = _Round(now)
     servers: dict[ServerId, ServerState] = {}
-    for pool, ids in pools.items():
+    for pool in sorted(pools):
         servers.update(
-            round_.pool(settings.pools[pool], ids, state.servers, observations, overrides)
+            round_.pool(known[pool], pools[pool], state.servers, observations, overrides)
         )
     return EngineState(servers=servers), round_.decision()
+
+
+class _Pass:
+    """What one pass over a pool's servers found (see ``_Round._servers``)."""
+
+    __slots__ = ("candidates", "desired", "failed", "manual", "out", "probed", "servers")
+
+    def __init__(self) -> None:
+        self.servers: dict[ServerId, ServerState] = {}
+        self.desired: dict[ServerId, Desired] = {}
+        self.candidates: list[ServerId] = []  # in service with ``fall`` bad samples (rule 5)
+        self.manual: list[ServerId] = []  # out by an operator's override
+        self.probed = self.failed = 0  # rule 1's count
+        self.out = 0  # servers out of rotation, whatever took them out
 
 
 class _Round:
@@ -140,55 +163,90 @@ class _Round:
         observations: Mapping[ServerId, Observation],
         overrides: Mapping[ServerId, Override],
     ) -> dict[ServerId, ServerState]:
-        blind = self._blind(ps, ids, previous, observations, overrides)
-        cur: dict[ServerId, ServerState] = {}
-        marks = sorted_marks(ps.marks)
-        fresh = ServerState()
-        in_service = Phase.IN_SERVICE
-        # One pass per server for rules 2-4 (they look at that server alone); this loop runs
-        # for every server every round, so the common case takes no call it does not need.
-        for sid in ids:
-            st, judged = _observe(previous.get(sid, fresh), observations[sid].sample, marks, blind)
-            if judged is not None and st.fraction < 1.0 and st.phase is in_service:
-                st = self._ramp(sid, st, judged, ps, blind)
-            override = overrides.get(sid) if overrides else None
-            if override is not None or st.phase is not in_service:
-                st = self._override(sid, st, override, ps)
-                if st.phase is Phase.DRAINED:
-                    st = self._restore(sid, st, ps, blind)
-            cur[sid] = st
-        self._drains(ps, ids, cur, observations, overrides, blind)
-        self._check_caps(ps, ids, cur, observations)
-        desired = self.desired
-        for sid in ids:
-            st = cur[sid]
-            if st.phase is in_service and st.fraction >= 1.0:
-                desired[sid] = _IN_SERVICE
-            else:
-                desired[sid] = self._desired(st, ps)
+        # Rules 2-4 in one pass that also counts the failed probes of rule 1. A blind pool is
+        # rare: its pass is thrown away and made again, blind.
+        undo = (len(self.actions), len(self.blocked), self.next_wake)
+        done = self._servers(ps, ids, previous, observations, overrides, blind=False)
+        blind = is_blind(done.probed, done.failed, ps)
+        if blind:
+            del self.actions[undo[0] :], self.blocked[undo[1] :]
+            self.next_wake = undo[2]
+            self._blind(ps, done.probed, done.failed)
+            done = self._servers(ps, ids, previous, observations, overrides, blind=True)
+        # The order of the servers must not show in the decision.
+        self.actions[undo[0] :] = sorted(self.actions[undo[0] :], key=_by_server)
+        self.blocked[undo[1] :] = sorted(self.blocked[undo[1] :], key=_by_server)
+        cur, desired, candidates = done.servers, done.desired, done.candidates
+        out = self._drains(ps, candidates, cur, observations, overrides, blind, done.out)
+        for sid in candidates:
+            desired[sid] = self._desired(cur[sid], ps)
+        self.desired.update(desired)
+        self._check_caps(ps, len(ids), done.manual, out)
         return cur
 
-    def _blind(
+    def _servers(
         self,
         ps: PoolSettings,
         ids: list[ServerId],
         previous: Mapping[ServerId, ServerState],
         observations: Mapping[ServerId, Observation],
         overrides: Mapping[ServerId, Override],
-    ) -> bool:
-        probed = failed = 0
+        blind: bool,
+    ) -> _Pass:
+        """Rules 2-4 for every server of the pool (each looks at that server alone)."""
+        done = _Pass()
+        cur, desired, candidates, manual = done.servers, done.desired, done.candidates, done.manual
+        marks = sorted_marks(ps.marks)
+        fresh = _FRESH
+        in_service, manual_phase = Phase.IN_SERVICE, Phase.MANUAL
+        ok = ProbeOutcome.OK
+        fall = ps.fall
+        previous_get = previous.get
+        probed = failed = out = 0
+        # This loop runs for every server every round: the common case (in service, full
+        # weight, no override) takes no call it does not need.
         for sid in ids:
             obs = observations[sid]
-            override = overrides.get(sid)
-            prev = previous.get(sid)
-            if obs.sample is None or obs.external_out:
-                continue
-            if (override and override.kind in _OUT_KINDS) or (prev and prev.phase is Phase.MANUAL):
-                continue
-            probed += 1
-            failed += not obs.sample.ok
-        if not is_blind(probed, failed, ps):
-            return False
+            sample = obs.sample
+            prev = previous_get(sid)
+            st = fresh if prev is None else prev
+            override = overrides.get(sid) if overrides else None
+            if sample is not None:
+                # rule 1's count: probes of servers that are not out for another reason
+                if not (
+                    obs.external_out
+                    or st.phase is manual_phase
+                    or (override is not None and override.kind in _OUT_KINDS)
+                ):
+                    probed += 1
+                    if sample.outcome is not ok:
+                        failed += 1
+                last = st.last_sample_at
+                if last is None or sample.at > last:
+                    st = _observe(st, sample, marks, blind)
+                    if st.fraction < 1.0 and st.phase is in_service:
+                        st = self._ramp(sid, st, sample, marks, ps, blind)
+            if override is not None or st.phase is not in_service:
+                st = self._override(sid, st, override, ps)
+                if st.phase is Phase.DRAINED:
+                    st = self._restore(sid, st, ps, blind)
+            cur[sid] = st
+            if st.phase is in_service:
+                if obs.external_out:
+                    out += 1
+                elif st.bad >= fall:
+                    candidates.append(sid)  # its desired state waits for rule 5
+                    continue
+                desired[sid] = _IN_SERVICE if st.fraction >= 1.0 else self._desired(st, ps)
+            else:
+                out += 1
+                if st.phase is manual_phase:
+                    manual.append(sid)
+                desired[sid] = self._desired(st, ps)
+        done.probed, done.failed, done.out = probed, failed, out
+        return done
+
+    def _blind(self, ps: PoolSettings, probed: int, failed: int) -> None:
         self.blind.add(ps.name)
         self.warnings.append(
             Reason(
@@ -203,7 +261,6 @@ class _Round:
                 },
             )
         )
-        return True
 
     def _override(
         self, sid: ServerId, st: ServerState, override: Override | None, ps: PoolSettings
@@ -213,8 +270,7 @@ class _Round:
                 return st
             kind = ActionKind.DRAIN if override.kind is OverrideKind.DRAIN else ActionKind.MAINT
             self.actions.append(Action(sid, kind, _override_reason(override)))
-            return replace(
-                st,
+            return st._replace(
                 phase=step(st.phase, Event.OVERRIDE_OUT),
                 manual=override.kind,
                 drained_at=self.now if st.phase is Phase.IN_SERVICE else st.drained_at,
@@ -223,12 +279,11 @@ class _Round:
             if st.phase is Phase.IN_SERVICE:
                 return st
             self.actions.append(Action(sid, ActionKind.RESTORE, _override_reason(override)))
-            return _back_in(replace(st, phase=step(st.phase, Event.OVERRIDE_READY)), self.now, ps)
+            return _back_in(st._replace(phase=step(st.phase, Event.OVERRIDE_READY)), self.now, ps)
         if st.phase is Phase.MANUAL:
             # The override is gone: the daemon owns the server now and restores it only
             # through the RISE rule, without a further hold.
-            return replace(
-                st,
+            return st._replace(
                 phase=step(st.phase, Event.OVERRIDE_ENDED),
                 manual=None,
                 drained_at=self.now,
@@ -278,26 +333,22 @@ class _Round:
                 Reason(Rule.RISE, f"{st.good} healthy samples in a row (rise {ps.rise})", evidence),
             )
         )
-        return _back_in(replace(st, phase=step(st.phase, Event.RISE)), self.now, ps)
+        return _back_in(st._replace(phase=step(st.phase, Event.RISE)), self.now, ps)
 
     def _drains(
         self,
         ps: PoolSettings,
-        ids: list[ServerId],
+        candidates: list[ServerId],
         cur: dict[ServerId, ServerState],
         observations: Mapping[ServerId, Observation],
         overrides: Mapping[ServerId, Override],
         blind: bool,
-    ) -> None:
-        candidates = [
-            sid
-            for sid in ids
-            if cur[sid].phase is Phase.IN_SERVICE
-            and cur[sid].bad >= ps.fall
-            and not observations[sid].external_out
-        ]
+        out: int,
+    ) -> int:
+        """Rule 5 over the candidates (in service, ``fall`` bad samples); returns the new
+        number of servers out."""
+        size = len(cur)
         candidates.sort(key=lambda sid: (-cur[sid].ratio, -cur[sid].bad, sid))
-        out = _count_out(ids, cur, observations)
         for sid in candidates:
             st = cur[sid]
             evidence = _drain_evidence(st, observations[sid].sample, ps)
@@ -314,7 +365,7 @@ class _Round:
                     )
                 )
                 continue
-            pool_budget = budget(len(ids), out, ps)
+            pool_budget = budget(size, out, ps)
             rule = pool_budget.check(ps)
             if rule is not None:
                 evidence.update(pool_budget.evidence(ps))
@@ -329,8 +380,7 @@ class _Round:
             level = _flap_level(st, ps, self.now)
             hold = hold_time(level, ps)
             evidence.update({"flap_level": level, "hold_s": hold})
-            cur[sid] = replace(
-                st,
+            cur[sid] = st._replace(
                 phase=step(st.phase, Event.FALL),
                 drained_at=self.now,
                 hold=hold,
@@ -345,27 +395,21 @@ class _Round:
                     Reason(Rule.FALL, _fall_message(st, ps, evidence), evidence),
                 )
             )
+        return out
 
-    def _check_caps(
-        self,
-        ps: PoolSettings,
-        ids: list[ServerId],
-        cur: dict[ServerId, ServerState],
-        observations: Mapping[ServerId, Observation],
-    ) -> None:
-        manual = [str(sid) for sid in ids if cur[sid].phase is Phase.MANUAL]
+    def _check_caps(self, ps: PoolSettings, size: int, manual: list[ServerId], out: int) -> None:
         if not manual:
             return
-        out = _count_out(ids, cur, observations)
-        pool_budget = budget(len(ids), out - 1, ps)
+        pool_budget = budget(size, out - 1, ps)
         if pool_budget.check(ps) is None:
             return
+        names = sorted(str(sid) for sid in manual)
         self.warnings.append(
             Reason(
                 Rule.OVERRIDE_OVER_CAP,
-                f"pool {ps.name}: {out} of {len(ids)} servers out, beyond its caps, because of "
-                f"manual overrides on {', '.join(manual)}",
-                {**pool_budget.evidence(ps), "pool": ps.name, "out": out, "manual": manual},
+                f"pool {ps.name}: {out} of {size} servers out, beyond its caps, because of "
+                f"manual overrides on {', '.join(names)}",
+                {**pool_budget.evidence(ps), "pool": ps.name, "out": out, "manual": names},
             )
         )
 
@@ -381,18 +425,26 @@ class _Round:
         return _IN_SERVICE
 
     def _ramp(
-        self, sid: ServerId, st: ServerState, judged: Judgement, ps: PoolSettings, blind: bool
+        self,
+        sid: ServerId,
+        st: ServerState,
+        sample: Sample | None,
+        marks: MarkItems,
+        ps: PoolSettings,
+        blind: bool,
     ) -> ServerState:
         """Slow start, gated by health: the weight share rises with time only while samples
         are healthy, holds in the band, and is halved (down to the floor) by an overloaded
         sample instead of counting toward a drain. At the floor, bad samples count as usual."""
+        assert sample is not None  # only called for a server with a new sample
+        judged = judge_sorted(sample, marks)
         since = self.now - st.ramp_at if st.ramp_at is not None else 0.0
         if judged.verdict is Verdict.HEALTHY:
             fraction = slow_start_step(st.fraction, since, ps)
-            return replace(st, fraction=fraction, ramp_at=self.now)
+            return st._replace(fraction=fraction, ramp_at=self.now)
         floor = ps.slow_start_floor
         if not judged.bad or blind or st.fraction <= floor + 1e-9:
-            return replace(st, ramp_at=self.now)
+            return st._replace(ramp_at=self.now)
         fraction = max(floor, st.fraction / 2.0)
         self.actions.append(
             Action(
@@ -411,46 +463,52 @@ class _Round:
                 ),
             )
         )
-        return replace(st, fraction=fraction, ramp_at=self.now, bad=0)
+        return st._replace(fraction=fraction, ramp_at=self.now, bad=0)
 
 
-def _observe(
-    st: ServerState, sample: Sample | None, marks: MarkItems, blind: bool
-) -> tuple[ServerState, Judgement | None]:
-    if sample is None or (st.last_sample_at is not None and sample.at <= st.last_sample_at):
-        return st, None
-    judgement = judge_sorted(sample, marks)
-    bad, good = st.bad, st.good
-    if judgement.verdict is Verdict.FAILED and blind:
-        pass  # discounted: while blind a failed probe is no evidence against the server
-    elif judgement.bad:
-        bad, good = min(bad + 1, _STREAK_CAP), 0
-    elif judgement.verdict is Verdict.HEALTHY:
-        bad, good = 0, min(good + 1, _STREAK_CAP)
-    # Built field by field rather than with dataclasses.replace: this runs for every server
-    # every round.
-    updated = ServerState(
-        st.phase,
-        bad,
-        good,
-        sample.at,
-        judgement.verdict,
-        judgement.ratio,
-        st.drained_at,
-        st.hold,
-        st.flap_level,
-        st.restored_at,
-        st.manual,
-        st.fraction,
-        st.ramp_at,
+_new_state = tuple.__new__  # ServerState from a full tuple of fields, without the keywords
+
+
+_V_FAILED, _V_OVERLOADED, _V_HEALTHY = Verdict.FAILED, Verdict.OVERLOADED, Verdict.HEALTHY
+
+
+def _observe(st: ServerState, sample: Sample, marks: MarkItems, blind: bool) -> ServerState:
+    """The state after judging ``sample``, a sample newer than any ``st`` has seen."""
+    verdict, ratio = assess(sample, marks)
+    bad, good = st[1], st[2]
+    if verdict is _V_HEALTHY:
+        bad, good = 0, good + 1 if good < _STREAK_CAP else good
+    elif verdict is _V_OVERLOADED or (verdict is _V_FAILED and not blind):
+        # (while blind a failed probe is no evidence against the server)
+        bad, good = bad + 1 if bad < _STREAK_CAP else bad, 0
+    # Built as a tuple: this runs for every server every round.
+    return _new_state(
+        ServerState,
+        (
+            st[0],
+            bad,
+            good,
+            sample.at,
+            verdict,
+            ratio,
+            st[6],
+            st[7],
+            st[8],
+            st[9],
+            st[10],
+            st[11],
+            st[12],
+        ),
     )
-    return updated, judgement
+
+
+def _by_server(item: Action | Blocked) -> ServerId:
+    return item.server
 
 
 def _back_in(st: ServerState, now: float, ps: PoolSettings) -> ServerState:
     fraction = ps.slow_start_floor if ps.slow_start > 0 else 1.0
-    return replace(
-        st,
+    return st._replace(
         manual=None,
         drained_at=None,
         hold=0.0,

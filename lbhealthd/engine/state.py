@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.engine.verdict import Verdict
 from lbhealthd.model import OverrideKind, Sample, ServerId
 
 
-@dataclass(frozen=True, slots=True)
-class ServerState:
-    """One server's memory. Times are the caller's clock (``now`` of decide)."""
+class ServerState(NamedTuple):
+    """One server's memory. Times are the caller's clock (``now`` of decide).
+
+    Immutable like the other value types, but a NamedTuple rather than a frozen dataclass:
+    the engine builds one per server every round, and a tuple is built about five times
+    faster (change it with ``_replace``).
+    """
 
     phase: Phase = Phase.IN_SERVICE
     bad: int = 0  # consecutive overloaded or failed samples (band samples do not reset it)
@@ -36,9 +41,8 @@ class EngineState:
     servers: Mapping[ServerId, ServerState] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What the engine is told about a server this round.
+class Observation(NamedTuple):
+    """What the engine is told about a server this round (a tuple for the same reason).
 
     ``sample`` is its newest probe (the engine counts each sample once, by its time).
     ``external_out`` is true when the server is out of rotation for a reason the daemon does
