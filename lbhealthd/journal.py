@@ -43,10 +43,10 @@ class Journal:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._clock = clock
-        self._owned: dict[ServerId, OwnedEntry] | None = None
-        self._blobs: dict[str, dict[str, Any]] = {}
+        self._owned: Mapping[ServerId, OwnedEntry] | None = None
+        self._blobs: dict[str, Callable[[], Mapping[str, Any]]] = {}
         self._records: list[tuple[float, dict[str, Any]]] = []
-        self._lock: asyncio.Lock | None = None
+        self._writing: asyncio.Future[None] | None = None  # the write under way
         self._staged = 0  # changes staged so far (a generation number)
         self._written = 0  # generation covered by the last write
         self.writes = 0  # syncs that wrote something (for tests and benchmarks)
@@ -56,13 +56,14 @@ class Journal:
         return self._owned is not None or bool(self._blobs) or bool(self._records)
 
     def stage_owned(self, entries: Mapping[ServerId, OwnedEntry]) -> None:
-        """The whole ownership record as it is now (a copy is kept)."""
-        self._owned = dict(entries)
+        """The ownership record: ``entries`` is read (copied) when the write starts."""
+        self._owned = entries
         self._staged += 1
 
-    def stage_blob(self, name: str, data: Mapping[str, Any]) -> None:
-        """An engine blob as it is now; the caller passes data it will not mutate."""
-        self._blobs[name] = dict(data)
+    def stage_blob(self, name: str, produce: Callable[[], Mapping[str, Any]]) -> None:
+        """An engine blob: ``produce()`` is called when the write starts, once however often
+        the blob was staged since the last write, and must return data it will not change."""
+        self._blobs[name] = produce
         self._staged += 1
 
     def stage_record(self, **fields: Any) -> None:
@@ -73,18 +74,22 @@ class Journal:
     async def sync(self) -> None:
         """Make everything staged before this call durable (see the module docstring)."""
         target = self._staged
-        if self._written >= target:
-            return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._written >= target:
-                return  # the write this caller waited for covered its changes
+        while self._written < target:
+            if self._writing is not None:
+                # Every caller waiting on this write resumes in the same turn of the loop, so
+                # the commands they send next leave together.
+                await asyncio.shield(self._writing)
+                continue
             covers = self._staged
-            work = self._take()
-            failed = await asyncio.to_thread(self._write, work)
-            self._written = covers
-            self._restore(failed)
+            self._writing = asyncio.get_running_loop().create_future()
+            try:
+                work = self._take()
+                failed = await asyncio.to_thread(self._write, work)
+                self._written = covers
+                self._restore(failed)
+            finally:
+                self._writing.set_result(None)
+                self._writing = None
 
     def sync_blocking(self) -> None:
         """``sync()`` on the calling thread, for paths with no event loop to spare."""
@@ -103,7 +108,10 @@ class Journal:
     ]
 
     def _take(self) -> _Work:
-        work = (self._owned, self._blobs, self._records)
+        """What is staged, as data of its own (on the loop's thread, before the write)."""
+        owned = None if self._owned is None else dict(self._owned)
+        blobs = {name: dict(produce()) for name, produce in self._blobs.items()}
+        work = (owned, blobs, self._records)
         self._owned, self._blobs, self._records = None, {}, []
         return work
 
@@ -140,6 +148,10 @@ class Journal:
         if owned is not None and self._owned is None:
             self._owned = owned
         for name, data in blobs.items():
-            self._blobs.setdefault(name, data)
+            self._blobs.setdefault(name, _constant(data))
         if owned is not None or blobs:
             self._staged += 1  # the next sync writes them again
+
+
+def _constant(data: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: data

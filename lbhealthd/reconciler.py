@@ -181,7 +181,7 @@ class Reconciler:
             self.watch.balance(pool, members, now)
             if pool.servers is None and pool.name not in self.discovered and members:
                 self.discovered[pool.name] = sorted(sid.server for sid in members)
-                self._save_blob("discovered", {"pools": self.discovered})
+                self._save_blob("discovered", lambda: {"pools": dict(self.discovered)})
                 log.info(
                     "servers_recorded",
                     pool=pool.name,
@@ -266,7 +266,7 @@ class Reconciler:
                 note="runtime changes were lost; re-applying what lbhealthd owns",
             )
         self.epochs[pool] = epoch
-        self._save_blob("epochs", {"pools": self.epochs})
+        self._save_blob("epochs", lambda: {"pools": dict(self.epochs)})
         return True
 
     def _notice_hand_change(self, sid: ServerId, member: Member) -> None:
@@ -552,11 +552,11 @@ class Reconciler:
                 sid, admin, self.wall(), "change under way", previous.weight if previous else None
             )
             self._save_owned()
-        self._save_blob("pending", {"servers": {str(k): v for k, v in self.pending.items()}})
+        self._save_blob("pending", self._pending_blob)
 
     def _settled(self, sid: ServerId) -> None:
         if self.pending.pop(sid, None) is not None:
-            self._save_blob("pending", {"servers": {str(k): v for k, v in self.pending.items()}})
+            self._save_blob("pending", self._pending_blob)
 
     def _settle_pending(self, sid: ServerId, member: Member) -> bool:
         """After a crash mid-change: the LB says whether the change landed. True if settled."""
@@ -597,8 +597,11 @@ class Reconciler:
     def _save_owned(self) -> None:
         self.journal.stage_owned(self.owned)
 
-    def _save_blob(self, name: str, data: dict[str, Any]) -> None:
-        self.journal.stage_blob(name, data)
+    def _save_blob(self, name: str, produce: Callable[[], dict[str, Any]]) -> None:
+        self.journal.stage_blob(name, produce)
+
+    def _pending_blob(self) -> dict[str, Any]:
+        return {"servers": {str(k): v for k, v in self.pending.items()}}
 
     def record(self, sid: ServerId, action: str, **fields: Any) -> None:
         """Add to the action log (written by the end of the round); failures are logged."""
@@ -634,7 +637,7 @@ class Reconciler:
         }
         if data != getattr(self, "_persisted", None):
             self._persisted = data
-            self._save_blob("engine", {"servers": data})
+            self._save_blob("engine", lambda: {"servers": data})
 
     def _recover_engine_state(self) -> EngineState:
         """Rebuild drains and flap memory from state_dir; streaks start afresh (observe first)."""

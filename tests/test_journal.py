@@ -29,7 +29,7 @@ async def test_nothing_is_written_until_sync(store: Store) -> None:
     journal = Journal(store, clock=lambda: 1234.5)
     entry = owned("api/s1")
     journal.stage_owned({entry.server: entry})
-    journal.stage_blob("pending", {"servers": {"api/s1": {"to": "drain"}}})
+    journal.stage_blob("pending", lambda: {"servers": {"api/s1": {"to": "drain"}}})
     journal.stage_record(server="api/s1", action="set_state", value="drain")
     fresh = Store.open(store.dir)
     assert fresh.load_owned() == {} and fresh.load_blob("pending") is None
@@ -43,17 +43,27 @@ async def test_nothing_is_written_until_sync(store: Store) -> None:
 
 
 async def test_many_changes_are_one_write_each(store: Store) -> None:
-    """500 staged records and 500 ownership changes cost one append and one file write."""
+    """500 staged records, ownership changes and blob changes cost one append and one write
+    of each file, and each blob is built once, when the write starts."""
     journal = Journal(store)
     entries: dict[ServerId, OwnedEntry] = {}
+    built = 0
+
+    def pending() -> dict[str, object]:
+        nonlocal built
+        built += 1
+        return {"servers": {str(s): {"to": "drain"} for s in entries}}
+
     for i in range(500):
         e = owned(f"api/s{i}")
         entries[e.server] = e
         journal.stage_owned(entries)
+        journal.stage_blob("pending", pending)
         journal.stage_record(server=str(e.server), action="set_state", n=i)
     await journal.sync()
-    assert journal.writes == 1
+    assert journal.writes == 1 and built == 1
     assert len(store.load_owned()) == 500
+    assert len((store.load_blob("pending") or {})["servers"]) == 500
     assert [r["n"] for r in store.read_actions()] == list(range(500))
 
 
@@ -145,7 +155,7 @@ async def test_failed_records_are_not_kept(store: Store) -> None:
 def test_sync_blocking_writes_on_the_calling_thread(store: Store) -> None:
     """Without a loop, ``sync_blocking()`` writes what is staged."""
     journal = Journal(store)
-    journal.stage_blob("epochs", {"pools": {"api": "1@2"}})
+    journal.stage_blob("epochs", lambda: {"pools": {"api": "1@2"}})
     journal.sync_blocking()
     assert store.load_blob("epochs") == {"pools": {"api": "1@2"}}
     assert not journal.dirty

@@ -66,6 +66,7 @@ class Channel(asyncio.Protocol):
         self.closed = False
         self.sent = 0  # commands written (the prompt handshake not counted)
         self._buffer = bytearray()
+        self._out: list[bytes] = []  # lines waiting for the end of this turn of the loop
         self._scanned = 0  # bytes of the buffer already searched for the prompt
         self._waiting: collections.deque[tuple[asyncio.Future[bytes], float]] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -153,15 +154,16 @@ class Channel(asyncio.Protocol):
 
     # --- commands --------------------------------------------------------------------------
 
-    async def ask(self, line: bytes, deadline: float) -> bytes:
-        """Send one command line (ending in ``\\n``) and return its answer without the prompt.
+    def ask(self, line: bytes, deadline: float) -> asyncio.Future[bytes]:
+        """Send one command line (ending in ``\\n``); the future gets its answer without the
+        prompt, or ``Unavailable``.
 
-        A caller that is cancelled leaves its place in the queue: its answer, when it comes,
-        is read and dropped, so the answers after it still reach their own commands.
+        A caller that stops waiting (cancelled) leaves its place in the queue: its answer, when
+        it comes, is read and dropped, so the answers after it still reach their own commands.
         """
         if self.closed or self.transport is None:
             raise Unavailable("connection closed before the command was sent", endpoint=self.name)
-        return await self._submit(line, deadline)
+        return self._submit(line, deadline)
 
     def _submit(self, line: bytes, deadline: float, *, count: bool = True) -> asyncio.Future[bytes]:
         assert self.transport is not None
@@ -174,8 +176,16 @@ class Channel(asyncio.Protocol):
             self._watch_deadline(deadline)
         if count:
             self.sent += 1
-        self.transport.write(line)
+        # Lines asked for in the same turn of the event loop leave in one write.
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(line)
         return answer
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and out:
+            self.transport.write(b"".join(out))
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 

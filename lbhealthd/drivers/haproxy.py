@@ -251,7 +251,12 @@ class HAProxyDriver:
         deadline = loop.time() + self.timeout
         line = cmd.encode("ascii") + b"\n"
         try:
-            # The common case takes no retry machinery: one exchange on the open channel.
+            # The common case takes no retry machinery and no extra coroutine: one exchange
+            # on the open channel.
+            channel = self._channels.get(endpoint)
+            if channel is not None and channel.loop is loop and channel.usable(self.max_age):
+                data = await channel.ask(line, deadline)
+                return data.decode("utf-8", errors="replace")
             return await self._exchange(endpoint, line, deadline)
         except Unavailable as exc:
             if self.attempts == 1 or deadline - loop.time() < 0.02:
@@ -388,6 +393,12 @@ class HAProxyDriver:
             if reply.strip():
                 raise Rejected(f"{cmd!r}: {_first_line(reply)}", endpoint=str(ep))
 
+        if len(self.endpoints) == 1:  # the common case, without a task per command
+            endpoint = self.endpoints[0]
+            reply = await self.command(endpoint, cmd)
+            if reply.strip():
+                raise Rejected(f"{cmd!r}: {_first_line(reply)}", endpoint=str(endpoint))
+            return
         results = await asyncio.gather(*(one(ep) for ep in self.endpoints), return_exceptions=True)
         errors = []
         for result in results:
