@@ -1,5 +1,5 @@
 """Probe capacity: what a probe costs with each prober, side by side in one run, against the
-goals of issue 9.
+goals of the probe path (issue 9).
 
     python -m bench.probe_capacity [--targets 1000,10000] [--seconds 10] [--interval 1.0]
     python -m bench.probe_capacity --quick        # 1,000 targets only, 3 s each
@@ -11,7 +11,7 @@ loop in the probing process: uvloop when it is installed (``--loop auto``), else
 
 For every size N, a health server in child processes listens on N loopback ports and answers
 each GET with a small keep-alive JSON body. Then, for each prober, two measurements run, each in
-a fresh process so that none sees another's memory or connections:
+a fresh process so that none sees another's memory or connections (three measurements):
 
 - **throughput**: the prober probes all N targets round-robin with bounded concurrency for
   ``--seconds`` (after one pass that opens the keep-alive connections), checking the status and
@@ -21,6 +21,9 @@ a fresh process so that none sees another's memory or connections:
   after a warm-up of two intervals: the probing process's CPU as a share of one core, probes per
   second (all and OK), beats skipped by the scheduler, failed probes, how late probes start, and
   RSS growth per server (RSS before the prober and scheduler exist vs after the warm-up, / N).
+- **traced memory**: the same scheduler under tracemalloc for two intervals: the Python memory
+  the prober and the scheduler hold per server (connections, parser state, scheduler entries,
+  the newest samples), without the allocator's slack that RSS also counts.
 
 Lateness is a probe's start (when the prober is entered) minus the time its beat was due, which
 the scheduler reports through its ``on_start`` hook; the first probe of each server counts too.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import itertools
 import math
@@ -46,6 +50,7 @@ import resource
 import socket
 import sys
 import time
+import tracemalloc
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -417,6 +422,42 @@ async def _steady(
     )
 
 
+# --- measurement C: memory the daemon holds per server ---------------------------------------
+
+
+def measure_traced(kind: str, loop: str, ports: Sequence[int], interval: float) -> float:
+    """Worker process: bytes of Python memory held per server by the prober and the scheduler
+    after two intervals (tracemalloc; a process of its own, since tracing slows the loop)."""
+    raise_nofile_limit()
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(_traced(kind, ports, interval))
+
+
+async def _traced(kind: str, ports: Sequence[int], interval: float) -> float:
+    servers = [_server_id(i) for i in range(len(ports))]
+    timeout = min(PROBE_TIMEOUT, 0.8 * interval)
+    targets = {
+        server: Target(_url(port), interval, timeout, LOAD_FIELDS)
+        for server, port in zip(servers, ports, strict=True)
+    }
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        async with _make_prober(kind) as prober:
+            scheduler = ProbeScheduler(prober, time.monotonic)
+            try:
+                scheduler.sync(targets)
+                await asyncio.sleep(2 * interval)
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                await scheduler.close()
+    finally:
+        tracemalloc.stop()
+    return held / len(ports)
+
+
 def _percentile(ordered: Sequence[float], q: float) -> float:
     if not ordered:
         return math.nan
@@ -448,6 +489,7 @@ class Row:
     server_processes: int = 0
     skipped: str = ""
     interval: float = 1.0
+    traced: float = math.nan  # bytes per server, measurement C
 
 
 def run_size(
@@ -476,7 +518,11 @@ def run_size(
             steady = _in_fresh_process(
                 measure_steady, kind, loop, server.ports, seconds, interval, coalesce
             )
-            rows.append(Row(targets, kind, throughput, steady, server.processes, "", interval))
+            _say(f"{targets} targets, {kind}: memory held (tracemalloc) ...")
+            traced = _in_fresh_process(measure_traced, kind, loop, server.ports, interval)
+            rows.append(
+                Row(targets, kind, throughput, steady, server.processes, "", interval, traced)
+            )
     return rows
 
 
@@ -510,20 +556,21 @@ def table(rows: Sequence[Row], interval: float) -> list[str]:
     lines = [
         "| targets | prober | probes/s | probes per CPU-s | steady CPU % of a core"
         f" | steady probes/s, all (ok) of {_fmt(1 / interval)}×N | beats skipped"
-        " | start lateness p50 / p99 ms | failures (A / B) | RSS per server KB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | start lateness p50 / p99 ms | failures (A / B) | RSS per server KB"
+        " | traced per server KB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         a, b = row.throughput, row.steady
         if a is None or b is None:
-            lines.append(f"| {row.targets:,} | {row.prober} | skipped: {row.skipped} |||||||||")
+            lines.append(f"| {row.targets:,} | {row.prober} | skipped: {row.skipped} ||||||||||")
             continue
         lines.append(
             f"| {row.targets:,} | {row.prober} | {a.per_second:,.0f} | {a.per_cpu_second:,.0f}"
             f" | {b.cpu_percent:.1f} | {b.per_second:,.0f} ({b.ok_per_second:,.0f})"
             f" | {b.skipped:,} | {b.lateness_ms[0]:.2f} / {b.lateness_ms[1]:.2f}"
             f" | {sum(a.failures.values())} / {sum(b.failures.values())}"
-            f" | {b.rss_growth / row.targets / 1024:.2f} |"
+            f" | {b.rss_growth / row.targets / 1024:.2f} | {row.traced / 1024:.2f} |"
         )
     return lines
 
@@ -575,6 +622,14 @@ GOALS = (
         "RSS per server (prober + scheduler), 10,000 servers",
         10000,
         lambda row: row.steady.rss_growth / row.targets / 1024 if row.steady else math.nan,
+        " KB",
+        2.0,
+        False,
+    ),
+    Goal(
+        "Python memory held per server (tracemalloc), 10,000 servers",
+        10000,
+        lambda row: row.traced / 1024,
         " KB",
         2.0,
         False,

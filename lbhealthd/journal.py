@@ -38,7 +38,7 @@ __all__ = ["Journal"]
 
 
 class Journal:
-    """Staged writes for one Store; ``sync()`` writes them, ``sync_blocking()`` at shutdown."""
+    """Staged writes for one Store; ``sync()`` writes them."""
 
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -90,14 +90,6 @@ class Journal:
             finally:
                 self._writing.set_result(None)
                 self._writing = None
-
-    def sync_blocking(self) -> None:
-        """``sync()`` on the calling thread, for paths with no event loop to spare."""
-        if self.dirty:
-            covers = self._staged
-            failed = self._write(self._take())
-            self._written = max(self._written, covers)
-            self._restore(failed)
 
     # --- internals -------------------------------------------------------------------------
 

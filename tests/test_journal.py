@@ -150,12 +150,3 @@ async def test_failed_records_are_not_kept(store: Store) -> None:
     [failed] = [e for e in logs if e["event"] == "state_write_failed"]
     assert (failed["file"], failed["records"]) == ("actions", 3)
     assert not journal.dirty
-
-
-def test_sync_blocking_writes_on_the_calling_thread(store: Store) -> None:
-    """Without a loop, ``sync_blocking()`` writes what is staged."""
-    journal = Journal(store)
-    journal.stage_blob("epochs", lambda: {"pools": {"api": "1@2"}})
-    journal.sync_blocking()
-    assert store.load_blob("epochs") == {"pools": {"api": "1@2"}}
-    assert not journal.dirty
