@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 
@@ -104,6 +105,7 @@ class Daemon:
     async def run(self) -> int:
         """The round loop. Returns the process exit code."""
         cfg = self.config
+        frozen = False
         lag_task = asyncio.create_task(self._measure_lag(), name="loop lag")
         try:
             if cfg.daemon.control_socket:
@@ -111,6 +113,12 @@ class Daemon:
                 await self.control.start()
             self.http = HttpListener(self, cfg.daemon.http, self.metrics)
             await self.http.start()
+            # Everything allocated so far (modules, the config, and whatever the embedding
+            # process holds) is exempted from the garbage collector's full passes, which
+            # otherwise walk it all every few rounds: at a million objects a pass held the
+            # loop for seconds. The daemon's own churn is collected as usual.
+            gc.freeze()
+            frozen = True
             log.info(  # only once its sockets are bound: a clash above ends the start
                 "started",
                 pools=[p.name for p in cfg.pools],
@@ -149,6 +157,8 @@ class Daemon:
                 pause = self.config.daemon.round_interval - (time.monotonic() - started)
                 await self._pause(max(0.0, pause))
         finally:
+            if frozen:
+                gc.unfreeze()
             lag_task.cancel()
             await asyncio.gather(lag_task, return_exceptions=True)
             await self.close()

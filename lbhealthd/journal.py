@@ -7,7 +7,9 @@ those writes in memory instead, and ``sync()`` makes them durable together: one 
 write per document staged, one append for all staged action records, in a worker thread.
 
 Write-ahead, unchanged: the reconciler stages its intent for a server, then awaits ``sync()``
-before it sends the command; every change staged before the call is durable when it returns.
+before it sends the command, and stages the command's action record and awaits ``sync()``
+again once the LB has taken it; every change staged before the call is durable when it
+returns.
 Callers whose changes a write under way already holds wait for it; the others wait for the
 next one, which holds everything staged until it starts: however many callers sync together,
 they share one or two writes.

@@ -524,6 +524,9 @@ class Reconciler:
             reason=fields.get("reason", "converging to the desired state"),
             who=_who(action),
         )
+        # The record of a command that reached the LB is on disk before the round goes on, as
+        # the intent was before it left; servers converging together share this write.
+        await self.journal.sync()
         return True
 
     # --- ownership and persistence ------------------------------------------------------------
@@ -592,7 +595,8 @@ class Reconciler:
             self._save_owned()
 
     # Writes to state_dir are staged in the journal and made durable together: before a
-    # command is sent (write-ahead) and at the end of every round.
+    # command is sent (write-ahead), once it has reached the LB (its record), and at the end
+    # of every round.
 
     def _save_owned(self) -> None:
         self.journal.stage_owned(self.owned)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -290,3 +291,18 @@ async def test_a_round_of_many_changes_shares_one_connection_and_few_writes(
     assert drained == {f"s{i}" for i in range(40)}
     sets = [a for a in Store(state).read_actions() if a["action"] == "set_state"]
     assert sorted(a["server"] for a in sets) == sorted(f"api/s{i}" for i in range(40))
+
+
+async def test_the_heap_at_start_is_kept_out_of_full_collections(
+    haproxy: HAProxyHandle, tmp_path: Path
+) -> None:
+    """While the daemon runs, what existed when it started is frozen out of the garbage
+    collector's full passes (they walked it all and held the loop for seconds in a large
+    process); when it stops, the process gets it back."""
+    ballast = [[i] for i in range(50_000)]  # a large heap of the embedding process
+    assert gc.get_freeze_count() == 0
+    async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 1, 5, "a round")
+        assert gc.get_freeze_count() >= len(ballast)
+    assert gc.get_freeze_count() == 0
+    del ballast
