@@ -103,23 +103,40 @@ class _Tracked(Generic[M]):
 _POOL_SERVER = ("pool", "server")
 
 
+_PoolView = tuple[
+    str, Mapping[ServerId, Member], dict[ServerId, Sample], Mapping[ServerId, Desired]
+]
+
+
 class _ServerSeries(Collector):
-    """The per-server gauges, built on each scrape from the reconciler's view (see above)."""
+    """The per-server gauges, built on each scrape from the reconciler's view at the end of
+    the last round (see above), so that they agree with the per-pool series of that round."""
 
     def __init__(self) -> None:
-        self._view: RoundView | None = None
-        # The desired states of the last round that decided each pool: a pool that could not
-        # be read keeps the last ones.
+        # Per pool, in name order: its members as the round read them (the reconciler replaces
+        # that dict at each read, never changes it), their newest samples then, and the
+        # desired states of the last round that decided the pool (a pool that could not be
+        # read keeps the last ones).
+        self._pools: list[
+            tuple[
+                str, Mapping[ServerId, Member], dict[ServerId, Sample], Mapping[ServerId, Desired]
+            ]
+        ] = []
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
 
     def update(self, r: RoundView, decision: Decision | None) -> None:
-        self._view = r
-        pools = {p.name for p in r.config.pools}
-        for pool in self._desired.keys() - pools:
+        pools = sorted(p.name for p in r.config.pools)
+        for pool in self._desired.keys() - set(pools):
             del self._desired[pool]
         if decision is not None:
-            for pool in pools - r.unavailable.keys():
+            for pool in set(pools) - r.unavailable.keys():
                 self._desired[pool] = decision.desired
+        latest = r.scheduler.latest
+        self._pools = []
+        for pool in pools:
+            members = r.members.get(pool, {})
+            samples = {sid: sample for sid in members if (sample := latest(sid)) is not None}
+            self._pools.append((pool, members, samples, self._desired.get(pool, {})))
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
@@ -148,14 +165,10 @@ class _ServerSeries(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        r = self._view
-        if r is None:
-            return families
         state, weight, desired, signal = families
         states = [(s, s.value) for s in AdminState]
-        for pool in sorted(p.name for p in r.config.pools):
-            wanted = self._desired.get(pool, {})
-            for sid, member in r.members.get(pool, {}).items():
+        for pool, members, samples, wanted in self._pools:
+            for sid, member in members.items():
                 name = sid.server
                 for admin, text in states:
                     state.add_metric((pool, name, text), 1 if member.admin is admin else 0)
@@ -164,7 +177,7 @@ class _ServerSeries(Collector):
                 if want is not None:
                     in_service = want.admin is AdminState.READY
                     desired.add_metric((pool, name), 1 if in_service else 0)
-                sample = r.scheduler.latest(sid)
+                sample = samples.get(sid)
                 if sample is not None:
                     for key, value in merge(sample, member).signals.items():
                         signal.add_metric((pool, name, key), value)

@@ -106,6 +106,24 @@ def test_a_vanished_server_loses_its_series() -> None:
     assert get(m, "lbhealthd_rounds_total") == 2
 
 
+def test_server_series_agree_with_the_pool_series_of_the_same_round() -> None:
+    """A scrape during a round shows every series as the last round left them: a server the
+    round under way has already read in DRAIN is not shown drained before its pool's count."""
+    m = Metrics()
+    s1 = sid("api/s1")
+    r = fake_reconciler(member("api/s1"), samples={s1: ok(s1, 1.0, cpu=0.2)})
+    m.observe_round(r, Decision({s1: Desired(AdminState.READY)}), 0.01)
+    r.members = {"api": {s1: member("api/s1", AdminState.DRAIN)}}  # read by the next round
+    r.scheduler = SimpleNamespace(latest={s1: ok(s1, 2.0, cpu=0.97)}.get)
+    assert get(m, "lbhealthd_server_state", pool="api", server="s1", state="drain") == 0
+    assert get(m, "lbhealthd_pool_drained", pool="api") == 0
+    assert get(m, "lbhealthd_server_signal", pool="api", server="s1", signal="cpu") == 0.2
+    m.observe_round(r, Decision({s1: Desired(AdminState.DRAIN)}), 0.01)
+    assert get(m, "lbhealthd_server_state", pool="api", server="s1", state="drain") == 1
+    assert get(m, "lbhealthd_pool_drained", pool="api") == 1
+    assert get(m, "lbhealthd_server_signal", pool="api", server="s1", signal="cpu") == 0.97
+
+
 def test_a_pool_removed_from_the_config_loses_its_series() -> None:
     """Counters and histograms of a pool that left the config are removed with it."""
     m = Metrics()
