@@ -115,6 +115,8 @@ class Channel(asyncio.Protocol):
             raise Unavailable(f"timed out {phase}", endpoint=name) from exc
         except OSError as exc:
             raise Unavailable(describe_os_error(exc), endpoint=name) from exc
+        except Unavailable:
+            raise  # the channel dropped itself (deadline, EOF) and says why
         except BaseException:
             if channel is not None:
                 channel.abort("opening was cancelled")
@@ -126,7 +128,7 @@ class Channel(asyncio.Protocol):
         return channel
 
     def usable(self, max_age: float) -> bool:
-        """Open, on this loop, and young enough to take another command."""
+        """Open and young enough to take another command."""
         return (
             not self.closed
             and self.transport is not None
