@@ -376,7 +376,7 @@ class Reconciler:
                 work.append((sid, desired, member, actions.get(sid)))
         if not work:
             return
-        limit = asyncio.Semaphore(max(1, getattr(self.driver, "max_in_flight", 1)))
+        limit = asyncio.Semaphore(max(1, self.driver.max_in_flight))
 
         async def one(sid: ServerId, want: Desired, member: Member, action: Action | None) -> None:
             async with limit:
