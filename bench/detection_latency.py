@@ -43,9 +43,9 @@ from bench.incident_replay import machine
 from lbhealthd.config import parse_config, parse_duration
 from lbhealthd.demo.processes import ChildProcess
 from lbhealthd.demo.report import DaemonLog
-from lbhealthd.drivers.haproxy import HAProxyDriver
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.errors import DriverError
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.model import AdminState, ServerId
 
 POOL = "api"

@@ -32,11 +32,11 @@ import structlog
 import yaml
 
 from lbhealthd.config import parse_config
-from lbhealthd.daemon import Daemon
-from lbhealthd.drivers.haproxy import HAProxyDriver
+from lbhealthd.daemon.loop import Daemon
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.engine import EngineState, Observation, PoolSettings, Settings, decide
 from lbhealthd.engine.settings import Marks
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.model import AdminState, Override, OverrideKind, ProbeOutcome, Sample, ServerId
 from lbhealthd.store import Store
 

@@ -5,7 +5,7 @@ and with lbhealthd, on a real HAProxy, one after the other with the same load.
 
 Every variant runs in a fresh Python process with fresh children: five API servers with the
 demo's capacity model (``lbhealthd.demo.capacity``: 4 slots of 50 ms = 80 req/s each, a queue of
-16, then 503), a real HAProxy (``lbhealthd.haproxy_proc``) with the postmortem's weights
+16, then 503), a real HAProxy (``lbhealthd.drivers.haproxy.process``) with the postmortem's weights
 100,100,1,1,1, and the demo's open-loop load (``lbhealthd.demo.load``): 40 req/s until
 ``--onset``, then 200 req/s until ``--seconds``. The servers' service times use the same seeds in
 every variant and the request schedule is fixed, so the variants differ only in what protects the
@@ -87,9 +87,9 @@ from lbhealthd.demo.scenario import (
     Plan,
     daemon_config,
 )
-from lbhealthd.drivers.haproxy import HAProxyDriver
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.errors import DriverError
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.model import AdminState, OpState
 
 _R = TypeVar("_R")

@@ -65,8 +65,8 @@ import httptools
 import psutil
 
 from lbhealthd.model import Sample, ServerId
-from lbhealthd.probes.fast import FastProber
-from lbhealthd.probes.http import HttpProber
+from lbhealthd.probes.aiohttp_prober import HttpProber
+from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.scheduler import DEFAULT_COALESCE, Prober, ProbeScheduler, Target
 
 BODY = b'{"cpu":0.12,"inflight":3}'

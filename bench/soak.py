@@ -52,8 +52,8 @@ import yaml
 
 from bench.probe_capacity import machine, raise_nofile_limit
 from lbhealthd.config import Config, parse_config
-from lbhealthd.daemon import Daemon
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy, free_port
+from lbhealthd.daemon.loop import Daemon
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.model import AdminState, Sample, ServerId
 
 POOL = "api"

@@ -9,13 +9,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lbhealthd import __version__, oncall
+from lbhealthd import __version__
 from lbhealthd.config import Config, load_config, parse_duration, resolve_path
-from lbhealthd.control import ControlError
-from lbhealthd.errors import ConfigError, DriverError, InvalidName, StateError
-from lbhealthd.http_api import ListenerError
-from lbhealthd.manual import CapRefused, UnknownServer
+from lbhealthd.errors import (
+    CapRefused,
+    ConfigError,
+    ControlError,
+    ControlRefused,
+    DriverError,
+    InvalidName,
+    ListenerError,
+    StateError,
+    UnknownServer,
+)
 from lbhealthd.model import ServerId
+from lbhealthd.oncall import commands as oncall
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -43,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from lbhealthd import logs
-    from lbhealthd.daemon import Daemon
+    from lbhealthd.daemon.loop import Daemon
 
     path = resolve_path(args.config)
     config = load_config(path)
@@ -93,7 +101,7 @@ def _on_call(coro: Any) -> oncall.Outcome:
 
     try:
         result: oncall.Outcome = asyncio.run(coro)
-    except (UnknownServer, oncall.ControlRefused) as exc:
+    except (UnknownServer, ControlRefused) as exc:
         return oncall.Outcome(EXIT_USAGE, (str(exc),))
     except CapRefused as exc:
         return oncall.Outcome(EXIT_PROBLEM, (str(exc),))
@@ -124,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Compare the live pool, or a candidate haproxy.cfg, with the expected pool."""
-    from lbhealthd import audit_cli
+    from lbhealthd.oncall import audit as audit_cli
 
     config = _load(args)
     if args.haproxy_cfg:

@@ -4,9 +4,14 @@
      ├── ConfigError            a configuration file was refused; carries one Problem per field
      ├── InvalidName            a pool or server name outside HAProxy's safe charset
      ├── StateError             a file in state_dir cannot be read or written safely
-     └── DriverError            the load balancer could not be driven
-          ├── Unavailable       transient: socket gone, refused, timed out, throttled (retried)
-          └── Rejected          terminal: the LB understood and refused (unknown server, bad value)
+     ├── DriverError            the load balancer could not be driven
+     │    ├── Unavailable       transient: socket gone, refused, timed out, throttled (retried)
+     │    └── Rejected          terminal: the LB understood and refused (unknown server, bad value)
+     ├── ListenerError          the daemon's HTTP listener could not be started
+     ├── ControlError           the daemon's control socket could not be created
+     ├── ControlRefused         a caller may not use the control socket (not its owner or group)
+     ├── UnknownServer          a server or pool named by an operator is not in the pool/config
+     └── CapRefused             a manual drain would break max_drained or min_in_service
 
 A bad probe is data (a failed Sample), never an exception. Lower-library errors are mapped to
 these at the edge with ``raise ... from exc``.
@@ -66,3 +71,23 @@ class Unavailable(DriverError):
 
 class Rejected(DriverError):
     """Terminal: the LB answered and refused the command. Retrying will not help."""
+
+
+class ListenerError(LbhealthdError):
+    """The HTTP listener could not be started (address in use, not local, no permission)."""
+
+
+class ControlError(LbhealthdError):
+    """The control socket could not be created."""
+
+
+class ControlRefused(LbhealthdError):
+    """The control socket exists but this user may not use it."""
+
+
+class UnknownServer(LbhealthdError):
+    """The server is not in the pool (or the pool not in the config)."""
+
+
+class CapRefused(LbhealthdError):
+    """A manual drain would break the pool's max_drained or min_in_service."""

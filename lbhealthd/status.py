@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lbhealthd.config import Config
+from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.engine import governor
 from lbhealthd.model import AdminState, Member, OpState, Override, OverrideKind, ServerId
 from lbhealthd.monitors.balance import BalanceReport
-from lbhealthd.reconciler import Reconciler
 from lbhealthd.store import OwnedEntry
 
 VERSION = 1

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from lbhealthd.config import Config, parse_config
-from lbhealthd.daemon import Daemon
-from lbhealthd.drivers.haproxy import HAProxyDriver
-from lbhealthd.haproxy_proc import free_port
+from lbhealthd.daemon.loop import Daemon
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import free_port
 from lbhealthd.model import AdminState, Member, ServerId
 
 FAST: dict[str, Any] = {

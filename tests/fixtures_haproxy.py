@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerLike, ServerSpec, find_haproxy
-from lbhealthd.haproxy_proc import free_port as _free_port
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerLike, ServerSpec, find_haproxy
+from lbhealthd.drivers.haproxy.process import free_port as _free_port
 
 API_SERVERS = 5
 

@@ -27,8 +27,8 @@ from lbhealthd.agent import (
     read_cgroup,
     run_agent,
 )
-from lbhealthd.drivers.haproxy import HAProxyDriver
-from lbhealthd.haproxy_proc import ServerSpec
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import ServerSpec
 from lbhealthd.model import AdminState, Member, ServerId
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory
 

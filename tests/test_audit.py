@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from lbhealthd import haproxy_cfg
-from lbhealthd.drivers.haproxy import HAProxyDriver, parse_socket
-from lbhealthd.haproxy_cfg import (
+from lbhealthd.drivers.haproxy import config_file as haproxy_cfg
+from lbhealthd.drivers.haproxy.config_file import (
     CfgServer,
     audit_cfg,
     haproxy_messages,
     parse_backends,
     syntax_check,
 )
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy, free_port
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver, parse_socket
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.model import AdminState, Member, OpState, ServerId
 from lbhealthd.monitors.audit import (
     Expectation,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lbhealthd.drivers.haproxy import HAProxyDriver, parse_socket
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver, parse_socket
+from lbhealthd.drivers.haproxy.process import wait_exit
 from lbhealthd.errors import Rejected, Unavailable
-from lbhealthd.haproxy_proc import wait_exit
 from lbhealthd.model import AdminState, ServerId
 from tests.fixtures_haproxy import HAProxyHandle
 

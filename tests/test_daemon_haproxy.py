@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from lbhealthd.daemon import Daemon
-from lbhealthd.drivers.haproxy import HAProxyDriver
-from lbhealthd.haproxy_proc import ServerSpec
+from lbhealthd.daemon.loop import Daemon
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import ServerSpec
 from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
 from lbhealthd.store import Store
 from tests.daemon_harness import LBView, make_config, running, wait_for

@@ -16,7 +16,7 @@ import pytest
 
 from lbhealthd.demo import scenario
 from lbhealthd.demo.capacity import ApiServer, Capacity
-from lbhealthd.haproxy_proc import find_haproxy
+from lbhealthd.drivers.haproxy.process import find_haproxy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -31,7 +31,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from lbhealthd.config import parse_config
-from lbhealthd.daemon import Daemon
+from lbhealthd.daemon.loop import Daemon
 from lbhealthd.drivers import Driver, make_driver
 from lbhealthd.drivers.elbv2 import ELBv2Driver
 from lbhealthd.errors import InvalidName, Rejected, Unavailable

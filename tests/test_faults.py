@@ -18,8 +18,8 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
+from lbhealthd.drivers.haproxy.process import free_port
 from lbhealthd.errors import StateError
-from lbhealthd.haproxy_proc import free_port
 from lbhealthd.model import AdminState, ServerId
 from lbhealthd.store import OwnedEntry, Store
 from tests.daemon_harness import FAST, LBView, make_config, running, wait_for

@@ -12,9 +12,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from lbhealthd.drivers import Driver
-from lbhealthd.drivers.haproxy import Endpoint, HAProxyDriver, parse_socket
+from lbhealthd.drivers.haproxy.driver import Endpoint, HAProxyDriver, parse_socket
+from lbhealthd.drivers.haproxy.process import ServerSpec
 from lbhealthd.errors import InvalidName, Rejected, Unavailable
-from lbhealthd.haproxy_proc import ServerSpec
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId
 from tests.fixtures_haproxy import (
     ApiServers,

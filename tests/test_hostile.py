@@ -36,12 +36,11 @@ from structlog.testing import capture_logs
 
 import lbhealthd
 from lbhealthd.config import Config, DaemonConfig, parse_config
-from lbhealthd.control import ControlError
-from lbhealthd.daemon import Daemon
-from lbhealthd.drivers.haproxy import Endpoint, HAProxyDriver
-from lbhealthd.errors import DriverError, InvalidName
-from lbhealthd.haproxy_proc import ServerSpec, free_port
-from lbhealthd.http_api import split_address
+from lbhealthd.daemon.http_api import split_address
+from lbhealthd.daemon.loop import Daemon
+from lbhealthd.drivers.haproxy.driver import Endpoint, HAProxyDriver
+from lbhealthd.drivers.haproxy.process import ServerSpec, free_port
+from lbhealthd.errors import ControlError, DriverError, InvalidName
 from lbhealthd.model import AdminState, ProbeOutcome, Sample, ServerId, check_name
 from tests.daemon_harness import FAST, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory, HAProxyHandle, api_backend

@@ -10,9 +10,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from lbhealthd.errors import StateError
-from lbhealthd.journal import Journal
 from lbhealthd.model import AdminState, ServerId
 from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.writer.journal import Journal
 
 
 def owned(name: str, admin: AdminState = AdminState.DRAIN) -> OwnedEntry:

@@ -15,9 +15,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbhealthd.daemon import Daemon
-from lbhealthd.http_api import HttpListener, ListenerError
-from lbhealthd.metrics import Metrics
+from lbhealthd.daemon.http_api import HttpListener
+from lbhealthd.daemon.loop import Daemon
+from lbhealthd.daemon.metrics import Metrics
+from lbhealthd.errors import ListenerError
 from lbhealthd.model import (
     Action,
     ActionKind,

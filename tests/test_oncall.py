@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lbhealthd.haproxy_proc import free_port
+from lbhealthd.drivers.haproxy.process import free_port
 from lbhealthd.model import AdminState
 from lbhealthd.store import Store
 from tests.daemon_harness import FAST, LBView, running, wait_for

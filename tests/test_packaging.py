@@ -28,8 +28,8 @@ from structlog.testing import capture_logs
 from lbhealthd.agent import Agent, Load
 from lbhealthd.cli import build_parser, cmd_run
 from lbhealthd.config import DaemonConfig, HAProxyConfig, load_config, parse_duration
-from lbhealthd.haproxy_proc import find_haproxy
-from lbhealthd.sdnotify import Notifier
+from lbhealthd.daemon.sdnotify import Notifier
+from lbhealthd.drivers.haproxy.process import find_haproxy
 from tests.fixtures_haproxy import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -555,7 +555,7 @@ def test_build_context_holds_what_copy_needs_and_nothing_else() -> None:
     for source in sources:
         assert (ROOT / source).exists(), source
         assert not _ignored(source, patterns), f"{source} is excluded by .dockerignore"
-    assert not _ignored("lbhealthd/sdnotify.py", patterns)
+    assert not _ignored("lbhealthd/daemon/sdnotify.py", patterns)
     for unwanted in ("tests/test_packaging.py", ".git/HEAD", ".venv/bin/python", "bench"):
         assert _ignored(unwanted, patterns), unwanted
     assert _ignored("lbhealthd/__pycache__/cli.cpython-311.pyc", patterns)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy
 from tests.daemon_harness import make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory, api_backend
 
@@ -185,7 +185,7 @@ async def test_ha_pair_disagreement_is_reported(
     """Two HAProxy processes that disagree on a server's state make the audit exit 1."""
     a = await haproxy_factory({"api": api_backend(api_servers)})
     b = await haproxy_factory({"api": api_backend(api_servers)})
-    from lbhealthd.drivers.haproxy import HAProxyDriver
+    from lbhealthd.drivers.haproxy.driver import HAProxyDriver
     from lbhealthd.model import AdminState, ServerId
 
     await HAProxyDriver([b.socket]).set_state(ServerId("api", "s2"), AdminState.DRAIN)

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from lbhealthd.model import AdminState, Member, OpState, ProbeOutcome, Sample, ServerId
-from lbhealthd.probes.fast import FastProber
-from lbhealthd.probes.http import HttpProber, render_url, validate_url_template
+from lbhealthd.probes.aiohttp_prober import HttpProber, render_url, validate_url_template
+from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.lbstats import lb_signals, merge
 
 SERVER = ServerId("api", "s1")

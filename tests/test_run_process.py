@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lbhealthd.haproxy_proc import free_port
+from lbhealthd.drivers.haproxy.process import free_port
 from tests.daemon_harness import FAST, LBView, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
 

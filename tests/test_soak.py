@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from bench.soak import MIB, SoakResult, soak, table
-from lbhealthd.haproxy_proc import find_haproxy
+from lbhealthd.drivers.haproxy.process import find_haproxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

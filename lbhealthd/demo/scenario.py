@@ -52,9 +52,9 @@ from lbhealthd.demo.report import (
     summary,
     table,
 )
-from lbhealthd.drivers.haproxy import HAProxyDriver
+from lbhealthd.drivers.haproxy.driver import HAProxyDriver
+from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.errors import DriverError
-from lbhealthd.haproxy_proc import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.model import Member, PoolSnapshot, ServerId
 
 POOL = "api"

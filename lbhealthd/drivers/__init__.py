@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Protocol
 
+from lbhealthd.errors import ConfigError, Problem
 from lbhealthd.model import AdminState, PoolSnapshot, ServerId
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def make_driver(config: Config, *, sockets: list[str] | None = None) -> Driver:
     of its sockets (the audit compares them one by one)."""
     lb = config.load_balancer
     if lb.type == "haproxy":
-        from lbhealthd.drivers.haproxy import HAProxyDriver
+        from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 
         return HAProxyDriver(sockets or lb.haproxy.sockets, lb.haproxy.timeout)
     if lb.type == "aws_elbv2":
@@ -52,7 +53,9 @@ def make_driver(config: Config, *, sockets: list[str] | None = None) -> Driver:
 
         aws = lb.aws_elbv2
         if aws is None:  # the config refuses this; kept for callers that build configs by hand
-            raise ValueError("load_balancer.aws_elbv2 is required for type aws_elbv2")
+            raise ConfigError(
+                "config", [Problem("load_balancer.aws_elbv2", "required for type aws_elbv2")]
+            )
         return ELBv2Driver(
             aws.region,
             aws.endpoint_url,
@@ -61,4 +64,4 @@ def make_driver(config: Config, *, sockets: list[str] | None = None) -> Driver:
             resolve_addresses=aws.resolve_addresses,
             state_file=os.path.join(config.daemon.state_dir, "elbv2_deregistered.json"),
         )
-    raise ValueError(f"load_balancer.type {lb.type!r} is not supported")
+    raise ConfigError("config", [Problem("load_balancer.type", f"{lb.type!r} is not supported")])

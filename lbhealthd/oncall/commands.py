@@ -23,14 +23,10 @@ import aiohttp
 from lbhealthd import status
 from lbhealthd.config import Config
 from lbhealthd.drivers import make_driver
-from lbhealthd.errors import DriverError, LbhealthdError
-from lbhealthd.manual import CapRefused, UnknownServer, check_caps, find_member, in_rotation
+from lbhealthd.errors import ControlRefused, DriverError, LbhealthdError, UnknownServer
 from lbhealthd.model import AdminState, Member, Override, OverrideKind, ServerId
+from lbhealthd.overrides import check_caps, find_member, in_rotation
 from lbhealthd.store import OwnedEntry, Store
-
-
-class ControlRefused(LbhealthdError):
-    """The control socket exists but this user may not use it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,4 +273,4 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True)
 
 
-__all__ = ["CapRefused", "ControlRefused", "Outcome", "drain", "dumps", "restore", "show_status"]
+__all__ = ["Outcome", "drain", "dumps", "restore", "show_status"]

@@ -18,19 +18,15 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from lbhealthd import status
-from lbhealthd.errors import LbhealthdError
-from lbhealthd.metrics import Metrics
+from lbhealthd.daemon.metrics import Metrics
+from lbhealthd.errors import ListenerError
 
 if TYPE_CHECKING:
-    from lbhealthd.daemon import Daemon
+    from lbhealthd.daemon.loop import Daemon
 
 log = structlog.get_logger("lbhealthd.http")
 
 MIN_HEALTHY_AGE = 5.0  # seconds: /healthz never asks for rounds closer together than this
-
-
-class ListenerError(LbhealthdError):
-    """The HTTP listener could not be started (address in use, not local, no permission)."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -110,4 +106,4 @@ class HttpListener:
         return web.json_response(status.from_daemon(r, r.wall(), r.mono()))
 
 
-__all__ = ["HttpListener", "ListenerError", "split_address"]
+__all__ = ["HttpListener", "split_address"]

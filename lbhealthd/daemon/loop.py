@@ -16,18 +16,18 @@ import time
 import structlog
 
 from lbhealthd.config import Config, load_config
-from lbhealthd.control import ControlServer, wait_rounds
+from lbhealthd.daemon.control import ControlServer, wait_rounds
+from lbhealthd.daemon.http_api import HttpListener
+from lbhealthd.daemon.metrics import Metrics
+from lbhealthd.daemon.reconciler import Reconciler
+from lbhealthd.daemon.sdnotify import Notifier
 from lbhealthd.drivers import Driver, make_driver
 from lbhealthd.errors import ConfigError
-from lbhealthd.http_api import HttpListener
-from lbhealthd.metrics import Metrics
-from lbhealthd.probes.fast import FastProber
+from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.scheduler import ProbeScheduler
-from lbhealthd.reconciler import Reconciler
-from lbhealthd.sdnotify import Notifier
 from lbhealthd.store import Store
 
-log = structlog.get_logger("lbhealthd.daemon")
+log = structlog.get_logger("lbhealthd.daemon.loop")
 
 
 class Daemon:

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from lbhealthd.config import Config
+from lbhealthd.daemon.monitoring import expectation, live_findings
 from lbhealthd.drivers import make_driver
+from lbhealthd.drivers.haproxy.config_file import audit_cfg, parse_backends, syntax_check
 from lbhealthd.errors import DriverError, LbhealthdError
-from lbhealthd.haproxy_cfg import audit_cfg, parse_backends, syntax_check
 from lbhealthd.model import Member, ServerId
 from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_findings
-from lbhealthd.oncall import Outcome
+from lbhealthd.oncall.commands import Outcome
 from lbhealthd.store import OwnedEntry, Store
-from lbhealthd.watch import expectation, live_findings
 
 
 def _doc(findings: list[Finding], **extra: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from lbhealthd.errors import LbhealthdError
 from lbhealthd.model import ServerId
 from lbhealthd.store import OwnedEntry, Store
 
-log = structlog.get_logger("lbhealthd.journal")
+log = structlog.get_logger("lbhealthd.writer.journal")
 
 __all__ = ["Journal"]
 

@@ -30,6 +30,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from lbhealthd.config import Config
+from lbhealthd.daemon.monitoring import PoolWatch
 from lbhealthd.model import (
     ActionKind,
     AdminState,
@@ -41,7 +42,6 @@ from lbhealthd.model import (
     ServerId,
 )
 from lbhealthd.probes.lbstats import merge
-from lbhealthd.watch import PoolWatch
 
 M = TypeVar("M", bound=MetricWrapperBase)
 

@@ -1,6 +1,6 @@
 """Drive HAProxy through its runtime API (the admin ``stats socket``), one or several endpoints.
 
-Wire protocol (``lbhealthd.drivers.cli_channel``): one interactive (``prompt``) connection per
+Wire protocol (``lbhealthd.drivers.haproxy.channel``): one interactive (``prompt``) connection per
 endpoint carries a burst of commands, written without waiting for each other's answers and
 answered in order; it closes once idle for ``keepalive`` seconds and takes no new command after
 ``max_age`` seconds, so a reloaded HAProxy is reached on a new connection within that time and
@@ -39,7 +39,7 @@ from tenacity import (
     wait_random,
 )
 
-from lbhealthd.drivers.cli_channel import Channel
+from lbhealthd.drivers.haproxy.channel import Channel
 from lbhealthd.errors import DriverError, InvalidName, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
 

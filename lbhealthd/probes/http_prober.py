@@ -1,5 +1,5 @@
 """HTTP health probes on bare asyncio Protocols: one kept-alive connection per target, parsed by
-httptools (llhttp, in C). The same contract as ``HttpProber`` (see ``lbhealthd.probes.http``),
+httptools (llhttp, in C). The same contract as ``HttpProber`` (``lbhealthd.probes.aiohttp_prober``),
 at a fraction of its cost per probe; the answer is judged by the same functions.
 
 - One deadline bounds the whole probe: connecting (optionally also ``connect_timeout``),
@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import cast
 
 from lbhealthd.model import ProbeOutcome, Sample, ServerId
-from lbhealthd.probes.http import HttpProber, describe, failed, judge
+from lbhealthd.probes.aiohttp_prober import HttpProber, describe, failed, judge
 from lbhealthd.probes.httpparse import (
     Endpoint,
     ResponseReader,

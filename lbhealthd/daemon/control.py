@@ -29,20 +29,23 @@ import structlog
 from aiohttp import web
 
 from lbhealthd import status
-from lbhealthd.errors import DriverError, InvalidName, LbhealthdError
-from lbhealthd.manual import CapRefused, UnknownServer, check_caps, find_member, in_rotation
+from lbhealthd.errors import (
+    CapRefused,
+    ControlError,
+    DriverError,
+    InvalidName,
+    LbhealthdError,
+    UnknownServer,
+)
 from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
+from lbhealthd.overrides import check_caps, find_member, in_rotation
 
 if TYPE_CHECKING:
-    from lbhealthd.daemon import Daemon
+    from lbhealthd.daemon.loop import Daemon
 
-log = structlog.get_logger("lbhealthd.control")
+log = structlog.get_logger("lbhealthd.daemon.control")
 
 SOCKET_MODE = 0o660
-
-
-class ControlError(LbhealthdError):
-    """The control socket could not be created."""
 
 
 def peer(request: web.Request) -> tuple[int, int, int]:

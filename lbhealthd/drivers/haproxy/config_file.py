@@ -29,7 +29,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from lbhealthd.haproxy_proc import find_haproxy
+from lbhealthd.drivers.haproxy.process import find_haproxy
 from lbhealthd.monitors.audit import (
     MAX_WEIGHT,
     Expectation,

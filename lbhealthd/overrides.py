@@ -7,16 +7,8 @@ from collections.abc import Sequence
 
 from lbhealthd.config import Config
 from lbhealthd.engine import governor
-from lbhealthd.errors import LbhealthdError
+from lbhealthd.errors import CapRefused, UnknownServer
 from lbhealthd.model import AdminState, Member, OpState, ServerId
-
-
-class UnknownServer(LbhealthdError):
-    """The server is not in the pool (or the pool not in the config)."""
-
-
-class CapRefused(LbhealthdError):
-    """A manual drain would break the pool's max_drained or min_in_service."""
 
 
 def in_rotation(member: Member) -> bool:

@@ -18,7 +18,7 @@ from lbhealthd.monitors.audit import (
 )
 from lbhealthd.monitors.balance import BalanceMonitor, BalanceReport, ServerTraffic
 
-log = structlog.get_logger("lbhealthd.watch")
+log = structlog.get_logger("lbhealthd.daemon.monitoring")
 
 
 def intended_weight(pool: PoolConfig, member: Member) -> float:

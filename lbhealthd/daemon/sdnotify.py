@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import structlog
 
-log = structlog.get_logger("lbhealthd.sdnotify")
+log = structlog.get_logger("lbhealthd.daemon.sdnotify")
 
 # A send blocks at most this long: the receiver is PID 1, which reads promptly unless the host
 # is in trouble, and the daemon's event loop must not stall behind it.

@@ -18,12 +18,12 @@ from typing import Any
 import structlog
 
 from lbhealthd.config import Config, PoolConfig
+from lbhealthd.daemon.metrics import Metrics
+from lbhealthd.daemon.monitoring import Watch
 from lbhealthd.drivers import Driver
 from lbhealthd.engine import EngineState, Observation, ServerState, Settings, decide
 from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.errors import DriverError, LbhealthdError
-from lbhealthd.journal import Journal
-from lbhealthd.metrics import Metrics
 from lbhealthd.model import (
     Action,
     AdminState,
@@ -35,13 +35,13 @@ from lbhealthd.model import (
     OverrideKind,
     ServerId,
 )
-from lbhealthd.probes.http import render_url
+from lbhealthd.probes.aiohttp_prober import render_url
 from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import ProbeScheduler, Target
 from lbhealthd.store import OwnedEntry, Store
-from lbhealthd.watch import Watch
+from lbhealthd.writer.journal import Journal
 
-log = structlog.get_logger("lbhealthd.reconciler")
+log = structlog.get_logger("lbhealthd.daemon.reconciler")
 
 _EVENTS = {
     "drain": "server_drained",
