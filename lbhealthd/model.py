@@ -152,6 +152,11 @@ class Member:
     consistent: bool = True  # every endpoint of an HA pair agrees on admin state and weight
     checks_enabled: bool | None = None  # the LB's own health checks: None = not configured
 
+    @property
+    def in_rotation(self) -> bool:
+        """Whether the LB sends new traffic to this server (the one definition of it)."""
+        return self.admin is AdminState.READY and self.op not in (OpState.DOWN, OpState.STOPPING)
+
 
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
@@ -183,6 +188,19 @@ class Override:
 
     def expired(self, wall: float) -> bool:
         return self.expires_at is not None and wall >= self.expires_at
+
+    def as_reason(self) -> Reason:
+        """The reason of what this override decides, as logs and the action log show it."""
+        return Reason(
+            Rule.OVERRIDE,
+            f"{self.kind.value} override by {self.who}: {self.reason}",
+            {
+                "who": self.who,
+                "reason": self.reason,
+                "kind": self.kind.value,
+                "expires_at": self.expires_at,
+            },
+        )
 
 
 class ActionKind(enum.StrEnum):
@@ -244,6 +262,7 @@ class Desired:
     admin: AdminState
     weight_fraction: float = 1.0
     manual: bool = False  # set by an operator's override rather than by the daemon
+    weight: int | None = None  # the weight to set while it ramps; None = its full weight
 
 
 @dataclass(frozen=True, slots=True)

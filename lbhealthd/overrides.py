@@ -1,43 +1,82 @@
-"""On-call actions shared by the control API (daemon running) and the direct path (daemon
-down): validating the server, checking the pool's caps, and describing a refusal."""
+"""An operator's drain and restore, written once for both paths that carry them out.
+
+- With the daemon running, the control socket calls :func:`drain` and :func:`restore` with
+  ``apply=False``: the override is recorded and the daemon's next round carries it out
+  (the round is started at once and the caller waits for it).
+- With the daemon down, ``lbhealthd drain`` / ``restore`` call them with ``apply=True``: the
+  same override is recorded and the change is made at once through the LB writer, with the
+  same write-ahead and ownership, so the daemon finds it owned when it starts.
+
+Semantics, whichever path:
+- A drain (or maint) names a reason; it is refused (:class:`CapRefused`, naming the cap) if
+  taking a server in rotation out would break ``max_drained`` or ``min_in_service``, unless
+  forced. ``for_s`` makes it expire.
+- A restore removes any override. A server lbhealthd holds out gets a keep-in override for
+  ``for_s`` (default ``daemon.manual_change_hold``) so it is not drained again at once; a server
+  out by someone else's hand is set ready (the operator asked for exactly that).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
 
 from lbhealthd.config import Config
 from lbhealthd.engine import governor
 from lbhealthd.errors import CapRefused, UnknownServer
-from lbhealthd.model import AdminState, Member, OpState, ServerId
+from lbhealthd.model import (
+    Action,
+    ActionKind,
+    AdminState,
+    Desired,
+    Member,
+    Override,
+    OverrideKind,
+    Reason,
+    Rule,
+    ServerId,
+)
+from lbhealthd.store import Store
+from lbhealthd.writer import LbWriter
+
+log = structlog.get_logger("lbhealthd.overrides")
+
+__all__ = ["Done", "check_caps", "drain", "find_member", "restore"]
 
 
-def in_rotation(member: Member) -> bool:
-    """Whether the LB sends new traffic to this server."""
-    return member.admin is AdminState.READY and member.op not in (OpState.DOWN, OpState.STOPPING)
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What a drain or restore did: the override in force (if any) and notes for the caller."""
+
+    override: Override | None
+    notes: tuple[str, ...] = ()
+    lb_error: str | None = None  # the LB refused the change (direct path only)
 
 
-def find_member(config: Config, sid: ServerId, members: Sequence[Member]) -> Member:
+def find_member(config: Config, sid: ServerId, members: Mapping[ServerId, Member]) -> Member:
     """The member for ``sid``; UnknownServer listing the pool's servers if there is none."""
     names = [p.name for p in config.pools]
     if sid.pool not in names:
         raise UnknownServer(f"pool {sid.pool!r} is not in the config (pools: {', '.join(names)})")
-    for member in members:
-        if member.id == sid:
-            return member
-    listed = ", ".join(sorted(m.id.server for m in members)) or "none"
+    member = members.get(sid)
+    if member is not None:
+        return member
+    listed = ", ".join(sorted(s.server for s in members)) or "none"
     raise UnknownServer(f"no server {sid.server!r} in pool {sid.pool} (servers: {listed})")
 
 
-def check_caps(config: Config, sid: ServerId, members: Sequence[Member]) -> None:
+def check_caps(config: Config, sid: ServerId, members: Mapping[ServerId, Member]) -> None:
     """Raise CapRefused, naming the cap, if taking ``sid`` out breaks the pool's caps."""
     settings = config.engine_settings().pools[sid.pool]
-    others_out = sum(1 for m in members if m.id != sid and not in_rotation(m))
+    others_out = sum(1 for m in members.values() if m.id != sid and not m.in_rotation)
     size = len(members)
     budget = governor.budget(size, others_out, settings)
     rule = budget.check(settings)
     if rule is None:
         return
-    if rule.value == "max_drained":
+    if rule is Rule.MAX_DRAINED:
         raise CapRefused(
             f"refused: taking {sid} out would put {others_out + 1} of {size} servers out of "
             f"rotation, above max_drained {settings.max_drained:.0%} ({budget.max_out} "
@@ -47,3 +86,112 @@ def check_caps(config: Config, sid: ServerId, members: Sequence[Member]) -> None
         f"refused: taking {sid} out would leave {size - others_out - 1} of {size} servers in "
         f"rotation, below min_in_service {settings.min_in_service}; use --force to do it anyway"
     )
+
+
+async def drain(
+    config: Config,
+    store: Store,
+    writer: LbWriter,
+    members: Mapping[ServerId, Member],
+    sid: ServerId,
+    *,
+    reason: str,
+    who: str,
+    now: float,
+    for_s: float | None = None,
+    force: bool = False,
+    maint: bool = False,
+    apply: bool,
+) -> Done:
+    """Record a drain (or maint) override; with ``apply``, take the server out now."""
+    member = find_member(config, sid, members)
+    kind = OverrideKind.MAINT if maint else OverrideKind.DRAIN
+    if member.in_rotation and not force:
+        try:
+            check_caps(config, sid, members)
+        except CapRefused as exc:
+            log.warning("manual_drain_refused", server=str(sid), who=who, reason=str(exc))
+            raise
+    override = Override(sid, kind, reason, who, now, _until(now, for_s))
+    store.put_override(override)
+    writer.record(
+        sid,
+        "override_set",
+        kind=kind.value,
+        who=who,
+        reason=reason,
+        until=override.expires_at,
+        force=force,
+    )
+    log.info(
+        "override_set",
+        server=str(sid),
+        kind=kind.value,
+        who=who,
+        reason=reason,
+        until=override.expires_at,
+        force=force,
+    )
+    error = None
+    if apply:
+        admin = AdminState.MAINT if maint else AdminState.DRAIN
+        kind_done = ActionKind.MAINT if maint else ActionKind.DRAIN
+        action = Action(sid, kind_done, override.as_reason())
+        error = await _apply(writer, sid, Desired(admin, manual=True), member, action)
+    return Done(override, lb_error=error)
+
+
+async def restore(
+    config: Config,
+    store: Store,
+    writer: LbWriter,
+    members: Mapping[ServerId, Member],
+    sid: ServerId,
+    *,
+    who: str,
+    now: float,
+    for_s: float | None = None,
+    apply: bool,
+) -> Done:
+    """End any override; keep a server lbhealthd held out in rotation for a while; set a
+    server out by someone else's hand ready. With ``apply``, the LB is changed now."""
+    member = find_member(config, sid, members)
+    notes = []
+    removed = store.remove_override(sid)
+    if removed is not None:
+        notes.append(f"removed the {removed.kind.value} override by {removed.who}")
+        writer.record(sid, "override_removed", who=who, kind=removed.kind.value)
+    keep = None
+    error = None
+    reason = Reason(Rule.OVERRIDE, "restore by an operator", {"who": who})
+    action = Action(sid, ActionKind.RESTORE, reason)
+    if writer.holds_out(sid):
+        hold = for_s if for_s else config.daemon.manual_change_hold
+        keep = Override(
+            sid, OverrideKind.READY, "restored by an operator", who, now, _until(now, hold)
+        )
+        store.put_override(keep)
+        notes.append("kept in rotation" + (f" for {hold:g}s" if hold else ""))
+        if apply:
+            error = await _apply(
+                writer, sid, Desired(AdminState.READY, manual=True), member, action
+            )
+    elif member.admin is not AdminState.READY:
+        error = await _apply(writer, sid, Desired(AdminState.READY, manual=True), member, action)
+        if error is None:
+            notes.append(f"set ready (it was {member.admin.value}, not set by lbhealthd)")
+    log.info("server_restore_requested", server=str(sid), who=who, notes=notes)
+    return Done(keep, tuple(notes), error)
+
+
+async def _apply(
+    writer: LbWriter, sid: ServerId, want: Desired, member: Member, action: Action
+) -> str | None:
+    """Carry the change out now; the LB's refusal, if any."""
+    await writer.converge(sid, want, member, action)
+    await writer.flush()
+    return writer.last_error.get(sid)
+
+
+def _until(now: float, seconds: float | None) -> float | None:
+    return now + seconds if seconds is not None and seconds > 0 else None

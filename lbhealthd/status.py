@@ -8,17 +8,14 @@ long the server has been in its LB state. Keys are only ever added, never rename
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from lbhealthd.config import Config
-from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.engine import governor
-from lbhealthd.model import AdminState, Member, OpState, Override, OverrideKind, ServerId
+from lbhealthd.model import Member, Override
 from lbhealthd.monitors.balance import BalanceReport
-from lbhealthd.store import OwnedEntry
+from lbhealthd.report import PoolReport, RoundReport, owner
 
 VERSION = 1
 
@@ -35,25 +32,8 @@ def _override(o: Override | None) -> dict[str, Any] | None:
     }
 
 
-def _owner(
-    sid: ServerId,
-    member: Member,
-    owned: Mapping[ServerId, OwnedEntry],
-    overrides: Mapping[ServerId, Override],
-) -> str | None:
-    entry = owned.get(sid)
-    override = overrides.get(sid)
-    if override is not None and override.kind is not OverrideKind.READY and entry is not None:
-        return "override"
-    if entry is not None:
-        return "lbhealthd"
-    if member.admin is not AdminState.READY:
-        return "operator"
-    return None
-
-
 def _lb_view(m: Member) -> dict[str, Any]:
-    """What the load balancer says of a server: the part of its entry every path shares."""
+    """What the load balancer says of a server."""
     return {
         "server": str(m.id),
         "address": m.address,
@@ -74,24 +54,20 @@ def _lb_view(m: Member) -> dict[str, Any]:
     }
 
 
-def _in_rotation(member: Member) -> bool:
-    return member.admin is AdminState.READY and member.op not in (OpState.DOWN, OpState.STOPPING)
-
-
-def _pool_summary(config: Config, pool: str, members: Sequence[Member]) -> dict[str, Any]:
-    settings = config.engine_settings().pools[pool]
-    size = len(members)
-    out = sum(1 for m in members if not _in_rotation(m))
-    cap = math.floor(settings.max_drained * size + 1e-9)
+def _pool_summary(pool: PoolReport) -> dict[str, Any]:
+    settings = pool.settings
+    size = len(pool.members)
+    out = sum(1 for m in pool.members.values() if not m.in_rotation)
+    budget = governor.budget(size, out, settings)
     return {
-        "name": pool,
+        "name": pool.name,
         "size": size,
         "out": out,
         "in_service": size - out,
-        "max_out": cap,
+        "max_out": budget.max_out,
         "max_drained": settings.max_drained,
         "min_in_service": settings.min_in_service,
-        "at_cap": governor.budget(size, out, settings).check(settings) is not None,
+        "at_cap": budget.check(settings) is not None,
     }
 
 
@@ -115,135 +91,76 @@ def _balance(report: BalanceReport | None) -> dict[str, Any] | None:
     }
 
 
-def from_daemon(r: Reconciler, wall: float, mono: float) -> dict[str, Any]:
-    """The status document of a running daemon."""
-    decision = r.decision
-    pools = []
-    for pool_cfg in r.config.pools:
-        members = r.members.get(pool_cfg.name, {})
-        summary = _pool_summary(r.config, pool_cfg.name, list(members.values()))
-        alerts: list[dict[str, object]] = []
-        if decision is not None:
-            alerts += [
-                {"rule": w.rule.value, "message": w.message}
-                for w in decision.warnings
-                if w.evidence.get("pool") == pool_cfg.name
-            ]
-        alerts += r.watch.alerts(pool_cfg.name)
-        report = r.watch.pools[pool_cfg.name].report if pool_cfg.name in r.watch.pools else None
-        if pool_cfg.name in r.unavailable:
-            alerts.append({"rule": "lb_unavailable", "message": r.unavailable[pool_cfg.name]})
-        servers = []
-        for sid, m in sorted(members.items()):
-            st = r.state.servers.get(sid)
-            want = decision.desired.get(sid) if decision else None
-            sample = r.scheduler.latest(sid)
-            last = r.last_action.get(sid)
-            blocked = r.last_blocked.get(sid)
-            since = r.state_since.get(sid)
-            servers.append(
-                {
-                    **_lb_view(m),
-                    "desired": want.admin.value if want else None,
-                    "desired_weight_fraction": round(want.weight_fraction, 3) if want else None,
-                    "owner": _owner(sid, m, r.owned, r.overrides),
-                    "phase": st.phase.value if st else None,
-                    "verdict": st.verdict.value if st and st.verdict else None,
-                    "bad": st.bad if st else 0,
-                    "good": st.good if st else 0,
-                    "probe": None
-                    if sample is None
-                    else {
-                        "outcome": sample.outcome.value,
-                        "detail": sample.detail,
-                        "signals": dict(sample.signals),
-                        "age_s": round(mono - sample.at, 3),
-                    },
-                    "last_decision": None
-                    if last is None
-                    else {"action": last[0], "rule": last[1], "reason": last[2], "at": last[3]},
-                    "blocked": None
-                    if blocked is None
-                    else {"action": blocked[0], "rule": blocked[1], "reason": blocked[2]},
-                    "override": _override(r.overrides.get(sid)),
-                    "in_state_s": None if since is None else round(wall - since[1], 1),
-                }
-            )
-        pools.append(
-            {
-                **summary,
-                "blind": bool(decision and pool_cfg.name in decision.blind_pools),
-                "lb_available": pool_cfg.name not in r.unavailable,
-                "alerts": alerts,
-                "balance": _balance(report),
-                "servers": servers,
-            }
-        )
+def _server(r: RoundReport, m: Member, wall: float, mono: float) -> dict[str, Any]:
+    sid = m.id
+    st = r.engine.get(sid)
+    want = r.desired.get(sid)
+    sample = r.samples.get(sid)
+    last = r.last_action.get(sid)
+    blocked = r.blocked.get(sid)
+    since = r.state_since.get(sid)
     return {
-        "version": VERSION,
-        "daemon": {
-            "running": True,
-            "pid": os.getpid(),
-            "dry_run": r.dry_run,
-            "rounds": r.rounds,
-            "last_round_age_s": None
-            if r.last_round_at is None
-            else round(mono - r.last_round_at, 3),
+        **_lb_view(m),
+        "desired": want.admin.value if want else None,
+        "desired_weight_fraction": round(want.weight_fraction, 3) if want else None,
+        "owner": owner(m, r.owned, r.overrides),
+        "phase": st.phase.value if st else None,
+        "verdict": st.verdict.value if st and st.verdict else None,
+        "bad": st.bad if st else 0,
+        "good": st.good if st else 0,
+        "probe": None
+        if sample is None
+        else {
+            "outcome": sample.outcome.value,
+            "detail": sample.detail,
+            "signals": dict(sample.signals),
+            "age_s": round(mono - sample.at, 3),
         },
-        "pools": pools,
+        "last_decision": None
+        if last is None
+        else {
+            "action": last.action.kind.value,
+            "rule": last.action.reason.rule.value,
+            "reason": last.action.reason.message,
+            "at": last.at,
+        },
+        "blocked": None
+        if blocked is None
+        else {
+            "action": blocked.kind.value,
+            "rule": blocked.reason.rule.value,
+            "reason": blocked.reason.message,
+        },
+        "override": _override(r.overrides.get(sid)),
+        "in_state_s": None if since is None else round(wall - since, 1),
     }
 
 
-def from_lb(
-    config: Config,
-    snapshots: Mapping[str, Sequence[Member] | str],
-    owned: Mapping[ServerId, OwnedEntry],
-    overrides: Mapping[ServerId, Override],
-) -> dict[str, Any]:
-    """The status document when the daemon is not running: the LB and state_dir only.
-    ``snapshots`` maps a pool to its members, or to the error that kept it from being read."""
+def document(r: RoundReport, wall: float, mono: float) -> dict[str, Any]:
+    """The status document of a round report (of a running daemon, or of the LB and
+    state_dir when it is not running)."""
     pools = []
-    for pool_cfg in config.pools:
-        got = snapshots.get(pool_cfg.name, "not read")
-        if isinstance(got, str):
-            pools.append(
-                {
-                    "name": pool_cfg.name,
-                    "lb_available": False,
-                    "blind": False,
-                    "alerts": [{"rule": "lb_unavailable", "message": got}],
-                    "servers": [],
-                }
-            )
-            continue
-        servers = [
-            {
-                **_lb_view(m),
-                "desired": None,
-                "desired_weight_fraction": None,
-                "owner": _owner(m.id, m, owned, overrides),
-                "phase": None,
-                "verdict": None,
-                "bad": 0,
-                "good": 0,
-                "probe": None,
-                "last_decision": None,
-                "blocked": None,
-                "override": _override(overrides.get(m.id)),
-                "in_state_s": None,
-            }
-            for m in sorted(got, key=lambda m: m.id)
-        ]
+    for pool in r.pools:
+        servers = [_server(r, m, wall, mono) for _, m in sorted(pool.members.items())]
         pools.append(
             {
-                **_pool_summary(config, pool_cfg.name, got),
-                "blind": False,
-                "lb_available": True,
-                "alerts": [],
+                **_pool_summary(pool),
+                "blind": pool.blind,
+                "lb_available": pool.lb_error is None,
+                "alerts": pool.alerts,
+                "balance": _balance(pool.balance),
                 "servers": servers,
             }
         )
-    return {"version": VERSION, "daemon": {"running": False}, "pools": pools}
+    daemon: dict[str, Any] = {"running": r.running}
+    if r.running:
+        daemon.update(
+            pid=os.getpid(),
+            dry_run=r.dry_run,
+            rounds=r.rounds,
+            last_round_age_s=None if r.finished_at is None else round(mono - r.finished_at, 3),
+        )
+    return {"version": VERSION, "daemon": daemon, "pools": pools}
 
 
 def render(doc: Mapping[str, Any]) -> str:
@@ -312,4 +229,4 @@ def render(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["VERSION", "from_daemon", "from_lb", "render"]
+__all__ = ["VERSION", "document", "render"]

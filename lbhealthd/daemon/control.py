@@ -13,7 +13,6 @@ daemon is running, and this one refuses to start.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import pwd
@@ -21,29 +20,37 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 
-from lbhealthd import status
-from lbhealthd.errors import (
-    CapRefused,
-    ControlError,
-    DriverError,
-    InvalidName,
-    LbhealthdError,
-    UnknownServer,
-)
-from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
-from lbhealthd.overrides import check_caps, find_member, in_rotation
-
-if TYPE_CHECKING:
-    from lbhealthd.daemon.loop import Daemon
+from lbhealthd import overrides, status
+from lbhealthd.config import Config
+from lbhealthd.errors import CapRefused, ControlError, InvalidName, LbhealthdError, UnknownServer
+from lbhealthd.model import Member, ServerId
+from lbhealthd.report import RoundReport
+from lbhealthd.store import Store
+from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.daemon.control")
+
+
+class Operations(Protocol):
+    """What the control API needs of a running daemon."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def report(self) -> RoundReport: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def writer(self) -> LbWriter: ...
+    async def next_round(self) -> bool: ...
+
 
 SOCKET_MODE = 0o660
 
@@ -84,7 +91,7 @@ def describe(pid: int, uid: int) -> str:
 class ControlServer:
     """Serves the control API for a running daemon."""
 
-    def __init__(self, daemon: Daemon, path: str) -> None:
+    def __init__(self, daemon: Operations, path: str) -> None:
         self.daemon = daemon
         self.path = path
         self.runner: web.AppRunner | None = None
@@ -142,8 +149,7 @@ class ControlServer:
         return await handler(request)
 
     async def get_status(self, request: web.Request) -> web.Response:
-        r = self.daemon.reconciler
-        return web.json_response(status.from_daemon(r, time.time(), time.monotonic()))
+        return web.json_response(status.document(self.daemon.report, time.time(), time.monotonic()))
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], ServerId]:
         try:
@@ -156,123 +162,92 @@ class ControlServer:
                 text=_json({"error": str(exc)}), content_type="application/json"
             ) from None
 
-    def _member(self, sid: ServerId) -> Any:
-        r = self.daemon.reconciler
-        members = list(r.members.get(sid.pool, {}).values())
+    def _members(self, sid: ServerId) -> Mapping[ServerId, Member]:
+        pool = self.daemon.report.pool(sid.pool)
+        members = pool.members if pool is not None else {}
         try:
-            return find_member(r.config, sid, members), members
+            overrides.find_member(self.daemon.config, sid, members)
         except UnknownServer as exc:
             raise web.HTTPNotFound(
                 text=_json({"error": str(exc)}), content_type="application/json"
             ) from None
+        return members
 
     async def post_drain(self, request: web.Request) -> web.Response:
         body, sid = await self._body(request)
         reason = str(body.get("reason") or "").strip()
         if not reason:
             return web.json_response({"error": "a reason is required"}, status=400)
-        member, members = self._member(sid)
-        force = bool(body.get("force"))
-        kind = OverrideKind.MAINT if body.get("maint") else OverrideKind.DRAIN
-        if in_rotation(member) and not force:
-            try:
-                check_caps(self.daemon.reconciler.config, sid, members)
-            except CapRefused as exc:
-                log.warning(
-                    "manual_drain_refused", server=str(sid), who=_who(request), reason=str(exc)
-                )
-                return web.json_response({"error": str(exc)}, status=409)
-        override = _new_override(sid, kind, reason, _who(request), body.get("for_s"))
-        self.daemon.store.put_override(override)
-        self.daemon.reconciler.record(
-            sid,
-            "override_set",
-            kind=kind.value,
-            who=override.who,
-            reason=reason,
-            until=override.expires_at,
-            force=force,
-        )
-        log.info(
-            "override_set",
-            server=str(sid),
-            kind=kind.value,
-            who=override.who,
-            reason=reason,
-            until=override.expires_at,
-            force=force,
-        )
-        await self.daemon.next_round()
-        return web.json_response(self._result(sid, "drained", override))
+        members = self._members(sid)
+        d = self.daemon
+        try:
+            done = await overrides.drain(
+                d.config,
+                d.store,
+                d.writer,
+                members,
+                sid,
+                reason=reason,
+                who=_who(request),
+                now=time.time(),
+                for_s=_seconds(body.get("for_s")),
+                force=bool(body.get("force")),
+                maint=bool(body.get("maint")),
+                apply=False,
+            )
+        except CapRefused as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        await d.next_round()
+        return web.json_response(self._result(sid, "drained", done))
 
     async def post_restore(self, request: web.Request) -> web.Response:
         body, sid = await self._body(request)
-        member, _ = self._member(sid)
-        r = self.daemon.reconciler
-        store = self.daemon.store
-        removed = store.remove_override(sid)
-        notes = []
-        if removed is not None:
-            notes.append(f"removed the {removed.kind.value} override by {removed.who}")
-            r.record(sid, "override_removed", who=_who(request), kind=removed.kind.value)
-        owned = r.owned.get(sid)
-        if owned is not None and owned.admin is not AdminState.READY:
-            hold = body.get("for_s")
-            hold = float(hold) if hold else r.config.daemon.manual_change_hold
-            keep = _new_override(
-                sid, OverrideKind.READY, "restored by an operator", _who(request), hold
-            )
-            store.put_override(keep)
-            notes.append("kept in rotation" + (f" for {hold:g}s" if hold else ""))
-        elif member.admin is not AdminState.READY:
-            try:
-                await r.driver.set_state(sid, AdminState.READY)
-            except DriverError as exc:
-                return web.json_response({"error": str(exc)}, status=502)
-            r.record(
-                sid,
-                "set_state",
-                value="ready",
-                previous=member.admin.value,
-                rule="override",
-                reason="restore by an operator",
-                who=_who(request),
-            )
-            notes.append(f"set ready (it was {member.admin.value}, not set by lbhealthd)")
-        log.info("server_restore_requested", server=str(sid), who=_who(request), notes=notes)
-        await self.daemon.next_round()
-        return web.json_response(self._result(sid, "restored", None, notes))
-
-    def _result(
-        self, sid: ServerId, what: str, override: Override | None, notes: list[str] | None = None
-    ) -> dict[str, Any]:
-        r = self.daemon.reconciler
-        member = r.members.get(sid.pool, {}).get(sid)
-        want = r.decision.desired.get(sid) if r.decision else None
-        applied = want is not None and (
-            (member is not None and member.admin is want.admin and member.consistent)
-            or r.last_set.get(sid) is want.admin
+        members = self._members(sid)
+        d = self.daemon
+        done = await overrides.restore(
+            d.config,
+            d.store,
+            d.writer,
+            members,
+            sid,
+            who=_who(request),
+            now=time.time(),
+            for_s=_seconds(body.get("for_s")),
+            apply=False,
         )
-        if sid.pool in r.unavailable:
-            applied = False
+        if done.lb_error is not None:
+            return web.json_response({"error": done.lb_error}, status=502)
+        await d.next_round()
+        return web.json_response(self._result(sid, "restored", done))
+
+    def _result(self, sid: ServerId, what: str, done: overrides.Done) -> dict[str, Any]:
+        report = self.daemon.report
+        member = report.member(sid)
+        pool = report.pool(sid.pool)
+        lb_error = pool.lb_error if pool is not None else None
+        want = report.desired.get(sid)
+        applied = (
+            want is not None
+            and lb_error is None
+            and (
+                (member is not None and member.admin is want.admin and member.consistent)
+                or report.applied.get(sid) is want.admin
+            )
+        )
         return {
             "result": what,
             "server": str(sid),
             "path": "daemon",
             "applied": applied,
-            "lb_error": r.unavailable.get(sid.pool),
+            "lb_error": lb_error,
             "lb_state": member.admin.value if member else None,
-            "until": override.expires_at if override else None,
-            "notes": notes or [],
+            "until": done.override.expires_at if done.override else None,
+            "notes": list(done.notes),
         }
 
 
-def _new_override(
-    sid: ServerId, kind: OverrideKind, reason: str, who: str, for_s: object
-) -> Override:
-    now = time.time()
-    seconds = float(for_s) if isinstance(for_s, int | float) and for_s > 0 else None
-    return Override(sid, kind, reason, who, now, now + seconds if seconds else None)
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _json(doc: dict[str, Any]) -> str:
@@ -303,13 +278,3 @@ def _prepare(path: str) -> None:
     finally:
         probe.close()
     raise ControlError(f"another lbhealthd answers on {path}; refusing to start a second one")
-
-
-async def wait_rounds(rounds: Callable[[], int], target: int, within: float) -> bool:
-    """Wait until ``rounds()`` reaches ``target``; False after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while rounds() < target:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True

@@ -11,7 +11,7 @@ operations exist only on the control socket.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -20,9 +20,21 @@ from prometheus_client.exposition import choose_encoder
 from lbhealthd import status
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.errors import ListenerError
+from lbhealthd.report import RoundReport
 
-if TYPE_CHECKING:
-    from lbhealthd.daemon.loop import Daemon
+
+class Health(Protocol):
+    """What the listener reads of a running daemon."""
+
+    @property
+    def report(self) -> RoundReport: ...
+    @property
+    def round_interval(self) -> float: ...
+    @property
+    def stopping_now(self) -> bool: ...
+    def mono(self) -> float: ...
+    def wall(self) -> float: ...
+
 
 log = structlog.get_logger("lbhealthd.http")
 
@@ -38,7 +50,7 @@ def split_address(address: str) -> tuple[str, int]:
 class HttpListener:
     """Serves /metrics, /healthz and /status for a running daemon."""
 
-    def __init__(self, daemon: Daemon, address: str, metrics: Metrics) -> None:
+    def __init__(self, daemon: Health, address: str, metrics: Metrics) -> None:
         self.daemon = daemon
         self.address = address
         self.metrics = metrics
@@ -87,11 +99,11 @@ class HttpListener:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the daemon is alive and its rounds complete, and the document saying so."""
-        r = self.daemon.reconciler
-        limit = max(3 * self.daemon.config.daemon.round_interval, MIN_HEALTHY_AGE)
-        age = None if r.last_round_at is None else round(r.mono() - r.last_round_at, 3)
+        r = self.daemon.report
+        limit = max(3 * self.daemon.round_interval, MIN_HEALTHY_AGE)
+        age = None if r.finished_at is None else round(self.daemon.mono() - r.finished_at, 3)
         doc: dict[str, Any] = {"ok": False, "last_round_age_s": age, "rounds": r.rounds}
-        if self.daemon.stopping.is_set():
+        if self.daemon.stopping_now:
             doc["reason"] = "the daemon is stopping"
         elif age is None:
             doc["reason"] = "no round has completed yet"
@@ -102,8 +114,8 @@ class HttpListener:
         return doc["ok"], doc
 
     async def get_status(self, request: web.Request) -> web.Response:
-        r = self.daemon.reconciler
-        return web.json_response(status.from_daemon(r, r.wall(), r.mono()))
+        d = self.daemon
+        return web.json_response(status.document(d.report, d.wall(), d.mono()))
 
 
 __all__ = ["HttpListener", "split_address"]

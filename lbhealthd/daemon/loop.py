@@ -12,11 +12,12 @@ import asyncio
 import gc
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 
 from lbhealthd.config import Config, load_config
-from lbhealthd.daemon.control import ControlServer, wait_rounds
+from lbhealthd.daemon.control import ControlServer
 from lbhealthd.daemon.http_api import HttpListener
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.reconciler import Reconciler
@@ -25,7 +26,9 @@ from lbhealthd.drivers import Driver, make_driver
 from lbhealthd.errors import ConfigError
 from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.scheduler import ProbeScheduler
+from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
+from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.daemon.loop")
 
@@ -59,6 +62,29 @@ class Daemon:
         self.control: ControlServer | None = None
         self.notifier = Notifier.from_env()  # systemd's Type=notify; a no-op elsewhere
         self._announce_ready = True  # READY=1 after the next complete round
+
+    @property
+    def report(self) -> RoundReport:
+        """The report of the last round (what status, metrics and the control API read)."""
+        return self.reconciler.report
+
+    @property
+    def writer(self) -> LbWriter:
+        return self.reconciler.writer
+
+    @property
+    def round_interval(self) -> float:
+        return self.config.daemon.round_interval
+
+    @property
+    def stopping_now(self) -> bool:
+        return self.stopping.is_set()
+
+    def mono(self) -> float:
+        return self.reconciler.mono()
+
+    def wall(self) -> float:
+        return self.reconciler.wall()
 
     def reload(self) -> bool:
         """Re-read the config file; keep the running config if the new one is invalid."""
@@ -125,7 +151,7 @@ class Daemon:
                 lb=cfg.load_balancer.type,
                 dry_run=cfg.daemon.dry_run,
                 state_dir=cfg.daemon.state_dir,
-                owned=len(self.reconciler.owned),
+                owned=len(self.writer.owned),
                 overrides=len(self.reconciler.overrides),
             )
             while not self.stopping.is_set():
@@ -146,8 +172,8 @@ class Daemon:
                 ticked = time.monotonic()
                 cpu = time.process_time()
                 try:
-                    decision = await self.reconciler.tick(starved=lag)
-                    self.metrics.observe_round(self.reconciler, decision, time.monotonic() - ticked)
+                    await self.reconciler.tick(starved=lag)
+                    self.metrics.observe_round(self.report, time.monotonic() - ticked)
                 finally:
                     self._round_cpu += time.process_time() - cpu
                 if self._announce_ready:
@@ -164,7 +190,7 @@ class Daemon:
             await self.close()
         log.info(
             "stopped",
-            owned=sorted(str(s) for s in self.reconciler.owned),
+            owned=sorted(str(s) for s in self.writer.owned),
             note="servers lbhealthd drained stay drained until it runs again",
         )
         return 0
@@ -215,3 +241,13 @@ class Daemon:
         await self.prober.close()
         await self.driver.close()
         self.notifier.close()
+
+
+async def wait_rounds(rounds: Callable[[], int], target: int, within: float) -> bool:
+    """Wait until ``rounds()`` reaches ``target``; False after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while rounds() < target:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

@@ -22,19 +22,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-from lbhealthd.config import Config
-from lbhealthd.daemon.monitoring import PoolWatch
 from lbhealthd.model import (
     ActionKind,
     AdminState,
-    Decision,
     Desired,
     Member,
     Rule,
@@ -42,34 +39,9 @@ from lbhealthd.model import (
     ServerId,
 )
 from lbhealthd.probes.lbstats import merge
+from lbhealthd.report import PoolReport, RoundReport
 
 M = TypeVar("M", bound=MetricWrapperBase)
-
-
-class _Latest(Protocol):
-    def latest(self, sid: ServerId) -> Sample | None: ...
-
-
-class _Watch(Protocol):
-    @property
-    def pools(self) -> Mapping[str, PoolWatch]: ...
-
-
-class RoundView(Protocol):
-    """What metrics read from the reconciler after a round (its public attributes)."""
-
-    @property
-    def config(self) -> Config: ...
-    @property
-    def members(self) -> Mapping[str, Mapping[ServerId, Member]]: ...
-    @property
-    def unavailable(self) -> Mapping[str, str]: ...
-    @property
-    def rounds(self) -> int: ...
-    @property
-    def scheduler(self) -> _Latest: ...
-    @property
-    def watch(self) -> _Watch: ...
 
 
 class _Tracked(Generic[M]):
@@ -113,30 +85,17 @@ class _ServerSeries(Collector):
     the last round (see above), so that they agree with the per-pool series of that round."""
 
     def __init__(self) -> None:
-        # Per pool, in name order: its members as the round read them (the reconciler replaces
-        # that dict at each read, never changes it), their newest samples then, and the
-        # desired states of the last round that decided the pool (a pool that could not be
-        # read keeps the last ones).
-        self._pools: list[
-            tuple[
-                str, Mapping[ServerId, Member], dict[ServerId, Sample], Mapping[ServerId, Desired]
-            ]
-        ] = []
-        self._desired: dict[str, Mapping[ServerId, Desired]] = {}
+        # Per pool, in name order: its members as the round read them, their newest samples
+        # then, and the desired states of the last round that decided the pool.
+        self._pools: list[_PoolView] = []
 
-    def update(self, r: RoundView, decision: Decision | None) -> None:
-        pools = sorted(p.name for p in r.config.pools)
-        for pool in self._desired.keys() - set(pools):
-            del self._desired[pool]
-        if decision is not None:
-            for pool in set(pools) - r.unavailable.keys():
-                self._desired[pool] = decision.desired
-        latest = r.scheduler.latest
+    def update(self, r: RoundReport) -> None:
         self._pools = []
-        for pool in pools:
-            members = r.members.get(pool, {})
-            samples = {sid: sample for sid in members if (sample := latest(sid)) is not None}
-            self._pools.append((pool, members, samples, self._desired.get(pool, {})))
+        for pool in sorted(r.pools, key=lambda p: p.name):
+            members = pool.members
+            samples = {sid: s for sid in members if (s := r.samples.get(sid)) is not None}
+            desired = {sid: d for sid in members if (d := r.desired.get(sid)) is not None}
+            self._pools.append((pool.name, members, samples, desired))
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
@@ -298,22 +257,21 @@ class Metrics:
 
     # --- after each round ---------------------------------------------------------------------
 
-    def observe_round(self, r: RoundView, decision: Decision | None, duration: float) -> None:
-        """Update every metric from the reconciler's state after a round."""
-        pools = {p.name for p in r.config.pools}
+    def observe_round(self, r: RoundReport, duration: float) -> None:
+        """Update every metric from a round's report."""
+        pools = {p.name for p in r.pools}
         gone = self._pools - pools
         self._pools = pools
         for tracked in (self.probe_latency, self.probe_failures, self.decisions):
             tracked.drop_pools(gone)
-        self._decisions(decision)
-        self.servers.update(r, decision)
+        self._decisions(r)
+        self.servers.update(r)
         present: set[ServerId] = set()
-        for pool in sorted(pools):
-            members = r.members.get(pool, {})
-            present |= members.keys()
-            for sid in members:
-                self._probe(r, sid)
-            self._pool(r, pool, members, decision)
+        for pool in sorted(r.pools, key=lambda p: p.name):
+            present |= pool.members.keys()
+            for sid in pool.members:
+                self._probe(r.samples.get(sid), sid)
+            self._pool(pool)
         for sid in self._sample_at.keys() - present:
             del self._sample_at[sid]
         for series in (
@@ -330,7 +288,8 @@ class Metrics:
         self.round_duration.observe(duration)
         self.last_round.set(self._wall())
 
-    def _decisions(self, decision: Decision | None) -> None:
+    def _decisions(self, r: RoundReport) -> None:
+        decision = r.decision
         if decision is None:
             return
         for a in decision.actions:
@@ -340,9 +299,8 @@ class Metrics:
             self.decisions(sid.pool, kind, rule, "blocked").inc()
         self._blocked = blocked
 
-    def _probe(self, r: RoundView, sid: ServerId) -> None:
+    def _probe(self, sample: Sample | None, sid: ServerId) -> None:
         """Count the server's latest probe in the latency histogram or failures, once."""
-        sample = r.scheduler.latest(sid)
         if sample is None or self._sample_at.get(sid) == sample.at:
             return
         self._sample_at[sid] = sample.at
@@ -352,24 +310,17 @@ class Metrics:
         if not sample.ok:
             self.probe_failures(sid.pool, sample.outcome.value).inc()
 
-    def _pool(
-        self,
-        r: RoundView,
-        pool: str,
-        members: Mapping[ServerId, Member],
-        decision: Decision | None,
-    ) -> None:
-        blind = decision is not None and pool in decision.blind_pools
-        self.pool_blind(pool).set(1 if blind else 0)
-        self.pool_available(pool).set(0 if pool in r.unavailable else 1)
-        drained = sum(1 for m in members.values() if m.admin is AdminState.DRAIN)
-        self.pool_drained(pool).set(drained)
-        watch = r.watch.pools.get(pool)
-        report = watch.report if watch is not None else None
+    def _pool(self, pool: PoolReport) -> None:
+        name = pool.name
+        self.pool_blind(name).set(1 if pool.blind else 0)
+        self.pool_available(name).set(0 if pool.lb_error is not None else 1)
+        drained = sum(1 for m in pool.members.values() if m.admin is AdminState.DRAIN)
+        self.pool_drained(name).set(drained)
+        report = pool.balance
         imbalance = report.imbalance if report is not None else None
-        self.pool_balance(pool).set(math.nan if imbalance is None else imbalance)
-        self.pool_balance_alert(pool).set(1 if report is not None and report.firing else 0)
-        self.pool_audit(pool).set(len(watch.findings) if watch is not None else 0)
+        self.pool_balance(name).set(math.nan if imbalance is None else imbalance)
+        self.pool_balance_alert(name).set(1 if report is not None and report.firing else 0)
+        self.pool_audit(name).set(len(pool.findings))
 
 
-__all__ = ["Metrics", "RoundView"]
+__all__ = ["Metrics"]

@@ -9,43 +9,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from lbhealthd.config import Config, PoolConfig
-from lbhealthd.model import AdminState, Member, OpState, ServerId
-from lbhealthd.monitors.audit import (
-    Expectation,
-    Finding,
-    audit_pool,
-    expectation_from,
-)
+from lbhealthd.model import Member, ServerId
+from lbhealthd.monitors.audit import Finding
 from lbhealthd.monitors.balance import BalanceMonitor, BalanceReport, ServerTraffic
+from lbhealthd.pool_audit import intended_weight, live_findings
 
 log = structlog.get_logger("lbhealthd.daemon.monitoring")
-
-
-def intended_weight(pool: PoolConfig, member: Member) -> float:
-    """The weight the operator intends: the audit's expected weight when one is configured
-    (a misweighted pool is then seen as skewed), else the LB's current weight."""
-    expected = pool.expected_weights.get(member.id.server, pool.expected_weights.get("default"))
-    return float(expected) if expected is not None else float(member.weight)
-
-
-def serving(member: Member) -> bool:
-    return member.admin is AdminState.READY and member.op not in (OpState.DOWN, OpState.STOPPING)
-
-
-def expectation(pool: PoolConfig, recorded: Collection[str] | None) -> Expectation:
-    """Expected servers: the config's list, else the set recorded at the first run."""
-    servers = pool.servers if pool.servers is not None else recorded
-    return expectation_from(pool.name, servers, pool.expected_weights)
-
-
-def live_findings(
-    pool: PoolConfig,
-    members: Mapping[ServerId, Member],
-    owned: Collection[ServerId],
-    recorded: Collection[str] | None,
-) -> list[Finding]:
-    checks = {sid: m.checks_enabled for sid, m in members.items() if m.checks_enabled is not None}
-    return audit_pool(list(members.values()), expectation(pool, recorded), owned, checks=checks)
 
 
 @dataclass
@@ -90,10 +59,31 @@ class Watch:
         for name in set(self.pools) - {p.name for p in config.pools}:
             del self.pools[name]
 
+    def run(
+        self,
+        pools: Collection[PoolConfig],
+        members: Mapping[str, Mapping[ServerId, Member]],
+        owned: Collection[ServerId],
+        recorded: Mapping[str, Collection[str]],
+        now: float,
+        audit_interval: float,
+    ) -> None:
+        """Balance of every pool read this round; the audit after a change lbhealthd made
+        (``audit_due``) or every ``audit_interval``."""
+        due = self.audit_due or self.last_audit is None or now - self.last_audit >= audit_interval
+        for pool in pools:
+            self.balance(pool, members[pool.name], now)
+            if due:
+                mine = [sid for sid in owned if sid.pool == pool.name]
+                self.audit(pool, members[pool.name], mine, recorded.get(pool.name))
+        if due and pools:
+            self.audit_due = False
+            self.last_audit = now
+
     def balance(self, pool: PoolConfig, members: Mapping[ServerId, Member], now: float) -> None:
         watch = self.pools[pool.name]
         traffic = {
-            sid.server: ServerTraffic(m.sessions_total, serving(m), intended_weight(pool, m))
+            sid.server: ServerTraffic(m.sessions_total, m.in_rotation, intended_weight(pool, m))
             for sid, m in members.items()
         }
         report = watch.balance.update(now, traffic)
@@ -135,23 +125,3 @@ class Watch:
             else:
                 log.info("audit_clean", pool=pool.name)
         watch.findings = findings
-
-    def alerts(self, pool: str) -> list[dict[str, object]]:
-        """The pool's open alerts for `status`."""
-        watch = self.pools.get(pool)
-        if watch is None:
-            return []
-        out: list[dict[str, object]] = []
-        if watch.report is not None and watch.report.firing:
-            out.append(
-                {
-                    "rule": "balance",
-                    "message": watch.report.reason,
-                    "culprits": list(watch.report.culprits),
-                    "imbalance": watch.report.imbalance,
-                }
-            )
-        out += [
-            {"rule": "audit", "message": f.message, "kind": f.kind.value} for f in watch.findings
-        ]
-        return out

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from lbhealthd.config import Config
-from lbhealthd.daemon.monitoring import expectation, live_findings
 from lbhealthd.drivers import make_driver
 from lbhealthd.drivers.haproxy.config_file import audit_cfg, parse_backends, syntax_check
 from lbhealthd.errors import DriverError, LbhealthdError
 from lbhealthd.model import Member, ServerId
 from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_findings
 from lbhealthd.oncall.commands import Outcome
+from lbhealthd.pool_audit import expectation, live_findings
 from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.writer import LbWriter, Why
+from lbhealthd.writer.journal import Journal
 
 
 def _doc(findings: list[Finding], **extra: Any) -> dict[str, Any]:
@@ -125,7 +127,7 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
                 2, (*lines, "--fix: not confirmed; nothing changed"), _doc(findings, errors=errors)
             )
         else:
-            fixed = await _apply(config, plan)
+            fixed = await _apply(config, members, plan)
             lines += [f"  fixed: {f}" for f in fixed]
             lines.append(
                 "--fix changed runtime weights only: fix the HAProxy configuration "
@@ -157,35 +159,28 @@ def _fix_plan(
     return plan
 
 
-async def _apply(config: Config, plan: list[tuple[ServerId, int, int]]) -> list[str]:
+async def _apply(
+    config: Config,
+    members: dict[str, dict[ServerId, Member]],
+    plan: list[tuple[ServerId, int, int]],
+) -> list[str]:
+    """Set the weights back through the LB writer (an action record for each)."""
     driver = make_driver(config)
-    store: Store | None
-    try:
-        store = Store(config.daemon.state_dir)
-    except (LbhealthdError, OSError):
-        store = None
     done = []
     try:
+        try:
+            store = Store.open(config.daemon.state_dir)
+        except (LbhealthdError, OSError) as exc:
+            return [f"not changed: state_dir {config.daemon.state_dir} is unusable: {exc}"]
+        writer = LbWriter(driver, Journal(store), path="audit")
+        why = Why("audit_fix", "audit --fix: expected_weights", "audit")
         for sid, weight, before in plan:
-            try:
-                await driver.set_weight(sid, weight)
-            except DriverError as exc:
-                done.append(f"{sid}: FAILED to set weight {weight}: {exc}")
-                continue
-            done.append(f"{sid}: weight {before} -> {weight}")
-            if store is not None:
-                try:
-                    store.append_action(
-                        server=str(sid),
-                        action="set_weight",
-                        value=weight,
-                        previous=before,
-                        rule="audit_fix",
-                        reason="audit --fix: expected_weights",
-                        who="audit",
-                    )
-                except LbhealthdError as exc:
-                    done.append(f"{sid}: not recorded in the action log: {exc}")
+            member = members[sid.pool][sid]
+            if await writer.command(sid, member, "weight", weight, why=why):
+                done.append(f"{sid}: weight {before} -> {weight}")
+            else:
+                done.append(f"{sid}: FAILED to set weight {weight}: {writer.last_error.get(sid)}")
+        await writer.flush()
     finally:
         await driver.close()
     return done

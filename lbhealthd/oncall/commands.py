@@ -10,10 +10,7 @@ is never switched to the direct path.
 from __future__ import annotations
 
 import errno
-import getpass
 import json
-import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +19,9 @@ import aiohttp
 
 from lbhealthd import status
 from lbhealthd.config import Config
-from lbhealthd.drivers import make_driver
-from lbhealthd.errors import ControlRefused, DriverError, LbhealthdError, UnknownServer
-from lbhealthd.model import AdminState, Member, Override, OverrideKind, ServerId
-from lbhealthd.overrides import check_caps, find_member, in_rotation
-from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.errors import ControlRefused
+from lbhealthd.model import OverrideKind, ServerId
+from lbhealthd.oncall import direct
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +65,6 @@ def _until(ts: object) -> str:
     if not isinstance(ts, int | float):
         return "until restored"
     return "until " + datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _who() -> str:
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = f"uid {os.getuid()}"
-    return f"{name} (uid {os.getuid()}, pid {os.getpid()}, cli)"
 
 
 async def drain(
@@ -128,7 +115,7 @@ async def restore(config: Config, sid: ServerId, for_s: float | None) -> Outcome
                 doc,
             )
         return _refusal(code, doc)
-    return await _direct_restore(config, sid)
+    return await _direct_restore(config, sid, for_s)
 
 
 async def show_status(config: Config) -> Outcome:
@@ -136,7 +123,7 @@ async def show_status(config: Config) -> Outcome:
     if answer is not None and answer[0] == 200:
         doc = answer[1]
     else:
-        doc = await _direct_status(config)
+        doc = await direct.status_document(config)
     unhealthy = any(not p.get("lb_available", True) or p.get("blind") for p in doc["pools"])
     return Outcome(1 if unhealthy else 0, (status.render(doc),), doc)
 
@@ -146,127 +133,52 @@ def _refusal(code: int, doc: dict[str, Any]) -> Outcome:
     return Outcome(2 if code in (400, 403, 404) else 1, (message,), doc)
 
 
-async def _members(config: Config, pool: str) -> tuple[Any, list[Member]]:
-    driver = make_driver(config)
-    snap = await driver.snapshot(pool)
-    return driver, list(snap.members)
+def _lb(config: Config) -> str:
+    lb = config.load_balancer
+    if lb.type == "haproxy":
+        return ", ".join(lb.haproxy.sockets)
+    return lb.type
 
 
 async def _direct_drain(
     config: Config, sid: ServerId, kind: OverrideKind, reason: str, for_s: float | None, force: bool
 ) -> Outcome:
-    if sid.pool not in {p.name for p in config.pools}:
-        raise UnknownServer(f"pool {sid.pool!r} is not in the config")
-    try:
-        driver, members = await _members(config, sid.pool)
-    except DriverError as exc:
-        return Outcome(1, (f"daemon not running, and the LB could not be read: {exc}",))
-    member = find_member(config, sid, members)
-    if in_rotation(member) and not force:
-        check_caps(config, sid, members)
-    store = Store.open(config.daemon.state_dir)
-    now = time.time()
-    who = _who()
-    override = Override(sid, kind, reason, who, now, now + for_s if for_s else None)
-    store.put_override(override)
-    admin = AdminState.MAINT if kind is OverrideKind.MAINT else AdminState.DRAIN
-    try:
-        await driver.set_state(sid, admin)
-    except DriverError as exc:
+    done, problem = await direct.drain(config, sid, kind, reason, for_s, force)
+    if done is None:
+        return Outcome(1, (f"daemon not running, and {problem}",))
+    if done.lb_error is not None:
         return Outcome(
             1,
             (
                 f"daemon not running; recorded the override in "
-                f"{config.daemon.state_dir} but the LB refused: {exc}",
+                f"{config.daemon.state_dir} but the LB refused: {done.lb_error}",
             ),
         )
-    finally:
-        await driver.close()
-    owned = store.load_owned()
-    owned[sid] = OwnedEntry(sid, admin, now, f"{kind.value} override by {who}: {reason}")
-    store.save_owned(owned)
-    store.append_action(
-        server=str(sid),
-        action="set_state",
-        value=admin.value,
-        previous=member.admin.value,
-        rule="override",
-        reason=reason,
-        who=who,
-        path="direct",
-        until=override.expires_at,
-    )
-    sockets = ", ".join(config.load_balancer.haproxy.sockets)
+    admin = "maint" if kind is OverrideKind.MAINT else "drain"
+    until = done.override.expires_at if done.override else None
     return Outcome(
         0,
         (
-            f"{kind.value}: {sid} is now {admin.value} in the LB, {_until(override.expires_at)}",
-            f"daemon not running: changed the LB directly ({sockets}) and recorded the override in "
-            f"{config.daemon.state_dir}; the daemon will honour it when it starts",
+            f"{kind.value}: {sid} is now {admin} in the LB, {_until(until)}",
+            f"daemon not running: changed the LB directly ({_lb(config)}) and recorded the "
+            f"override in {config.daemon.state_dir}; the daemon will honour it when it starts",
         ),
     )
 
 
-async def _direct_restore(config: Config, sid: ServerId) -> Outcome:
-    if sid.pool not in {p.name for p in config.pools}:
-        raise UnknownServer(f"pool {sid.pool!r} is not in the config")
-    try:
-        driver, members = await _members(config, sid.pool)
-    except DriverError as exc:
-        return Outcome(1, (f"daemon not running, and the LB could not be read: {exc}",))
-    member = find_member(config, sid, members)
-    store = Store.open(config.daemon.state_dir)
-    notes = []
-    removed = store.remove_override(sid)
-    if removed is not None:
-        notes.append(f"removed the {removed.kind.value} override by {removed.who}")
-    try:
-        if member.admin is not AdminState.READY:
-            await driver.set_state(sid, AdminState.READY)
-            notes.append(f"set ready (was {member.admin.value})")
-            store.append_action(
-                server=str(sid),
-                action="set_state",
-                value="ready",
-                previous=member.admin.value,
-                rule="override",
-                reason="restore by an operator",
-                who=_who(),
-                path="direct",
-            )
-    except DriverError as exc:
-        return Outcome(1, (f"daemon not running; the LB refused: {exc}",))
-    finally:
-        await driver.close()
-    owned = store.load_owned()
-    if owned.pop(sid, None) is not None:
-        store.save_owned(owned)
+async def _direct_restore(config: Config, sid: ServerId, for_s: float | None) -> Outcome:
+    done, problem = await direct.restore(config, sid, for_s)
+    if done is None:
+        return Outcome(1, (f"daemon not running, and {problem}",))
+    if done.lb_error is not None:
+        return Outcome(1, (f"daemon not running; the LB refused: {done.lb_error}",))
     return Outcome(
         0,
         (
-            f"restore: {sid} is now ready in the LB: {'; '.join(notes) or 'nothing to undo'}",
+            f"restore: {sid} is now ready in the LB: {'; '.join(done.notes) or 'nothing to undo'}",
             f"daemon not running: changed the LB directly and updated {config.daemon.state_dir}",
         ),
     )
-
-
-async def _direct_status(config: Config) -> dict[str, Any]:
-    driver = make_driver(config)
-    snapshots: dict[str, list[Member] | str] = {}
-    try:
-        for pool in config.pools:
-            try:
-                snapshots[pool.name] = list((await driver.snapshot(pool.name)).members)
-            except DriverError as exc:
-                snapshots[pool.name] = str(exc)
-    finally:
-        await driver.close()
-    try:
-        store = Store(config.daemon.state_dir)
-        owned, overrides = store.load_owned(), store.load_overrides()
-    except LbhealthdError:
-        owned, overrides = {}, {}
-    return status.from_lb(config, snapshots, owned, overrides)
 
 
 def dumps(doc: dict[str, Any]) -> str:

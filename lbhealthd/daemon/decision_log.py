@@ -1,0 +1,107 @@
+"""One log event per decision, with its rule and evidence; repeated states logged once.
+
+An action is logged every time it is decided (``server_drained``, ``server_restored``,
+``server_maint``, ``server_stepped_down``). A blocked change, a blind pool, an override beyond
+the caps and a starved daemon last for many rounds: each is logged when it starts (and, for
+blind pools and starvation, when it ends), not again every round it lasts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from lbhealthd.model import Blocked, Decision, Rule, ServerId
+from lbhealthd.report import LastAction
+
+log = structlog.get_logger("lbhealthd.daemon.reconciler")
+
+EVENTS = {
+    "drain": "server_drained",
+    "restore": "server_restored",
+    "maint": "server_maint",
+    "step_down": "server_stepped_down",
+}
+
+
+class DecisionLog:
+    """Logs each round's decision; remembers what is under way to log changes only."""
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self.wall = wall
+        self.last_action: Mapping[ServerId, LastAction] = {}
+        self.blocked: Mapping[ServerId, Blocked] = {}
+        self._blocked: set[tuple[ServerId, str, str]] = set()
+        self._blind: set[str] = set()
+        self._over_cap: set[str] = set()
+        self.starved = False
+
+    def starvation(self, starved: float, frozen: bool, limit: float) -> None:
+        """Log when the daemon starts or stops being starved (``starved`` in seconds)."""
+        if frozen == self.starved:
+            return
+        if frozen:
+            log.error(
+                "daemon_starved",
+                lag_ms=round(starved * 1000, 1),
+                max_loop_lag_ms=round(limit * 1000, 1),
+                note="this round's probes are not trusted: nothing drained or restored",
+            )
+        else:
+            log.info("daemon_recovered", lag_ms=round(starved * 1000, 1))
+        self.starved = frozen
+
+    def decision(self, decision: Decision, dry_run: bool) -> None:
+        wall = self.wall()
+        if decision.actions:
+            last = dict(self.last_action)
+            for action in decision.actions:
+                last[action.server] = LastAction(action, wall)
+            self.last_action = last
+        self.blocked = {b.server: b for b in decision.blocked}
+        for action in decision.actions:
+            log.info(
+                EVENTS[action.kind.value],
+                server=str(action.server),
+                rule=action.reason.rule.value,
+                reason=action.reason.message,
+                evidence=dict(action.reason.evidence),
+                dry_run=dry_run,
+            )
+        blocked = set()
+        for b in decision.blocked:
+            key = (b.server, b.kind.value, b.reason.rule.value)
+            blocked.add(key)
+            if key not in self._blocked:
+                log.warning(
+                    f"{b.kind.value}_blocked",
+                    server=str(b.server),
+                    rule=b.reason.rule.value,
+                    reason=b.reason.message,
+                    evidence=dict(b.reason.evidence),
+                )
+        self._blocked = blocked
+        for pool in sorted(decision.blind_pools - self._blind):
+            reason = next((w for w in decision.warnings if w.evidence.get("pool") == pool), None)
+            log.error(
+                "pool_blind",
+                pool=pool,
+                reason=reason.message if reason else "",
+                evidence=dict(reason.evidence) if reason else {},
+            )
+        for pool in sorted(self._blind - decision.blind_pools):
+            log.info("pool_sight_restored", pool=pool)
+        self._blind = set(decision.blind_pools)
+        over_cap = set()
+        for w in decision.warnings:
+            if w.rule is Rule.OVERRIDE_OVER_CAP:
+                over_cap.add(w.message)
+                if w.message not in self._over_cap:
+                    log.warning("override_over_cap", reason=w.message, evidence=dict(w.evidence))
+        self._over_cap = over_cap
+
+    def forget(self, gone: set[ServerId]) -> None:
+        """Servers that left their pool."""
+        if gone & self.last_action.keys():
+            self.last_action = {k: v for k, v in self.last_action.items() if k not in gone}

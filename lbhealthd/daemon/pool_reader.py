@@ -1,0 +1,115 @@
+"""Reading the pools from the load balancer, once per round, and what a read tells.
+
+Per pool it keeps the members of the last successful read, the error of the last failed one
+(logged when it starts and when it ends, not every round), the LB's *epoch* (a change means the
+LB lost its runtime state: lbhealthd's changes must be applied again), the server set recorded
+at the first read of a pool whose servers are discovered (the audit expects that set from then
+on) and since when each server has been in its LB admin state.
+
+Each member map is replaced at every read, never edited, so a round report can hold it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from lbhealthd.config import PoolConfig
+from lbhealthd.drivers import Driver
+from lbhealthd.errors import LbhealthdError
+from lbhealthd.model import Member, ServerId
+from lbhealthd.writer.journal import Journal
+
+log = structlog.get_logger("lbhealthd.daemon.reconciler")
+
+
+class PoolReader:
+    """The LB's view of every pool between rounds."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        journal: Journal,
+        wall: Callable[[], float],
+        owned: Callable[[str], list[str]],
+    ) -> None:
+        self.driver = driver
+        self.owned = owned  # the servers of a pool lbhealthd holds (logged at an LB restart)
+        self.journal = journal
+        self.wall = wall
+        store = journal.store
+        self.members: dict[str, Mapping[ServerId, Member]] = {}
+        self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
+        self.epochs: dict[str, str] = dict((store.load_blob("epochs") or {}).get("pools", {}))
+        self.discovered: dict[str, list[str]] = dict(
+            (store.load_blob("discovered") or {}).get("pools", {})
+        )
+        self.state_since: dict[ServerId, float] = {}  # wall time of the last admin change
+        self._admin: dict[ServerId, str] = {}
+
+    async def read(self, pool: PoolConfig) -> tuple[Mapping[ServerId, Member], bool] | None:
+        """The pool's members and whether the LB restarted since the last read; None (logged)
+        when the LB could not be read."""
+        try:
+            snap = await self.driver.snapshot(pool.name)
+        except LbhealthdError as exc:
+            if self.unavailable.get(pool.name) != str(exc):
+                log.error("lb_unavailable", pool=pool.name, error=str(exc))
+            self.unavailable[pool.name] = str(exc)
+            return None
+        if pool.name in self.unavailable:
+            log.info("lb_available", pool=pool.name)
+            del self.unavailable[pool.name]
+        wanted = set(pool.servers) if pool.servers is not None else None
+        members = {m.id: m for m in snap.members if wanted is None or m.id.server in wanted}
+        previous = self.members.get(pool.name, {})
+        for sid in sorted(members.keys() - previous.keys()):
+            if previous:
+                log.info("server_discovered", server=str(sid))
+        for sid in sorted(previous.keys() - members.keys()):
+            log.warning("server_vanished", server=str(sid))
+            self.state_since.pop(sid, None)
+            self._admin.pop(sid, None)
+        self.members[pool.name] = members
+        wall = self.wall()
+        for sid, member in members.items():
+            if self._admin.get(sid) != member.admin.value:
+                self._admin[sid] = member.admin.value
+                self.state_since[sid] = wall
+        self._record_servers(pool, members)
+        return members, self._note_epoch(pool.name, snap.epoch)
+
+    def _note_epoch(self, pool: str, epoch: str) -> bool:
+        """True when the LB lost its runtime state since the last read (or it is unknown)."""
+        before = self.epochs.get(pool)
+        if before == epoch:
+            return False
+        if before is not None:
+            log.warning(
+                "lb_restarted",
+                pool=pool,
+                before=before,
+                now=epoch,
+                owned=self.owned(pool),
+                note="runtime changes were lost; re-applying what lbhealthd owns",
+            )
+        self.epochs[pool] = epoch
+        self._stage("epochs", lambda: {"pools": dict(self.epochs)})
+        return True
+
+    def _record_servers(self, pool: PoolConfig, members: Mapping[ServerId, Member]) -> None:
+        if pool.servers is not None or pool.name in self.discovered or not members:
+            return
+        self.discovered[pool.name] = sorted(sid.server for sid in members)
+        self._stage("discovered", lambda: {"pools": dict(self.discovered)})
+        log.info(
+            "servers_recorded",
+            pool=pool.name,
+            servers=self.discovered[pool.name],
+            note="the audit expects this set from now on",
+        )
+
+    def _stage(self, name: str, produce: Callable[[], dict[str, Any]]) -> None:
+        self.journal.stage_blob(name, produce)

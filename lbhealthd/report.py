@@ -1,0 +1,120 @@
+"""What one round saw and decided, as one immutable report.
+
+The daemon publishes a :class:`RoundReport` at the end of every round; everything that shows
+the daemon's view — the status document (control socket, HTTP, ``lbhealthd status``), the
+metrics, the answers of the control API — reads only that report, never the live reconciler.
+With the daemon down, ``lbhealthd status`` builds the same report from a read of the LB and
+``state_dir`` (``running`` false, no decision), so one builder serves both.
+
+The mappings a report holds are never changed after it is published: the reconciler replaces
+its own, it does not edit them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from lbhealthd.engine import PoolSettings, ServerState
+from lbhealthd.model import (
+    Action,
+    AdminState,
+    Blocked,
+    Decision,
+    Desired,
+    Member,
+    Override,
+    OverrideKind,
+    Sample,
+    ServerId,
+)
+from lbhealthd.monitors.audit import Finding
+from lbhealthd.monitors.balance import BalanceReport
+from lbhealthd.store import OwnedEntry
+
+__all__ = ["LastAction", "PoolReport", "RoundReport", "owner"]
+
+
+@dataclass(frozen=True, slots=True)
+class LastAction:
+    """The last action decided for a server, and when (wall)."""
+
+    action: Action
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolReport:
+    """One pool at the end of a round."""
+
+    name: str
+    settings: PoolSettings
+    members: Mapping[ServerId, Member]  # as last read; empty if never read
+    lb_error: str | None = None  # why the last read failed; None when it succeeded
+    blind: bool = False
+    warnings: tuple[Mapping[str, object], ...] = ()  # the engine's, for this pool
+    balance: BalanceReport | None = None
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def alerts(self) -> list[dict[str, object]]:
+        """The pool's open alerts: the engine's warnings, the monitors', the LB's."""
+        out: list[dict[str, object]] = [dict(w) for w in self.warnings]
+        if self.balance is not None and self.balance.firing:
+            out.append(
+                {
+                    "rule": "balance",
+                    "message": self.balance.reason,
+                    "culprits": list(self.balance.culprits),
+                    "imbalance": self.balance.imbalance,
+                }
+            )
+        out += [
+            {"rule": "audit", "message": f.message, "kind": f.kind.value} for f in self.findings
+        ]
+        if self.lb_error is not None:
+            out.append({"rule": "lb_unavailable", "message": self.lb_error})
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RoundReport:
+    """The daemon's view after a round (or the LB's and state_dir's when it is not running)."""
+
+    pools: tuple[PoolReport, ...]
+    running: bool = True
+    dry_run: bool = False
+    rounds: int = 0
+    finished_at: float | None = None  # mono
+    decision: Decision | None = None
+    desired: Mapping[ServerId, Desired] = field(default_factory=dict)
+    engine: Mapping[ServerId, ServerState] = field(default_factory=dict)
+    samples: Mapping[ServerId, Sample] = field(default_factory=dict)
+    owned: Mapping[ServerId, OwnedEntry] = field(default_factory=dict)
+    overrides: Mapping[ServerId, Override] = field(default_factory=dict)
+    last_action: Mapping[ServerId, LastAction] = field(default_factory=dict)
+    blocked: Mapping[ServerId, Blocked] = field(default_factory=dict)
+    state_since: Mapping[ServerId, float] = field(default_factory=dict)  # wall
+    applied: Mapping[ServerId, AdminState] = field(default_factory=dict)  # last state set
+
+    def pool(self, name: str) -> PoolReport | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    def member(self, sid: ServerId) -> Member | None:
+        pool = self.pool(sid.pool)
+        return None if pool is None else pool.members.get(sid)
+
+
+def owner(
+    member: Member, owned: Mapping[ServerId, OwnedEntry], overrides: Mapping[ServerId, Override]
+) -> str | None:
+    """Who holds the server's state: an operator's override, lbhealthd, an operator's hand."""
+    entry = owned.get(member.id)
+    override = overrides.get(member.id)
+    if override is not None and override.kind is not OverrideKind.READY and entry is not None:
+        return "override"
+    if entry is not None:
+        return "lbhealthd"
+    if member.admin is not AdminState.READY:
+        return "operator"
+    return None

@@ -1,0 +1,315 @@
+"""The one path by which lbhealthd changes a load balancer.
+
+Every change — the daemon converging a round, an operator's drain or restore through the
+control socket or with the daemon down, ``audit --fix`` — goes through :class:`LbWriter`, which
+guarantees, whoever calls it:
+
+- **Write-ahead.** A state change that takes a server out is recorded as *owned* (and as
+  *pending*, with the state it replaces) and made durable before the command leaves, so a
+  process killed right after the command still knows the change was its own. A change that
+  failed stays pending: it may have reached part of an HA pair, and that part is ours to repair
+  or undo.
+- **Ownership after.** Once the LB took a command, the ownership record says what lbhealthd
+  holds (a state, or a slow-start weight) and the action log says what was done, by whom, under
+  which rule; both are durable before the caller goes on.
+- **Only its own.** A server taken out by someone else's hand is never touched unless an
+  operator's explicit override asks for it (``Desired.manual``).
+- **Dry run.** Nothing is sent; each would-be command is logged once.
+
+After a crash, :meth:`settle` compares a pending change with what the LB shows and resolves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from lbhealthd.drivers import Driver
+from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.model import Action, AdminState, Desired, Member, ServerId
+from lbhealthd.store import OwnedEntry
+from lbhealthd.writer.journal import Journal
+
+log = structlog.get_logger("lbhealthd.writer")
+
+__all__ = ["LbWriter", "Why"]
+
+
+@dataclass(frozen=True, slots=True)
+class Why:
+    """Why a command is sent: the rule, a one-line reason, who asked."""
+
+    rule: str = "reconcile"
+    reason: str = "converging to the desired state"
+    who: str = "lbhealthd"
+
+    @classmethod
+    def of(cls, action: Action | None) -> Why:
+        if action is None:
+            return cls()
+        who = action.reason.evidence.get("who")
+        return cls(
+            action.reason.rule.value, action.reason.message, str(who) if who else "lbhealthd"
+        )
+
+
+#: Called after every command: (server, what was set, ok, the action it carried out or None).
+CommandHook = Callable[[ServerId, str, bool, Action | None], None]
+
+
+class LbWriter:
+    """Changes servers in the LB with write-ahead, ownership and an action record."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        journal: Journal,
+        *,
+        dry_run: bool = False,
+        path: str = "daemon",
+        mono: Callable[[], float] = time.monotonic,
+        on_command: CommandHook | None = None,
+    ) -> None:
+        self.driver = driver
+        self.journal = journal
+        self.dry_run = dry_run
+        self.path = path  # recorded with every action: daemon, direct (CLI), audit
+        self.mono = mono
+        self.on_command = on_command
+        store = journal.store
+        self.owned: dict[ServerId, OwnedEntry] = store.load_owned()
+        # State changes recorded but not yet confirmed by a read of the LB (see ``settle``).
+        self.pending: dict[ServerId, dict[str, str | None]] = {}
+        for key, value in dict((store.load_blob("pending") or {}).get("servers", {})).items():
+            try:
+                self.pending[ServerId.parse(key)] = dict(value)
+            except (LbhealthdError, TypeError, ValueError):
+                log.warning("pending_entry_ignored", entry=key)
+        self._recovering = set(self.pending)  # settled against the LB at its first read
+        self.last_set: dict[ServerId, AdminState] = {}  # the last state the LB accepted
+        self.last_error: dict[ServerId, str] = {}  # why the last command failed, until one works
+        self._dry_logged: set[tuple[ServerId, str]] = set()
+        self._agent_warned: set[ServerId] = set()
+
+    @property
+    def wall(self) -> Callable[[], float]:
+        return self.journal.store.clock
+
+    # --- what lbhealthd holds ----------------------------------------------------------------
+
+    def holds_out(self, sid: ServerId) -> bool:
+        """True when lbhealthd took this server out of rotation itself."""
+        entry = self.owned.get(sid)
+        return entry is not None and entry.admin is not AdminState.READY
+
+    def recovering(self, sid: ServerId) -> bool:
+        """True while a change recorded before a crash waits to be compared with the LB."""
+        return sid in self._recovering
+
+    def has_pending(self, sid: ServerId) -> bool:
+        return sid in self.pending
+
+    def release(self, sid: ServerId) -> None:
+        """Forget what lbhealthd held of this server (an operator took it over)."""
+        if self.owned.pop(sid, None) is not None:
+            self.journal.stage_owned(self.owned)
+
+    def settle(self, sid: ServerId, member: Member) -> bool:
+        """After a crash mid-change, the LB says whether the change landed; resolve it.
+
+        True when the engine's memory of the server must be forgotten (the server is in
+        rotation after all, and decided afresh from new samples)."""
+        self._recovering.discard(sid)
+        entry = self.pending.get(sid)
+        if entry is None:
+            return False
+        landed = member.admin.value == entry["to"]
+        log.warning(
+            "change_recovered",
+            server=str(sid),
+            to=entry["to"],
+            landed=landed,
+            note="the daemon stopped between recording and confirming this change",
+        )
+        forget = False
+        if entry["to"] == AdminState.READY.value:
+            if landed:
+                self.release(sid)
+                forget = True
+        elif not landed:
+            previous = entry.get("previous")
+            if previous is None:
+                self.release(sid)
+                forget = True  # never happened
+            else:
+                self.owned[sid] = OwnedEntry(sid, AdminState(previous), self.wall(), "recovered")
+                self.journal.stage_owned(self.owned)
+        self._settled(sid)
+        return forget
+
+    # --- converging one server ---------------------------------------------------------------
+
+    async def converge(
+        self, sid: ServerId, want: Desired, member: Member, action: Action | None
+    ) -> None:
+        """Bring one server to ``want`` (its admin state, and ``want.weight`` while it ramps)."""
+        owned = self.owned.get(sid)
+        if want.admin is not AdminState.READY:
+            if member.admin is want.admin and member.consistent:
+                if owned is None or owned.admin is not want.admin:
+                    self._own(sid, want.admin, action)
+                self._settled(sid)
+                return
+            if owned is None and member.admin is not AdminState.READY and not want.manual:
+                return  # out by someone else's hand: never touched
+            self._intend(sid, want.admin, owned)
+            if await self.command(sid, member, "state", want.admin, action):
+                self._own(sid, want.admin, action)
+                self._settled(sid)
+            return
+        if owned is not None and owned.admin is not AdminState.READY:
+            weight = want.weight
+            if weight is not None and weight != member.weight:
+                await self.command(sid, member, "weight", weight, action)
+            if member.admin is not AdminState.READY or not member.consistent:
+                self._intend(sid, AdminState.READY, owned)
+                if not await self.command(sid, member, "state", AdminState.READY, action):
+                    self._settled(sid)
+                    return
+            if weight is not None:
+                self._own(sid, AdminState.READY, action, weight=weight)
+            else:
+                self.release(sid)
+            self._settled(sid)
+            return
+        if owned is not None and owned.weight is not None:
+            full = want.weight is None
+            target = member.initial_weight if full else want.weight
+            assert target is not None
+            if (target != member.weight or not member.consistent) and not await self.command(
+                sid, member, "weight", target, action
+            ):
+                return
+            if full:
+                self.release(sid)
+                log.info("slow_start_done", server=str(sid), weight=target)
+            else:
+                self._own(sid, AdminState.READY, action, weight=target)
+            return
+        if want.manual and member.admin is not AdminState.READY:
+            # An operator asked for it in rotation: a state lbhealthd does not own is set too.
+            await self.command(sid, member, "state", AdminState.READY, action)
+
+    async def command(
+        self,
+        sid: ServerId,
+        member: Member,
+        what: str,
+        value: AdminState | int,
+        action: Action | None = None,
+        why: Why | None = None,
+    ) -> bool:
+        """Send one command (``what`` is "state" or "weight") and record it. True if the LB
+        took it; a failure is logged and counted, never raised."""
+        why = why or Why.of(action)
+        shown = value.value if isinstance(value, AdminState) else value
+        before = member.admin.value if what == "state" else member.weight
+        fields: dict[str, Any] = {"server": str(sid), "set": what, "from": before, "to": shown}
+        if action is not None:
+            fields.update(rule=action.reason.rule.value, reason=action.reason.message)
+        if what == "state" and member.has_agent and sid not in self._agent_warned:
+            self._agent_warned.add(sid)
+            log.warning(
+                "agent_may_undo",
+                server=str(sid),
+                note="this server has an HAProxy agent-check: an agent reply of ready, "
+                "drain or maint overrides admin states set by anyone else; lbhealthd "
+                "re-applies its own every round",
+            )
+        if self.dry_run:
+            if (sid, f"{what}={shown}") not in self._dry_logged:
+                self._dry_logged.add((sid, f"{what}={shown}"))
+                log.info("dry_run_skipped", **fields)
+            return False
+        # Write-ahead: what was staged for this server (and for every server converging with
+        # it) is durable before the command leaves.
+        await self.journal.sync()
+        started = self.mono()
+        try:
+            if isinstance(value, AdminState):
+                await self.driver.set_state(sid, value)
+            else:
+                await self.driver.set_weight(sid, value)
+        except DriverError as exc:
+            self.last_error[sid] = str(exc)
+            if self.on_command is not None:
+                self.on_command(sid, what, False, action)
+            log.error("lb_command_failed", **fields, error=str(exc))
+            return False
+        self.last_error.pop(sid, None)
+        if isinstance(value, AdminState):
+            self.last_set[sid] = value
+        if self.on_command is not None:
+            self.on_command(sid, what, True, action)
+        log.info("lb_command", **fields, ms=round((self.mono() - started) * 1000, 1))
+        self.record(
+            sid,
+            f"set_{what}",
+            value=shown,
+            previous=before,
+            rule=why.rule,
+            reason=why.reason,
+            who=why.who,
+        )
+        # The record of a command that reached the LB is durable before the caller goes on,
+        # as the intent was before it left; servers converging together share this write.
+        await self.journal.sync()
+        return True
+
+    def record(self, sid: ServerId, action: str, **fields: Any) -> None:
+        """Add to the action log (durable at the next ``flush``)."""
+        fields.setdefault("path", self.path)
+        self.journal.stage_record(server=str(sid), action=action, dry_run=self.dry_run, **fields)
+
+    async def flush(self) -> None:
+        """Make everything staged durable."""
+        await self.journal.sync()
+
+    # --- ownership ---------------------------------------------------------------------------
+
+    def _own(
+        self, sid: ServerId, admin: AdminState, action: Action | None, weight: int | None = None
+    ) -> None:
+        previous = self.owned.get(sid)
+        reason = action.reason.message if action else (previous.reason if previous else "")
+        since = previous.since if previous and previous.admin is admin else self.wall()
+        entry = OwnedEntry(sid, admin, since, reason, weight)
+        if previous != entry:
+            self.owned[sid] = entry
+            self.journal.stage_owned(self.owned)
+
+    def _intend(self, sid: ServerId, admin: AdminState, previous: OwnedEntry | None) -> None:
+        """Record, before sending it, that a state change is under way (see ``settle``)."""
+        if self.dry_run:
+            return
+        self.pending[sid] = {
+            "to": admin.value,
+            "previous": None if previous is None else previous.admin.value,
+        }
+        if admin is not AdminState.READY:
+            self.owned[sid] = OwnedEntry(
+                sid, admin, self.wall(), "change under way", previous.weight if previous else None
+            )
+            self.journal.stage_owned(self.owned)
+        self.journal.stage_blob("pending", self._pending_blob)
+
+    def _settled(self, sid: ServerId) -> None:
+        if self.pending.pop(sid, None) is not None:
+            self.journal.stage_blob("pending", self._pending_blob)
+
+    def _pending_blob(self) -> dict[str, Any]:
+        return {"servers": {str(k): v for k, v in self.pending.items()}}
