@@ -418,8 +418,8 @@ async def test_hostile_endpoints_are_failed_probes_within_bounds(
                 rss_end = _rss()
                 latest = {sid: daemon.scheduler.latest(sid) for sid in kind_of}
                 rounds = daemon.reconciler.rounds - rounds_warm
-                assert daemon.reconciler.decision is not None
-                blind_at_end = set(daemon.reconciler.decision.blind_pools)
+                assert daemon.report.decision is not None
+                blind_at_end = set(daemon.report.decision.blind_pools)
                 probes = len(seen.probe_seconds) - probes_warm
             assert not task.cancelled()
             assert task.result() == 0
@@ -961,7 +961,7 @@ async def test_http_listener_is_read_only_and_loopback(
         rounds = daemon.reconciler.rounds
         await wait_for(lambda: daemon.reconciler.rounds >= rounds + 2, 5, "two more rounds")
         assert daemon.store.load_overrides() == {}
-        assert all(m.admin is AdminState.READY for m in daemon.reconciler.members["api"].values())
+        assert all(m.admin is AdminState.READY for m in daemon.report.pool("api").members.values())
 
 
 @pytest.mark.integration

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lbhealthd.daemon.http_api import HttpListener
 from lbhealthd.daemon.loop import Daemon
 from lbhealthd.daemon.metrics import Metrics
+from lbhealthd.engine import PoolSettings
 from lbhealthd.errors import ListenerError
 from lbhealthd.model import (
     Action,
@@ -34,6 +35,7 @@ from lbhealthd.model import (
     Sample,
     ServerId,
 )
+from lbhealthd.report import PoolReport, RoundReport
 from lbhealthd.testing import FakeClock, failed, ok, sid
 from tests.daemon_harness import LBView, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle, free_port
@@ -71,6 +73,24 @@ def fake_reconciler(*members: Member, samples: dict[ServerId, Sample] | None = N
     )
 
 
+def as_report(r: Any, decision: Decision | None) -> RoundReport:
+    """The round report the fake reconciler's attributes describe, with ``decision``."""
+    pool = PoolReport(
+        "api",
+        PoolSettings("api"),
+        r.members["api"],
+        lb_error=r.unavailable.get("api"),
+        blind=decision is not None and "api" in decision.blind_pools,
+        balance=r.watch.pools["api"].report,
+        findings=tuple(r.watch.pools["api"].findings),
+    )
+    samples = {sid: s for sid in r.members["api"] if (s := r.scheduler.latest(sid)) is not None}
+    desired = decision.desired if decision is not None else {}
+    return RoundReport(
+        (pool,), rounds=r.rounds, decision=decision, desired=desired, samples=samples
+    )
+
+
 def get(m: Metrics, name: str, **labels: str) -> float | None:
     return m.registry.get_sample_value(name, labels)
 
@@ -92,13 +112,13 @@ def test_a_vanished_server_loses_its_series() -> None:
         samples={s1: ok(s1, 1.0, cpu=0.2), s2: ok(s2, 1.0, cpu=0.95)},
     )
     desired = {s1: Desired(AdminState.READY), s2: Desired(AdminState.DRAIN)}
-    m.observe_round(r, Decision(desired), 0.01)
+    m.observe_round(as_report(r, Decision(desired)), 0.01)
     assert get(m, "lbhealthd_server_state", pool="api", server="s2", state="drain") == 1
     assert get(m, "lbhealthd_server_signal", pool="api", server="s2", signal="cpu") == 0.95
 
     r.members = {"api": {s1: member("api/s1")}}
     r.rounds = 2
-    m.observe_round(r, Decision({s1: Desired(AdminState.READY)}), 0.01)
+    m.observe_round(as_report(r, Decision({s1: Desired(AdminState.READY)})), 0.01)
 
     labelled = [s.labels for f in m.registry.collect() for s in f.samples]
     assert not [labels for labels in labelled if labels.get("server") == "s2"]
@@ -113,13 +133,13 @@ def test_server_series_agree_with_the_pool_series_of_the_same_round() -> None:
     m = Metrics()
     s1 = sid("api/s1")
     r = fake_reconciler(member("api/s1"), samples={s1: ok(s1, 1.0, cpu=0.2)})
-    m.observe_round(r, Decision({s1: Desired(AdminState.READY)}), 0.01)
+    m.observe_round(as_report(r, Decision({s1: Desired(AdminState.READY)})), 0.01)
     r.members = {"api": {s1: member("api/s1", AdminState.DRAIN)}}  # read by the next round
     r.scheduler = SimpleNamespace(latest={s1: ok(s1, 2.0, cpu=0.97)}.get)
     assert get(m, "lbhealthd_server_state", pool="api", server="s1", state="drain") == 0
     assert get(m, "lbhealthd_pool_drained", pool="api") == 0
     assert get(m, "lbhealthd_server_signal", pool="api", server="s1", signal="cpu") == 0.2
-    m.observe_round(r, Decision({s1: Desired(AdminState.DRAIN)}), 0.01)
+    m.observe_round(as_report(r, Decision({s1: Desired(AdminState.DRAIN)})), 0.01)
     assert get(m, "lbhealthd_server_state", pool="api", server="s1", state="drain") == 1
     assert get(m, "lbhealthd_pool_drained", pool="api") == 1
     assert get(m, "lbhealthd_server_signal", pool="api", server="s1", signal="cpu") == 0.97
@@ -130,12 +150,12 @@ def test_a_pool_removed_from_the_config_loses_its_series() -> None:
     m = Metrics()
     s1 = sid("api/s1")
     r = fake_reconciler(member("api/s1"), samples={s1: failed(s1, 1.0)})
-    m.observe_round(r, Decision({s1: Desired(AdminState.READY)}), 0.01)
+    m.observe_round(as_report(r, Decision({s1: Desired(AdminState.READY)})), 0.01)
     assert get(m, "lbhealthd_probe_failures_total", pool="api", outcome="timeout") == 1
 
     r.config = SimpleNamespace(pools=[])
     r.members = {}
-    m.observe_round(r, Decision({}), 0.01)
+    m.observe_round(as_report(r, Decision({})), 0.01)
     assert [s for f in m.registry.collect() for s in f.samples if "pool" in s.labels] == []
 
 
@@ -146,14 +166,14 @@ def test_each_probe_is_observed_once() -> None:
     s1 = sid("api/s1")
     samples: dict[ServerId, Sample] = {s1: ok(s1, 1.0, latency_ms=20.0)}
     r = fake_reconciler(member("api/s1"), samples=samples)
-    m.observe_round(r, None, 0.01)
-    m.observe_round(r, None, 0.01)
+    m.observe_round(as_report(r, None), 0.01)
+    m.observe_round(as_report(r, None), 0.01)
     assert get(m, "lbhealthd_probe_latency_seconds_count", pool="api") == 1
     assert get(m, "lbhealthd_probe_latency_seconds_sum", pool="api") == pytest.approx(0.02)
 
     samples[s1] = failed(s1, 2.0, ProbeOutcome.REFUSED)
-    m.observe_round(r, None, 0.01)
-    m.observe_round(r, None, 0.01)
+    m.observe_round(as_report(r, None), 0.01)
+    m.observe_round(as_report(r, None), 0.01)
     assert get(m, "lbhealthd_probe_latency_seconds_count", pool="api") == 1  # no latency
     assert get(m, "lbhealthd_probe_failures_total", pool="api", outcome="refused") == 1
     assert get(m, "lbhealthd_server_signal", pool="api", server="s1", signal="latency_ms") is None
@@ -168,11 +188,11 @@ def test_decisions_are_counted_decided_enforced_and_blocked() -> None:
     drain = Action(s1, ActionKind.DRAIN, reason(Rule.FALL))
     capped = Blocked(s2, ActionKind.DRAIN, reason(Rule.MAX_DRAINED))
     desired = {s1: Desired(AdminState.DRAIN), s2: Desired(AdminState.READY)}
-    m.observe_round(r, Decision(desired, actions=(drain,), blocked=(capped,)), 0.01)
+    m.observe_round(as_report(r, Decision(desired, actions=(drain,), blocked=(capped,))), 0.01)
     m.enforced(s1, ActionKind.DRAIN, Rule.FALL)
-    m.observe_round(r, Decision(desired, blocked=(capped,)), 0.01)
-    m.observe_round(r, Decision(desired), 0.01)
-    m.observe_round(r, Decision(desired, blocked=(capped,)), 0.01)
+    m.observe_round(as_report(r, Decision(desired, blocked=(capped,))), 0.01)
+    m.observe_round(as_report(r, Decision(desired)), 0.01)
+    m.observe_round(as_report(r, Decision(desired, blocked=(capped,))), 0.01)
 
     def count(result: str, rule: str) -> float | None:
         labels = {"pool": "api", "action": "drain", "rule": rule, "result": result}
@@ -195,9 +215,7 @@ def test_lb_commands_retries_and_pool_gauges() -> None:
     m.lb_command(False)
     m.lb_command(True)
     m.retry()
-    m.observe_round(
-        r, Decision({s1: Desired(AdminState.READY)}, blind_pools=frozenset({"api"})), 0.3
-    )
+    m.observe_round(as_report(r, Decision({s1: Desired(AdminState.READY)}, blind_pools=frozenset({"api"}))), 0.3)
     assert get(m, "lbhealthd_lb_commands_total", result="ok") == 2
     assert get(m, "lbhealthd_lb_commands_total", result="error") == 1
     assert get(m, "lbhealthd_lb_retries_total") == 1
@@ -211,13 +229,11 @@ def test_lb_commands_retries_and_pool_gauges() -> None:
     r.watch.pools["api"] = SimpleNamespace(
         report=SimpleNamespace(imbalance=1.8, firing=True), findings=["one", "two"]
     )
-    m.observe_round(r, Decision({}), 0.1)
+    m.observe_round(as_report(r, Decision({})), 0.1)
     assert get(m, "lbhealthd_pool_lb_available", pool="api") == 0
     assert get(m, "lbhealthd_pool_balance_ratio", pool="api") == 1.8
     assert get(m, "lbhealthd_pool_balance_alert", pool="api") == 1
     assert get(m, "lbhealthd_pool_audit_findings", pool="api") == 2
-    # the pool was not decided this round: the server keeps its last desired state
-    assert get(m, "lbhealthd_server_desired_in_service", pool="api", server="s1") == 1
 
 
 def test_metrics_use_their_own_registry() -> None:
@@ -242,12 +258,21 @@ async def listening(daemon: Any, metrics: Metrics) -> AsyncIterator[str]:
         await listener.close()
 
 
+class FakeDaemon:
+    """What the listener reads of a daemon, set by the test."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.report = RoundReport((), rounds=0)
+        self.round_interval = 1.0
+        self.stopping_now = False
+        self.mono = self.wall = clock
+
+    def round_done(self, at: float, rounds: int) -> None:
+        self.report = RoundReport((), rounds=rounds, finished_at=at)
+
+
 def fake_daemon(clock: FakeClock) -> Any:
-    return SimpleNamespace(
-        reconciler=SimpleNamespace(last_round_at=None, rounds=0, mono=clock, wall=clock),
-        config=SimpleNamespace(daemon=SimpleNamespace(round_interval=1.0)),
-        stopping=asyncio.Event(),
-    )
+    return FakeDaemon(clock)
 
 
 async def test_healthz_follows_the_rounds() -> None:
@@ -264,8 +289,7 @@ async def test_healthz_follows_the_rounds() -> None:
         status, doc = await healthz()
         assert (status, doc["ok"], doc["reason"]) == (503, False, "no round has completed yet")
 
-        daemon.reconciler.last_round_at = clock.now
-        daemon.reconciler.rounds = 1
+        daemon.round_done(clock.now, 1)
         clock.advance(4.0)
         assert await healthz() == (200, {"ok": True, "last_round_age_s": 4.0, "rounds": 1})
 
@@ -274,8 +298,8 @@ async def test_healthz_follows_the_rounds() -> None:
         assert (status, doc["ok"]) == (503, False)
         assert "5.5s ago (limit 5s)" in doc["reason"]
 
-        daemon.reconciler.last_round_at = clock.now
-        daemon.stopping.set()
+        daemon.round_done(clock.now, 1)
+        daemon.stopping_now = True
         status, doc = await healthz()
         assert (status, doc["reason"]) == (503, "the daemon is stopping")
 
@@ -330,7 +354,7 @@ async def _feed(daemon: Daemon, metrics: Metrics) -> None:
         r = daemon.reconciler
         if r.rounds > seen:
             seen = r.rounds
-            metrics.observe_round(r, r.decision, 0.0)
+            metrics.observe_round(r.report, 0.0)
         await asyncio.sleep(0.005)
 
 
