@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from lbhealthd.drivers import Driver
-from lbhealthd.drivers import haproxy as haproxy_driver
+from lbhealthd.drivers.haproxy import driver as haproxy_driver
 from lbhealthd.drivers.memory import MemoryDriver, MemoryServer, _merge
 from lbhealthd.errors import InvalidName, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, ServerId

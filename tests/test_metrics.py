@@ -215,7 +215,9 @@ def test_lb_commands_retries_and_pool_gauges() -> None:
     m.lb_command(False)
     m.lb_command(True)
     m.retry()
-    m.observe_round(as_report(r, Decision({s1: Desired(AdminState.READY)}, blind_pools=frozenset({"api"}))), 0.3)
+    m.observe_round(
+        as_report(r, Decision({s1: Desired(AdminState.READY)}, blind_pools=frozenset({"api"}))), 0.3
+    )
     assert get(m, "lbhealthd_lb_commands_total", result="ok") == 2
     assert get(m, "lbhealthd_lb_commands_total", result="error") == 1
     assert get(m, "lbhealthd_lb_retries_total") == 1

@@ -138,16 +138,31 @@ class LbWriter:
         forget = False
         if entry["to"] == AdminState.READY.value:
             if landed:
-                self.release(sid)
                 forget = True
+                if member.weight != member.initial_weight:
+                    # Back in rotation at a slow-start weight: lbhealthd still holds that
+                    # weight, and sets the full one back.
+                    self._own_entry(
+                        OwnedEntry(sid, AdminState.READY, self.wall(), "recovered", member.weight)
+                    )
+                else:
+                    self.release(sid)
         elif not landed:
             previous = entry.get("previous")
             if previous is None:
                 self.release(sid)
                 forget = True  # never happened
             else:
-                self.owned[sid] = OwnedEntry(sid, AdminState(previous), self.wall(), "recovered")
-                self.journal.stage_owned(self.owned)
+                weight = entry.get("previous_weight")
+                self._own_entry(
+                    OwnedEntry(
+                        sid,
+                        AdminState(previous),
+                        self.wall(),
+                        "recovered",
+                        int(weight) if weight is not None else None,
+                    )
+                )
         self._settled(sid)
         return forget
 
@@ -173,8 +188,12 @@ class LbWriter:
             return
         if owned is not None and owned.admin is not AdminState.READY:
             weight = want.weight
-            if weight is not None and weight != member.weight:
-                await self.command(sid, member, "weight", weight, action)
+            if (
+                weight is not None
+                and weight != member.weight
+                and not await self.command(sid, member, "weight", weight, action)
+            ):
+                return  # still out: the next round sends both again
             if member.admin is not AdminState.READY or not member.consistent:
                 self._intend(sid, AdminState.READY, owned)
                 if not await self.command(sid, member, "state", AdminState.READY, action):
@@ -292,6 +311,10 @@ class LbWriter:
             self.owned[sid] = entry
             self.journal.stage_owned(self.owned)
 
+    def _own_entry(self, entry: OwnedEntry) -> None:
+        self.owned[entry.server] = entry
+        self.journal.stage_owned(self.owned)
+
     def _intend(self, sid: ServerId, admin: AdminState, previous: OwnedEntry | None) -> None:
         """Record, before sending it, that a state change is under way (see ``settle``)."""
         if self.dry_run:
@@ -299,6 +322,9 @@ class LbWriter:
         self.pending[sid] = {
             "to": admin.value,
             "previous": None if previous is None else previous.admin.value,
+            "previous_weight": None
+            if previous is None or previous.weight is None
+            else str(previous.weight),
         }
         if admin is not AdminState.READY:
             self.owned[sid] = OwnedEntry(
