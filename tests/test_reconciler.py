@@ -18,10 +18,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from lbhealthd.config import Config
+from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.drivers.memory import MemoryDriver
 from lbhealthd.model import AdminState, Decision, Override, OverrideKind, ServerId
 from lbhealthd.probes.scheduler import ProbeScheduler
-from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.store import Store
 from lbhealthd.testing import FakeClock, FakeProbes, memory_pool
 from tests.daemon_harness import make_config

@@ -1,7 +1,7 @@
 """Prometheus metrics of a running daemon, in a registry of its own (never the global one).
 
-Almost everything is read after each round from what the reconciler already keeps
-(``observe_round``); the few events a round cannot see afterwards are pushed as they happen:
+Almost everything is read after each round from the round's report (``observe_round``);
+the few events a report cannot show are pushed as they happen:
 ``enforced`` (an LB command carrying out a decision succeeded), ``lb_command`` and ``retry``.
 
 Decisions are counted three ways, as Envoy counts ejections: *decided* by the engine,
@@ -12,9 +12,9 @@ Label sets stay bounded: a server's series are removed when it leaves its pool, 
 when it leaves the config; the state, rule and outcome labels take values from fixed enums.
 
 The per-server gauges (state, weight, desired, signals) are not kept as prometheus_client
-series objects: a collector builds them when ``/metrics`` is read, from what the reconciler
-holds anyway. About ten series per server cost some 5 KB each server and a tenth of a second
-per round at 10,000 servers as objects; as a collector they cost nothing between scrapes.
+series objects: a collector builds them when ``/metrics`` is read, from the last report. As
+objects, about ten series per server would cost memory and time every round on large pools;
+as a collector they cost nothing between scrapes.
 """
 
 from __future__ import annotations

@@ -1,24 +1,21 @@
-"""The daemon's writes to ``state_dir``, batched per round and made off the event loop.
+"""Writes to ``state_dir``, staged in memory and made durable together, off the event loop.
 
-A round that changes many servers used to write ``owned.json`` and the pending blob (two
-fsyncs each) and append to the action log (one more) for every change, on the event loop:
-hundreds of changes held the loop for seconds and delayed every probe. The journal stages
-those writes in memory instead, and ``sync()`` makes them durable together: one whole-file
-write per document staged, one append for all staged action records, in a worker thread.
+The LB writer stages ownership, its pending changes and action records here; the reconciler
+stages the engine's memory and the pool reader its blobs. ``sync()`` makes everything staged
+before the call durable: one whole-file write per document staged, one append for all staged
+action records, in a worker thread, so a round that changes hundreds of servers costs a few
+writes and never holds the event loop.
 
-Write-ahead, unchanged: the reconciler stages its intent for a server, then awaits ``sync()``
-before it sends the command, and stages the command's action record and awaits ``sync()``
-again once the LB has taken it; every change staged before the call is durable when it
-returns.
-Callers whose changes a write under way already holds wait for it; the others wait for the
-next one, which holds everything staged until it starts: however many callers sync together,
-they share one or two writes.
+Write-ahead: the writer stages its intent for a server and awaits ``sync()`` before it sends
+the command, then stages the command's action record and awaits ``sync()`` again once the LB
+has taken it. Callers whose changes a write under way already holds wait for it; the others
+wait for the next one, which holds everything staged until it starts: however many callers
+sync together, they share one or two writes.
 
 A failed write is logged (``state_write_failed``, with the file), never raised: the daemon
-keeps serving on a full disk, exactly as when it wrote synchronously. A document that failed
-is written again at the next sync (unless a newer version was staged meanwhile); action
-records that failed are not kept (memory would grow for as long as the disk is full), as
-before: the JSON log still carries every event.
+keeps serving on a full disk. A document that failed is written again at the next sync
+(unless a newer version was staged meanwhile); action records that failed are dropped (memory
+would grow for as long as the disk is full): the JSON log still carries every event.
 """
 
 from __future__ import annotations
