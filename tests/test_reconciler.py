@@ -17,9 +17,11 @@ from typing import Any, cast
 import pytest
 from structlog.testing import capture_logs
 
+from lbhealthd import oncall
 from lbhealthd.config import Config
 from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.drivers.memory import MemoryDriver
+from lbhealthd.errors import StateError
 from lbhealthd.model import AdminState, Decision, Override, OverrideKind, ServerId
 from lbhealthd.probes.scheduler import ProbeScheduler
 from lbhealthd.store import Store
@@ -623,6 +625,28 @@ async def test_lb_unavailable_then_back(make: Callable[..., Harness], logs: Logs
     assert h.driver.drained() == {"s1"}
 
 
+async def test_full_disk_keeps_the_daemon_serving(
+    make: Callable[..., Harness], logs: Logs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With state_dir unwritable the drain still reaches the LB and the failure is logged;
+    once the disk has room the ownership record is written after all."""
+    h = make()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise StateError(f"{h.store.dir}: No space left on device")
+
+    for method in ("save_owned", "save_blobs", "append_actions"):
+        monkeypatch.setattr(h.store, method, full)
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    assert h.driver.drained() == {"s1"}
+    assert events(logs, "state_write_failed")
+    assert h.store.load_owned() == {}
+    monkeypatch.undo()
+    await h.tick()
+    assert list(h.store.load_owned()) == [sid("s1")]
+
+
 # --- overrides ------------------------------------------------------------------------------
 
 
@@ -673,6 +697,27 @@ async def test_ready_override_suppresses_drains(make: Callable[..., Harness], lo
     await h.tick(10)
     assert h.driver.drained() == {"s2"}
     assert [e["rule"] for e in events(logs, "drain_blocked", "api/s1")] == ["override"]
+
+
+async def test_drain_made_while_the_daemon_was_down_is_honoured_on_start(
+    make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain made by the on-call command with no daemon running is kept by the daemon that
+    starts next, healthy as the server is, and the on-call restore puts it back for good."""
+    h = make()
+    monkeypatch.setattr(oncall, "make_driver", lambda config, **kw: h.driver)
+    done = await oncall.drain(h.config, sid("s4"), "kernel update", None, False, False)
+    assert done.code == 0 and "daemon not running" in done.lines[1]
+    h.restart_daemon()
+    await h.tick(10)
+    assert h.driver.drained() == {"s4"}
+    assert h.driver.sent() == [("s4", "drain")]  # the command's own; the daemon sent nothing
+    done = await oncall.restore(h.config, sid("s4"), None)
+    assert done.code == 0 and h.driver.drained() == set()
+    h.restart_daemon()
+    await h.tick(10)
+    assert h.driver.drained() == set()
+    assert h.driver.sent() == [("s4", "drain"), ("s4", "ready")]
 
 
 # --- config, agents, starvation -------------------------------------------------------------
