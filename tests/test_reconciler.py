@@ -17,12 +17,13 @@ from typing import Any, cast
 import pytest
 from structlog.testing import capture_logs
 
-from lbhealthd import oncall
 from lbhealthd.config import Config
 from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.drivers.memory import MemoryDriver
 from lbhealthd.errors import StateError
 from lbhealthd.model import AdminState, Decision, Override, OverrideKind, ServerId
+from lbhealthd.oncall import commands as oncall
+from lbhealthd.oncall import direct
 from lbhealthd.probes.scheduler import ProbeScheduler
 from lbhealthd.store import Store
 from lbhealthd.testing import FakeClock, FakeProbes, memory_pool
@@ -705,7 +706,7 @@ async def test_drain_made_while_the_daemon_was_down_is_honoured_on_start(
     """A drain made by the on-call command with no daemon running is kept by the daemon that
     starts next, healthy as the server is, and the on-call restore puts it back for good."""
     h = make()
-    monkeypatch.setattr(oncall, "make_driver", lambda config, **kw: h.driver)
+    monkeypatch.setattr(direct, "make_driver", lambda config, **kw: h.driver)
     done = await oncall.drain(h.config, sid("s4"), "kernel update", None, False, False)
     assert done.code == 0 and "daemon not running" in done.lines[1]
     h.restart_daemon()
