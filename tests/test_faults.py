@@ -19,34 +19,13 @@ import yaml
 from structlog.testing import capture_logs
 
 from lbhealthd.drivers.haproxy.process import free_port
-from lbhealthd.errors import StateError
-from lbhealthd.model import AdminState, ServerId
-from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.model import ServerId
 from tests.daemon_harness import FAST, LBView, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
 
 pytestmark = pytest.mark.integration
 
 S1 = ServerId("api", "s1")
-
-
-async def test_lb_socket_gone_then_back(
-    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
-) -> None:
-    """HAProxy vanishing mid-run is an alert, not a crash; the drain is back once it returns."""
-    lb = LBView(haproxy.socket)
-    with capture_logs() as logs:
-        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
-            api_servers.set(0, cpu=0.97)
-            await wait_for(lambda: _drained(lb, {"s1"}), 5, "s1 drained")
-            await haproxy.proc.stop()
-            await wait_for(lambda: any(e["event"] == "lb_unavailable" for e in logs), 5, "alert")
-            rounds = daemon.reconciler.rounds
-            await wait_for(lambda: daemon.reconciler.rounds >= rounds + 3, 10, "rounds go on")
-            await haproxy.proc.start()
-            await wait_for(lambda: _drained(lb, {"s1"}), 8, "s1 drained again")
-    assert [e["event"] for e in logs].count("lb_unavailable") == 1  # said once, not per round
-    assert any(e["event"] == "lb_available" for e in logs)
 
 
 async def test_lb_socket_that_never_answers(api_servers: ApiServers, tmp_path: Path) -> None:
@@ -82,55 +61,6 @@ async def test_lb_socket_that_never_answers(api_servers: ApiServers, tmp_path: P
         for conn in accepted:
             conn.close()
         mute.close()
-
-
-async def test_crash_between_recording_and_sending_a_drain(
-    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
-) -> None:
-    """A drain recorded but never sent is settled from the LB: no phantom owner, no fight."""
-    store = Store(tmp_path / "state")
-    store.save_owned({S1: OwnedEntry(S1, AdminState.DRAIN, time.time(), "change under way")})
-    store.save_blob("pending", {"servers": {"api/s1": {"to": "drain", "previous": None}}})
-    lb = LBView(haproxy.socket)
-    with capture_logs() as logs:
-        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
-            await wait_for(lambda: daemon.reconciler.rounds >= 5, 5, "rounds")
-            assert await lb.drained() == set()
-    recovered = [e for e in logs if e["event"] == "change_recovered"]
-    assert recovered and recovered[0]["landed"] is False
-    assert not any(e["event"] == "operator_changed_state" for e in logs)
-    assert Store(tmp_path / "state").load_owned() == {}
-    assert Store(tmp_path / "state").load_overrides() == {}
-
-
-async def test_crash_after_a_restore_landed_is_not_repeated(
-    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
-) -> None:
-    """A restore that reached HAProxy before the crash is not undone nor sent again."""
-    store = Store(tmp_path / "state")
-    store.save_owned({S1: OwnedEntry(S1, AdminState.DRAIN, time.time() - 60, "overloaded")})
-    store.save_blob("pending", {"servers": {"api/s1": {"to": "ready", "previous": "drain"}}})
-    store.save_blob(
-        "engine",
-        {
-            "servers": {
-                "api/s1": {
-                    "phase": "drained",
-                    "drained_at": time.time() - 60,
-                    "hold": 1.0,
-                    "flap_level": 0,
-                    "restored_at": None,
-                }
-            }
-        },
-    )
-    lb = LBView(haproxy.socket)
-    with capture_logs() as logs:
-        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
-            await wait_for(lambda: daemon.reconciler.rounds >= 5, 5, "rounds")
-            assert await lb.drained() == set()
-    assert not [e for e in logs if e["event"] == "lb_command"]
-    assert Store(tmp_path / "state").load_owned() == {}
 
 
 async def test_sigkill_then_restart_keeps_and_later_restores_the_drain(
@@ -193,25 +123,6 @@ def test_corrupt_state_file_refuses_to_start(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "overrides.json" in done.stderr
-
-
-async def test_full_disk_keeps_the_daemon_serving(
-    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
-) -> None:
-    """When state_dir cannot be written the daemon still drains, and says so."""
-    lb = LBView(haproxy.socket)
-    with capture_logs() as logs:
-        async with running(make_config([haproxy.socket], tmp_path / "state")) as daemon:
-
-            def full(*args: object, **kwargs: object) -> None:
-                raise StateError(f"{tmp_path}/state: No space left on device")
-
-            daemon.store.save_owned = full  # type: ignore[method-assign]
-            daemon.store.save_blobs = full  # type: ignore[method-assign]
-            daemon.store.append_actions = full  # type: ignore[method-assign]
-            api_servers.set(0, cpu=0.97)
-            await wait_for(lambda: _drained(lb, {"s1"}), 5, "s1 drained")
-    assert any(e["event"] == "state_write_failed" for e in logs)
 
 
 async def test_starved_daemon_freezes(

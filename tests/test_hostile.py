@@ -486,32 +486,6 @@ class _UncheckedSpec(ServerSpec):
 # --- faults the issue lists that had no test of their own ----------------------------------------
 
 
-@pytest.mark.integration
-async def test_half_applied_drain_on_an_ha_pair_is_repaired_then_undone(
-    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
-) -> None:
-    """A drain that reached only one HAProxy of a pair (the other was down) reaches the other
-    once it is back, and both are restored when the server recovers."""
-    a = await haproxy_factory({"api": api_backend(api_servers)})
-    b = await haproxy_factory({"api": api_backend(api_servers)})
-    view_a = HAProxyDriver([a.socket], timeout=2.0)
-    view_b = HAProxyDriver([b.socket], timeout=2.0)
-    config = make_config([a.socket, b.socket], tmp_path / "state")
-    with capture_logs() as logs:
-        async with running(config) as daemon:
-            await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "two rounds")
-            await b.proc.stop()
-            api_servers.set(0, cpu=0.97)
-            await wait_for(lambda: _is(_drained(view_a, "api"), {"s1"}), 5, "s1 drained on A")
-            failed = lambda: any(e["event"] == "lb_command_failed" for e in logs)  # noqa: E731
-            await wait_for(failed, 5, "the write to B given up")
-            await b.proc.start()  # B is back, with s1 in rotation
-            await wait_for(lambda: _is(_drained(view_b, "api"), {"s1"}), 5, "s1 drained on B")
-            api_servers.set(0, cpu=0.1)
-            await wait_for(lambda: _is(_drained(view_a, "api"), set()), 8, "restored on A")
-            await wait_for(lambda: _is(_drained(view_b, "api"), set()), 8, "restored on B")
-
-
 async def _is(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
