@@ -225,6 +225,8 @@ class Rule(enum.StrEnum):
     OVERRIDE_ENDED = "override_ended"  # an override was removed or expired
     OVERRIDE_OVER_CAP = "override_over_cap"  # an override took the pool beyond its caps
     STEP_DOWN = "step_down"  # overloaded while ramping up: its weight is halved, not drained
+    STARVED = "starved"  # the daemon's event loop lagged: this round's samples are no evidence
+    HAND_CHANGE = "hand_change"  # an operator changed by hand what lbhealthd had set
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,16 @@ class Desired:
 
 
 @dataclass(frozen=True, slots=True)
+class Released:
+    """A server the engine let go of because an operator changed it by hand; ``keep_in``
+    asks the caller to record a keep-in override (it was put back in rotation by hand)."""
+
+    server: ServerId
+    reason: Reason
+    keep_in: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer for one round: what every server should be, what changed and why,
     what it wanted but did not do and why, and the pools where it could not see."""
@@ -276,3 +288,4 @@ class Decision:
     warnings: tuple[Reason, ...] = ()
     blind_pools: frozenset[str] = frozenset()
     next_wake: float | None = None  # mono; when a time-based rule may next change something
+    released: tuple[Released, ...] = ()

@@ -521,12 +521,6 @@ async def test_crash_before_a_restore_was_sent_sends_it(
     assert h.driver.sent("state") == [("s1", "drain"), ("s1", "ready")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconciler bug: a restore that landed before a crash leaves the server at its "
-    "slow-start start weight for good (_settle_pending disowns it and the recovered engine "
-    "state has a full weight share, so nothing ever sets the full weight)",
-)
 async def test_crash_after_a_restore_landed_still_reaches_full_weight(
     make: Callable[..., Harness],
 ) -> None:
@@ -543,12 +537,6 @@ async def test_crash_after_a_restore_landed_still_reaches_full_weight(
     assert h.driver.weights()["s1"] == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconciler bug: _settle_pending puts back the previous owner entry without its "
-    "weight (OwnedEntry(previous) with weight None), so a server that was ramping up when a "
-    "drain was recorded but never sent stays at its ramp weight for good",
-)
 async def test_crash_before_a_drain_of_a_ramping_server_was_sent_lets_it_ramp_on(
     make: Callable[..., Harness],
 ) -> None:
@@ -586,12 +574,6 @@ async def test_operator_weight_change_during_slow_start_is_respected(
     assert h.store.load_owned() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconciler bug: _converge ignores a failed set_weight of a restore, records the "
-    "ramp weight as owned, and the next round takes the LB's unchanged weight for an "
-    "operator's change (released, 'weight set to 100 by hand'); slow start is skipped",
-)
 async def test_a_lost_weight_command_of_a_restore_is_not_taken_for_an_operator(
     make: Callable[..., Harness], logs: Logs
 ) -> None:

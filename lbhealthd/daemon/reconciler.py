@@ -111,7 +111,7 @@ class Reconciler:
         )
         for entry in ignored:
             log.warning("engine_state_entry_ignored", entry=entry)
-        self._persisted: dict[str, object] | None = None
+        self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
         self._state_error: str | None = None
         self.report = self._report(None, rounds=0, finished_at=None)
@@ -387,7 +387,7 @@ class Reconciler:
                     samples[sid] = sample
             desired.update(self._desired.get(name, {}))
             watch = self.watch.pools.get(name)
-            warnings = ()
+            warnings: tuple[dict[str, str], ...] = ()
             if decision is not None:
                 warnings = tuple(
                     {"rule": w.rule.value, "message": w.message}

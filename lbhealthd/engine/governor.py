@@ -66,12 +66,3 @@ def hold_time(level: int, settings: PoolSettings) -> float:
     """How long a drain lasts at least: min_drain × flap_backoff^level, capped."""
     hold = settings.min_drain * settings.flap_backoff**level
     return max(settings.min_drain, min(hold, settings.flap_max_hold))
-
-
-def slow_start_step(fraction: float, healthy_for: float, settings: PoolSettings) -> float:
-    """The weight share after ``healthy_for`` more seconds of health: it rises linearly from
-    ``slow_start_floor`` to 1 over ``slow_start`` seconds of health."""
-    if settings.slow_start <= 0:
-        return 1.0
-    rate = (1.0 - settings.slow_start_floor) / settings.slow_start
-    return min(1.0, fraction + rate * max(0.0, healthy_for))

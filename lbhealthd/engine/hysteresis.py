@@ -14,6 +14,8 @@ Events (guards in brackets are checked by the engine before it looks the transit
 - OVERRIDE_READY: an operator's keep-in (ready) override.
 - OVERRIDE_ENDED: the override was removed or expired; the daemon takes over and restores the
   server through the ordinary RISE rule, so only a healthy server comes back.
+- HAND_CHANGE: an operator changed by hand, by other means than lbhealthd, the state of a
+  server lbhealthd held out; lbhealthd lets go of it and its streaks start afresh.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Event(enum.StrEnum):
     OVERRIDE_OUT = "override_out"
     OVERRIDE_READY = "override_ready"
     OVERRIDE_ENDED = "override_ended"
+    HAND_CHANGE = "hand_change"
 
 
 TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
@@ -43,6 +46,8 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.DRAINED, Event.OVERRIDE_READY): Phase.IN_SERVICE,
     (Phase.MANUAL, Event.OVERRIDE_READY): Phase.IN_SERVICE,
     (Phase.MANUAL, Event.OVERRIDE_ENDED): Phase.DRAINED,
+    (Phase.DRAINED, Event.HAND_CHANGE): Phase.IN_SERVICE,
+    (Phase.MANUAL, Event.HAND_CHANGE): Phase.IN_SERVICE,
 }
 
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.engine.verdict import Verdict
-from lbhealthd.model import OverrideKind, Sample, ServerId
+from lbhealthd.model import AdminState, OverrideKind, Sample, ServerId
 
 
 class ServerState(NamedTuple):
@@ -33,6 +33,28 @@ class ServerState(NamedTuple):
     fraction: float = 1.0  # share of its full weight; below 1 while it ramps back up
     ramp_at: float | None = None  # when the ramp last moved (or held)
 
+    def judged(self, bad: int, good: int, at: float, verdict: Verdict, ratio: float) -> ServerState:
+        """This state after one more sample was judged (the streaks and the last verdict).
+
+        Built by position rather than with ``_replace``: it runs for every server every round.
+        Every field is named here, so mypy checks each against its type.
+        """
+        return ServerState(
+            self.phase,
+            bad,
+            good,
+            at,
+            verdict,
+            ratio,
+            self.drained_at,
+            self.hold,
+            self.flap_level,
+            self.restored_at,
+            self.manual,
+            self.fraction,
+            self.ramp_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class EngineState:
@@ -47,7 +69,16 @@ class Observation(NamedTuple):
     ``sample`` is its newest probe (the engine counts each sample once, by its time).
     ``external_out`` is true when the server is out of rotation for a reason the daemon does
     not own (an operator's MAINT set by other means, the LB's own checks marking it down).
+    ``weight`` and ``full_weight`` are its weight in the LB now and its configured one (the
+    slow-start curve runs between a start weight and the full one).
+    ``hand`` is the admin state an operator set by hand on a server lbhealthd held out, and
+    ``hand_weight`` is true when an operator changed a slow-start weight lbhealthd had set:
+    either way the engine lets go of the server (rule 7).
     """
 
     sample: Sample | None = None
     external_out: bool = False
+    weight: int = 0
+    full_weight: int = 0
+    hand: AdminState | None = None
+    hand_weight: bool = False

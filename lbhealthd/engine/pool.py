@@ -1,0 +1,442 @@
+"""One pool decided for one round: rules 2 to 8 of the package docstring.
+
+A :class:`PoolPass` walks the pool's servers once (each looks at that server alone: streaks,
+overrides, restores, slow start, hands off), then decides the drains over the pool as a whole
+(the governor's caps, worst first) and the slow-start weights (which depend on the weights of
+the others). A pool found blind is decided again by a second pass, blind; the first pass is
+dropped whole, so nothing it found leaks into the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lbhealthd.engine import reasons, slowstart
+from lbhealthd.engine.governor import budget, hold_time
+from lbhealthd.engine.hysteresis import Event, Phase, step
+from lbhealthd.engine.settings import PoolSettings
+from lbhealthd.engine.state import Observation, ServerState
+from lbhealthd.engine.verdict import MarkItems, Verdict, assess, judge_sorted, sorted_marks
+from lbhealthd.model import (
+    Action,
+    ActionKind,
+    AdminState,
+    Blocked,
+    Desired,
+    Override,
+    OverrideKind,
+    ProbeOutcome,
+    Reason,
+    Released,
+    Rule,
+    Sample,
+    ServerId,
+)
+
+_STREAK_CAP = 1_000_000
+_IN_SERVICE = Desired(AdminState.READY)
+_DRAINED = Desired(AdminState.DRAIN)
+_OUT_KINDS = (OverrideKind.DRAIN, OverrideKind.MAINT)
+_FRESH = ServerState()
+_V_FAILED, _V_OVERLOADED, _V_HEALTHY = Verdict.FAILED, Verdict.OVERLOADED, Verdict.HEALTHY
+
+
+class PoolPass:
+    """What one pass over a pool decided: new states, desired states, actions, refusals."""
+
+    __slots__ = (
+        "actions",
+        "blind",
+        "blocked",
+        "candidates",
+        "desired",
+        "failed",
+        "frozen",
+        "manual",
+        "next_wake",
+        "now",
+        "out",
+        "probed",
+        "ps",
+        "ramping",
+        "released",
+        "servers",
+        "warnings",
+    )
+
+    def __init__(self, ps: PoolSettings, now: float, *, blind: bool, frozen: bool) -> None:
+        self.ps = ps
+        self.now = now
+        self.blind = blind
+        self.frozen = frozen
+        self.servers: dict[ServerId, ServerState] = {}
+        self.desired: dict[ServerId, Desired] = {}
+        self.actions: list[Action] = []
+        self.blocked: list[Blocked] = []
+        self.released: list[Released] = []
+        self.warnings: list[Reason] = []
+        self.next_wake: float | None = None
+        self.candidates: list[ServerId] = []  # in service with ``fall`` bad samples (rule 5)
+        self.manual: list[ServerId] = []  # out by an operator's override
+        self.ramping: list[ServerId] = []  # in service below their full weight (rule 6)
+        self.probed = self.failed = 0  # rule 1's count
+        self.out = 0  # servers out of rotation, whatever took them out
+
+    def wake_at(self, when: float) -> None:
+        if self.next_wake is None or when < self.next_wake:
+            self.next_wake = when
+
+    # --- each server alone --------------------------------------------------------------------
+
+    def each_server(
+        self,
+        ids: list[ServerId],
+        previous: Mapping[ServerId, ServerState],
+        observations: Mapping[ServerId, Observation],
+        overrides: Mapping[ServerId, Override],
+    ) -> None:
+        """Rules 2-4 and 7 for every server, and rule 1's count of failed probes."""
+        cur, desired, candidates = self.servers, self.desired, self.candidates
+        manual, ramping = self.manual, self.ramping
+        marks = sorted_marks(self.ps.marks)
+        blind, frozen = self.blind, self.frozen
+        fresh = _FRESH
+        in_service, manual_phase = Phase.IN_SERVICE, Phase.MANUAL
+        ok = ProbeOutcome.OK
+        fall = self.ps.fall
+        previous_get = previous.get
+        probed = failed = out = 0
+        # This loop runs for every server every round: the common case (in service, full
+        # weight, no override, no hand change) takes no call it does not need.
+        for sid in ids:
+            obs = observations[sid]
+            sample = obs.sample
+            prev = previous_get(sid)
+            st = fresh if prev is None else prev
+            override = overrides.get(sid) if overrides else None
+            keep_in = False
+            if obs.hand is not None or obs.hand_weight:
+                st = self._hand(sid, st, obs)
+                keep_in = obs.hand is AdminState.READY
+            if sample is not None:
+                last = st.last_sample_at
+                if frozen:
+                    if last is None or sample.at > last:
+                        st = st._replace(last_sample_at=sample.at)  # seen, and no evidence
+                else:
+                    # rule 1's count: probes of servers that are not out for another reason
+                    if not (
+                        obs.external_out
+                        or st.phase is manual_phase
+                        or (override is not None and override.kind in _OUT_KINDS)
+                    ):
+                        probed += 1
+                        if sample.outcome is not ok:
+                            failed += 1
+                    if last is None or sample.at > last:
+                        st = _observe(st, sample, marks, blind)
+                        if st.fraction < 1.0 and st.phase is in_service:
+                            st = self._ramp(sid, st, sample, marks)
+            if override is not None or st.phase is not in_service:
+                st = self._override(sid, st, override)
+                if st.phase is Phase.DRAINED:
+                    st = self._restore(sid, st)
+            cur[sid] = st
+            if st.phase is in_service:
+                if obs.external_out:
+                    out += 1
+                elif st.bad >= fall and not keep_in:
+                    candidates.append(sid)  # its desired state waits for rule 5
+                    continue
+                if st.fraction >= 1.0:
+                    desired[sid] = _IN_SERVICE
+                else:
+                    ramping.append(sid)  # its weight waits for the pool's (rule 6)
+            else:
+                out += 1
+                if st.phase is manual_phase:
+                    manual.append(sid)
+                desired[sid] = _out(st)
+        self.probed, self.failed, self.out = probed, failed, out
+        # The order of the servers must not show in the decision.
+        self.actions.sort(key=_by_server)
+        self.blocked.sort(key=_by_server)
+        self.released.sort(key=_by_server)
+
+    def _hand(self, sid: ServerId, st: ServerState, obs: Observation) -> ServerState:
+        """Rule 7: an operator changed by hand what lbhealthd had set; let go of it."""
+        if obs.hand is not None:
+            reason = Reason(
+                Rule.HAND_CHANGE,
+                f"state set to {obs.hand.value} by hand",
+                {"state": obs.hand.value, "phase": st.phase.value},
+            )
+            self.released.append(Released(sid, reason, keep_in=obs.hand is AdminState.READY))
+            return st._replace(
+                phase=step(st.phase, Event.HAND_CHANGE),
+                manual=None,
+                drained_at=None,
+                hold=0.0,
+                bad=0,
+                good=0,
+                fraction=1.0,
+                ramp_at=None,
+            )
+        reason = Reason(
+            Rule.HAND_CHANGE,
+            f"weight set to {obs.weight} by hand: slow start stops there",
+            {"weight": obs.weight, "share": round(st.fraction, 3)},
+        )
+        self.released.append(Released(sid, reason))
+        return st._replace(fraction=1.0, ramp_at=None)
+
+    def _override(self, sid: ServerId, st: ServerState, override: Override | None) -> ServerState:
+        if override is not None and override.kind in _OUT_KINDS:
+            if st.phase is Phase.MANUAL and st.manual is override.kind:
+                return st
+            kind = ActionKind.DRAIN if override.kind is OverrideKind.DRAIN else ActionKind.MAINT
+            self.actions.append(Action(sid, kind, reasons.override_reason(override)))
+            return st._replace(
+                phase=step(st.phase, Event.OVERRIDE_OUT),
+                manual=override.kind,
+                drained_at=self.now if st.phase is Phase.IN_SERVICE else st.drained_at,
+            )
+        if override is not None and override.kind is OverrideKind.READY:
+            if st.phase is Phase.IN_SERVICE:
+                return st
+            self.actions.append(Action(sid, ActionKind.RESTORE, reasons.override_reason(override)))
+            return self._back_in(st._replace(phase=step(st.phase, Event.OVERRIDE_READY)))
+        if st.phase is Phase.MANUAL:
+            # The override is gone: the daemon owns the server now and restores it only
+            # through the RISE rule, without a further hold.
+            return st._replace(
+                phase=step(st.phase, Event.OVERRIDE_ENDED),
+                manual=None,
+                drained_at=self.now,
+                hold=0.0,
+            )
+        return st
+
+    def _restore(self, sid: ServerId, st: ServerState) -> ServerState:
+        ps = self.ps
+        if st.phase is not Phase.DRAINED or st.good < ps.rise:
+            return st
+        if self.blind:
+            self._refuse(
+                sid, ActionKind.RESTORE, Rule.BLIND, f"pool {ps.name} is blind: not restoring"
+            )
+            return st
+        drained_at = st.drained_at if st.drained_at is not None else self.now
+        held = self.now - drained_at
+        evidence: dict[str, object] = {
+            "good": st.good,
+            "rise": ps.rise,
+            "held_s": round(held, 3),
+            "hold_s": st.hold,
+            "flap_level": st.flap_level,
+        }
+        if held < st.hold:
+            message = f"healthy, but out only {held:.1f}s of {st.hold:g}s"
+            self.blocked.append(
+                Blocked(sid, ActionKind.RESTORE, Reason(Rule.HOLD, message, evidence))
+            )
+            self.wake_at(drained_at + st.hold)
+            return st
+        if self.frozen:
+            self.blocked.append(
+                Blocked(sid, ActionKind.RESTORE, reasons.starved("restoring", evidence))
+            )
+            return st
+        message = f"{st.good} healthy samples in a row (rise {ps.rise})"
+        self.actions.append(Action(sid, ActionKind.RESTORE, Reason(Rule.RISE, message, evidence)))
+        return self._back_in(st._replace(phase=step(st.phase, Event.RISE)))
+
+    def _back_in(self, st: ServerState) -> ServerState:
+        ps = self.ps
+        return st._replace(
+            manual=None,
+            drained_at=None,
+            hold=0.0,
+            restored_at=self.now,
+            bad=0,
+            fraction=ps.slow_start_floor if ps.slow_start > 0 else 1.0,
+            ramp_at=self.now,
+        )
+
+    def _ramp(
+        self, sid: ServerId, st: ServerState, sample: Sample, marks: MarkItems
+    ) -> ServerState:
+        """Rule 6: the share rises with time only while samples are healthy, holds in the
+        band, and is halved (down to the floor) by a bad sample instead of counting toward a
+        drain. At the floor, bad samples count as usual."""
+        ps = self.ps
+        judged = judge_sorted(sample, marks)
+        since = self.now - st.ramp_at if st.ramp_at is not None else 0.0
+        if judged.verdict is Verdict.HEALTHY:
+            return st._replace(fraction=slowstart.step(st.fraction, since, ps), ramp_at=self.now)
+        floor = ps.slow_start_floor
+        if not judged.bad or self.blind or st.fraction <= floor + 1e-9:
+            return st._replace(ramp_at=self.now)
+        fraction = max(floor, st.fraction / 2.0)
+        self.actions.append(
+            Action(
+                sid,
+                ActionKind.STEP_DOWN,
+                Reason(
+                    Rule.STEP_DOWN,
+                    f"{judged.verdict.value} while its weight ramps up: weight share "
+                    f"{st.fraction:.0%} -> {fraction:.0%} instead of a drain",
+                    {
+                        "verdict": judged.verdict.value,
+                        "from": round(st.fraction, 3),
+                        "to": round(fraction, 3),
+                        "over": list(judged.over),
+                    },
+                ),
+            )
+        )
+        return st._replace(fraction=fraction, ramp_at=self.now, bad=0)
+
+    def _refuse(self, sid: ServerId, kind: ActionKind, rule: Rule, message: str) -> None:
+        self.blocked.append(Blocked(sid, kind, Reason(rule, message, {})))
+
+    # --- the pool as a whole ------------------------------------------------------------------
+
+    def whole_pool(
+        self,
+        observations: Mapping[ServerId, Observation],
+        overrides: Mapping[ServerId, Override],
+    ) -> None:
+        """Rule 1's warning, rule 5 (drains within the caps), rule 6's weights, and the
+        warning for overrides beyond the caps."""
+        if self.blind:
+            self.warnings.append(reasons.blind_warning(self.ps, self.probed, self.failed))
+        self._drains(observations, overrides)
+        waiting = [*self.candidates, *self.ramping]
+        if waiting:
+            reference = self._reference(observations)
+            for sid in waiting:
+                st = self.servers[sid]
+                self.desired[sid] = (
+                    _out(st)
+                    if st.phase is not Phase.IN_SERVICE
+                    else self._ramped(st, observations[sid].full_weight, reference)
+                )
+        self._check_caps()
+
+    def _drains(
+        self,
+        observations: Mapping[ServerId, Observation],
+        overrides: Mapping[ServerId, Override],
+    ) -> None:
+        """Rule 5 over the candidates (in service, ``fall`` bad samples), worst first."""
+        ps, cur = self.ps, self.servers
+        size = len(cur)
+        self.candidates.sort(key=lambda sid: (-cur[sid].ratio, -cur[sid].bad, sid))
+        for sid in self.candidates:
+            st = cur[sid]
+            evidence = reasons.drain_evidence(st, observations[sid].sample, ps)
+            override = overrides.get(sid)
+            if override is not None and override.kind is OverrideKind.READY:
+                self.blocked.append(
+                    Blocked(sid, ActionKind.DRAIN, reasons.override_reason(override))
+                )
+                continue
+            if self.blind:
+                message = f"pool {ps.name} is blind: not draining"
+                self.blocked.append(
+                    Blocked(sid, ActionKind.DRAIN, Reason(Rule.BLIND, message, evidence))
+                )
+                continue
+            if self.frozen:
+                self.blocked.append(
+                    Blocked(sid, ActionKind.DRAIN, reasons.starved("draining", evidence))
+                )
+                continue
+            pool_budget = budget(size, self.out, ps)
+            rule = pool_budget.check(ps)
+            if rule is not None:
+                evidence.update(pool_budget.evidence(ps))
+                reason = Reason(rule, reasons.cap_message(rule, ps), evidence)
+                self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
+                continue
+            level = _flap_level(st, ps, self.now)
+            hold = hold_time(level, ps)
+            evidence.update({"flap_level": level, "hold_s": hold})
+            cur[sid] = st._replace(
+                phase=step(st.phase, Event.FALL),
+                drained_at=self.now,
+                hold=hold,
+                flap_level=level,
+                good=0,
+            )
+            self.out += 1
+            reason = Reason(Rule.FALL, reasons.fall_message(st, ps, evidence), evidence)
+            self.actions.append(Action(sid, ActionKind.DRAIN, reason))
+
+    def _reference(self, observations: Mapping[ServerId, Observation]) -> float | None:
+        """The median weight of the pool's servers in rotation at their full weight."""
+        in_service = Phase.IN_SERVICE
+        return slowstart.reference_weight(
+            observations[sid].weight
+            for sid, st in self.servers.items()
+            if st.phase is in_service and st.fraction >= 1.0 and not observations[sid].external_out
+        )
+
+    def _ramped(self, st: ServerState, full: int, reference: float | None) -> Desired:
+        ps = self.ps
+        if st.fraction >= 1.0:
+            return _IN_SERVICE
+        self.wake_at(self.now + ps.slow_start * (1.0 - st.fraction))
+        weight = slowstart.weight(st.fraction, full, reference, ps.slow_start_floor)
+        return Desired(AdminState.READY, weight_fraction=st.fraction, weight=weight)
+
+    def _check_caps(self) -> None:
+        ps = self.ps
+        if not self.manual:
+            return
+        size, out = len(self.servers), self.out
+        pool_budget = budget(size, out - 1, ps)
+        if pool_budget.check(ps) is None:
+            return
+        names = sorted(str(sid) for sid in self.manual)
+        self.warnings.append(
+            Reason(
+                Rule.OVERRIDE_OVER_CAP,
+                f"pool {ps.name}: {out} of {size} servers out, beyond its caps, because of "
+                f"manual overrides on {', '.join(names)}",
+                {**pool_budget.evidence(ps), "pool": ps.name, "out": out, "manual": names},
+            )
+        )
+
+
+def _observe(st: ServerState, sample: Sample, marks: MarkItems, blind: bool) -> ServerState:
+    """The state after judging ``sample``, a sample newer than any ``st`` has seen."""
+    verdict, ratio = assess(sample, marks)
+    bad, good = st.bad, st.good
+    if verdict is _V_HEALTHY:
+        bad, good = 0, good + 1 if good < _STREAK_CAP else good
+    elif verdict is _V_OVERLOADED or (verdict is _V_FAILED and not blind):
+        # (while blind a failed probe is no evidence against the server)
+        bad, good = bad + 1 if bad < _STREAK_CAP else bad, 0
+    return st.judged(bad, good, sample.at, verdict, ratio)
+
+
+def _out(st: ServerState) -> Desired:
+    if st.phase is Phase.MANUAL:
+        admin = AdminState.MAINT if st.manual is OverrideKind.MAINT else AdminState.DRAIN
+        return Desired(admin, manual=True)
+    return _DRAINED
+
+
+def _by_server(item: Action | Blocked | Released) -> ServerId:
+    return item.server
+
+
+def _flap_level(st: ServerState, ps: PoolSettings, now: float) -> int:
+    if st.restored_at is None:
+        return st.flap_level
+    since = now - st.restored_at
+    if since < ps.flap_window:
+        return st.flap_level + 1
+    return max(0, st.flap_level - int(since // ps.flap_window))

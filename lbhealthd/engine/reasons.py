@@ -1,0 +1,86 @@
+"""The words and evidence of the engine's reasons: one place for what a decision says."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lbhealthd.engine.settings import Marks, PoolSettings
+from lbhealthd.engine.state import ServerState
+from lbhealthd.engine.verdict import Verdict
+from lbhealthd.model import Override, Reason, Rule, Sample
+
+
+def override_reason(override: Override) -> Reason:
+    return Reason(
+        Rule.OVERRIDE,
+        f"{override.kind.value} override by {override.who}: {override.reason}",
+        {
+            "who": override.who,
+            "reason": override.reason,
+            "kind": override.kind.value,
+            "expires_at": override.expires_at,
+        },
+    )
+
+
+def blind_warning(ps: PoolSettings, probed: int, failed: int) -> Reason:
+    return Reason(
+        Rule.BLIND,
+        f"pool {ps.name}: {failed} of {probed} probes failed at once; the daemon is "
+        "likely blind (its own network or host), so it drains nothing",
+        {
+            "pool": ps.name,
+            "failed": failed,
+            "probed": probed,
+            "blind_threshold": ps.blind_threshold,
+        },
+    )
+
+
+def starved(what: str, evidence: Mapping[str, object]) -> Reason:
+    return Reason(
+        Rule.STARVED,
+        f"the daemon is starved (its event loop lags): not {what} on this round's samples",
+        dict(evidence),
+    )
+
+
+def drain_evidence(st: ServerState, sample: Sample | None, ps: PoolSettings) -> dict[str, object]:
+    evidence: dict[str, object] = {
+        "bad": st.bad,
+        "fall": ps.fall,
+        "verdict": st.verdict.value if st.verdict else None,
+    }
+    if sample is not None:
+        evidence["outcome"] = sample.outcome.value
+        evidence["signals"] = dict(sample.signals)
+        if sample.detail:
+            evidence["detail"] = sample.detail
+    return evidence
+
+
+def fall_message(st: ServerState, ps: PoolSettings, evidence: Mapping[str, object]) -> str:
+    what = "failed or overloaded" if st.verdict is Verdict.FAILED else "overloaded"
+    detail = evidence.get("detail") or _over_marks(evidence.get("signals"), ps.marks)
+    return (
+        f"{st.bad} {what} samples in a row (fall {ps.fall}){': ' + str(detail) if detail else ''}"
+    )
+
+
+def _over_marks(signals: object, marks: Mapping[str, Marks]) -> str:
+    if not isinstance(signals, dict):
+        return ""
+    parts = [
+        f"{name} {signals[name]:g} >= {mark.high:g}"
+        for name, mark in sorted(marks.items())
+        if name in signals and signals[name] >= mark.high
+    ]
+    return ", ".join(parts)
+
+
+def cap_message(rule: Rule, ps: PoolSettings) -> str:
+    if rule is Rule.MAX_DRAINED:
+        return (
+            f"overloaded, but draining it would exceed max_drained {ps.max_drained:.0%} of the pool"
+        )
+    return f"overloaded, but draining it would leave fewer than min_in_service {ps.min_in_service}"
