@@ -53,7 +53,7 @@ from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import Target
 from lbhealthd.report import PoolReport, RoundReport
 from lbhealthd.store import Store
-from lbhealthd.writer import LbWriter
+from lbhealthd.writer import HandChange, LbWriter
 from lbhealthd.writer.journal import Journal
 
 log = structlog.get_logger("lbhealthd.daemon.reconciler")
@@ -150,7 +150,7 @@ class Reconciler:
         self.decisions.starvation(starved, frozen, limit)
         self._refresh_overrides(wall)
         read: list[PoolConfig] = []
-        hands: dict[ServerId, tuple[AdminState | None, bool]] = {}
+        hands: dict[ServerId, HandChange] = {}
         forget: list[ServerId] = []
         for pool in self.config.pools:
             got = await self.reader.read(pool)
@@ -223,49 +223,15 @@ class Reconciler:
                 )
             self._state_error = str(exc)
 
-    def _hand_change(self, sid: ServerId, member: Member) -> tuple[AdminState | None, bool] | None:
-        """What an operator changed by hand of what lbhealthd set: (the new admin state, or
-        None; whether the weight changed). lbhealthd lets go of it here; the engine decides
-        what follows."""
-        owned = self.writer.owned.get(sid)
-        if owned is None or not member.consistent:
-            return None
-        if member.has_agent and owned.admin is not AdminState.READY:
-            if member.admin is not owned.admin:
-                log.warning(
-                    "agent_undid_state",
-                    server=str(sid),
-                    ours=owned.admin.value,
-                    now=member.admin.value,
-                    note="re-applying; consider `disable agent`",
-                )
-            return None  # an agent, not an operator: lbhealthd re-applies its state
-        if owned.admin is not AdminState.READY and member.admin is not owned.admin:
-            log.warning(
-                "operator_changed_state",
-                server=str(sid),
-                ours=owned.admin.value,
-                now=member.admin.value,
-                note="released: lbhealthd will not undo it",
-            )
-            self.writer.record(sid, "released", reason=f"state set to {member.admin.value} by hand")
-            self.writer.release(sid)
+    def _hand_change(self, sid: ServerId, member: Member) -> HandChange | None:
+        """What an operator changed by hand of what lbhealthd set; an out-override of a
+        server whose state was changed by hand ends with it."""
+        hand = self.writer.notice_hand_change(sid, member)
+        if hand is not None and hand.admin is not None:
             override = self.overrides.get(sid)
             if override is not None and override.kind is not OverrideKind.READY:
                 self._remove_override(sid)
-            return member.admin, False
-        if owned.weight is not None and member.weight != owned.weight:
-            log.warning(
-                "operator_changed_weight",
-                server=str(sid),
-                ours=owned.weight,
-                now=member.weight,
-                note="slow start stopped for this server",
-            )
-            self.writer.record(sid, "released", reason=f"weight set to {member.weight} by hand")
-            self.writer.release(sid)
-            return None, True
-        return None
+        return hand
 
     def _remove_override(self, sid: ServerId) -> None:
         try:
@@ -308,9 +274,7 @@ class Reconciler:
                 targets[sid] = Target(url, probe.interval, probe.timeout, probe.load_fields)
         return targets
 
-    def _observe(
-        self, sid: ServerId, member: Member, hand: tuple[AdminState | None, bool] | None
-    ) -> Observation:
+    def _observe(self, sid: ServerId, member: Member, hand: HandChange | None) -> Observation:
         sample = self.scheduler.latest(sid)
         if sample is not None:
             sample = merge(sample, member)
@@ -321,8 +285,8 @@ class Reconciler:
             external_out=out and not ours and sid not in self.overrides,
             weight=member.weight,
             full_weight=member.initial_weight,
-            hand=None if hand is None else hand[0],
-            hand_weight=False if hand is None else hand[1],
+            hand=None if hand is None else hand.admin,
+            hand_weight=hand is not None and hand.weight,
         )
 
     async def _converge_all(self, decision: Decision) -> None:

@@ -166,11 +166,7 @@ class PoolPass:
     def _hand(self, sid: ServerId, st: ServerState, obs: Observation) -> ServerState:
         """Rule 7: an operator changed by hand what lbhealthd had set; let go of it."""
         if obs.hand is not None:
-            reason = Reason(
-                Rule.HAND_CHANGE,
-                f"state set to {obs.hand.value} by hand",
-                {"state": obs.hand.value, "phase": st.phase.value},
-            )
+            reason = reasons.hand_state(obs.hand, st.phase.value)
             self.released.append(Released(sid, reason, keep_in=obs.hand is AdminState.READY))
             return st._replace(
                 phase=step(st.phase, Event.HAND_CHANGE),
@@ -182,12 +178,7 @@ class PoolPass:
                 fraction=1.0,
                 ramp_at=None,
             )
-        reason = Reason(
-            Rule.HAND_CHANGE,
-            f"weight set to {obs.weight} by hand: slow start stops there",
-            {"weight": obs.weight, "share": round(st.fraction, 3)},
-        )
-        self.released.append(Released(sid, reason))
+        self.released.append(Released(sid, reasons.hand_weight(obs.weight, st.fraction)))
         return st._replace(fraction=1.0, ramp_at=None)
 
     def _override(self, sid: ServerId, st: ServerState, override: Override | None) -> ServerState:
@@ -278,23 +269,8 @@ class PoolPass:
         if not judged.bad or self.blind or st.fraction <= floor + 1e-9:
             return st._replace(ramp_at=self.now)
         fraction = max(floor, st.fraction / 2.0)
-        self.actions.append(
-            Action(
-                sid,
-                ActionKind.STEP_DOWN,
-                Reason(
-                    Rule.STEP_DOWN,
-                    f"{judged.verdict.value} while its weight ramps up: weight share "
-                    f"{st.fraction:.0%} -> {fraction:.0%} instead of a drain",
-                    {
-                        "verdict": judged.verdict.value,
-                        "from": round(st.fraction, 3),
-                        "to": round(fraction, 3),
-                        "over": list(judged.over),
-                    },
-                ),
-            )
-        )
+        reason = reasons.step_down(judged, st.fraction, fraction)
+        self.actions.append(Action(sid, ActionKind.STEP_DOWN, reason))
         return st._replace(fraction=fraction, ramp_at=self.now, bad=0)
 
     def _refuse(self, sid: ServerId, kind: ActionKind, rule: Rule, message: str) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from lbhealthd.engine.settings import Marks, PoolSettings
 from lbhealthd.engine.state import ServerState
-from lbhealthd.engine.verdict import Verdict
-from lbhealthd.model import Override, Reason, Rule, Sample
+from lbhealthd.engine.verdict import Judgement, Verdict
+from lbhealthd.model import AdminState, Override, Reason, Rule, Sample
 
 
 def override_reason(override: Override) -> Reason:
@@ -84,3 +84,33 @@ def cap_message(rule: Rule, ps: PoolSettings) -> str:
             f"overloaded, but draining it would exceed max_drained {ps.max_drained:.0%} of the pool"
         )
     return f"overloaded, but draining it would leave fewer than min_in_service {ps.min_in_service}"
+
+
+def hand_state(state: AdminState, phase: str) -> Reason:
+    return Reason(
+        Rule.HAND_CHANGE,
+        f"state set to {state.value} by hand",
+        {"state": state.value, "phase": phase},
+    )
+
+
+def hand_weight(weight: int, share: float) -> Reason:
+    return Reason(
+        Rule.HAND_CHANGE,
+        f"weight set to {weight} by hand: slow start stops there",
+        {"weight": weight, "share": round(share, 3)},
+    )
+
+
+def step_down(judged: Judgement, before: float, after: float) -> Reason:
+    return Reason(
+        Rule.STEP_DOWN,
+        f"{judged.verdict.value} while its weight ramps up: weight share "
+        f"{before:.0%} -> {after:.0%} instead of a drain",
+        {
+            "verdict": judged.verdict.value,
+            "from": round(before, 3),
+            "to": round(after, 3),
+            "over": list(judged.over),
+        },
+    )

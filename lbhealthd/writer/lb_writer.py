@@ -36,7 +36,7 @@ from lbhealthd.writer.journal import Journal
 
 log = structlog.get_logger("lbhealthd.writer")
 
-__all__ = ["LbWriter", "Why"]
+__all__ = ["HandChange", "LbWriter", "Why"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,15 @@ class Why:
         return cls(
             action.reason.rule.value, action.reason.message, str(who) if who else "lbhealthd"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class HandChange:
+    """What an operator changed by hand of what lbhealthd had set: the admin state it set
+    (None if it changed the weight only), and whether it changed a slow-start weight."""
+
+    admin: AdminState | None
+    weight: bool = False
 
 
 #: Called after every command: (server, what was set, ok, the action it carried out or None).
@@ -117,6 +126,47 @@ class LbWriter:
         """Forget what lbhealthd held of this server (an operator took it over)."""
         if self.owned.pop(sid, None) is not None:
             self.journal.stage_owned(self.owned)
+
+    def notice_hand_change(self, sid: ServerId, member: Member) -> HandChange | None:
+        """Compare what lbhealthd set with what the LB shows; if an operator changed it by
+        other means, let go of it (logged and recorded) and say what changed. An agent-check
+        undoing a state is not an operator: lbhealthd re-applies its own."""
+        owned = self.owned.get(sid)
+        if owned is None or not member.consistent:
+            return None
+        if member.has_agent and owned.admin is not AdminState.READY:
+            if member.admin is not owned.admin:
+                log.warning(
+                    "agent_undid_state",
+                    server=str(sid),
+                    ours=owned.admin.value,
+                    now=member.admin.value,
+                    note="re-applying; consider `disable agent`",
+                )
+            return None
+        if owned.admin is not AdminState.READY and member.admin is not owned.admin:
+            log.warning(
+                "operator_changed_state",
+                server=str(sid),
+                ours=owned.admin.value,
+                now=member.admin.value,
+                note="released: lbhealthd will not undo it",
+            )
+            self.record(sid, "released", reason=f"state set to {member.admin.value} by hand")
+            self.release(sid)
+            return HandChange(member.admin)
+        if owned.weight is not None and member.weight != owned.weight:
+            log.warning(
+                "operator_changed_weight",
+                server=str(sid),
+                ours=owned.weight,
+                now=member.weight,
+                note="slow start stopped for this server",
+            )
+            self.record(sid, "released", reason=f"weight set to {member.weight} by hand")
+            self.release(sid)
+            return HandChange(None, weight=True)
+        return None
 
     def settle(self, sid: ServerId, member: Member) -> bool:
         """After a crash mid-change, the LB says whether the change landed; resolve it.
