@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lbhealthd.engine import EngineState, Observation, PoolSettings, Settings, decide
-from lbhealthd.model import Decision, Override, Sample, ServerId
+from lbhealthd.model import AdminState, Decision, Override, Sample, ServerId
 from lbhealthd.testing import failed, ok
 
 # One character per round: H healthy, O overloaded, B in the band, F failed probe, - no sample.
@@ -36,13 +36,25 @@ class Sim:
         overrides: Mapping[ServerId, Override] | None = None,
         external_out: frozenset[str] = frozenset(),
         step: float = 1.0,
+        *,
+        frozen: bool = False,
+        hand: Mapping[str, AdminState] | None = None,
+        hand_weight: frozenset[str] = frozenset(),
+        weights: Mapping[str, tuple[int, int]] | None = None,
     ) -> Decision:
+        """One round. ``weights``: (weight in the LB, full weight) by server, default 1/1."""
         self.now += step
         observations = {}
         for name, code in codes.items():
             server = ServerId(self.pool.name, name)
+            weight, full = (weights or {}).get(name, (1, 1))
             observations[server] = Observation(
-                sample_for(code, server, self.now), external_out=name in external_out
+                sample_for(code, server, self.now),
+                external_out=name in external_out,
+                weight=weight,
+                full_weight=full,
+                hand=(hand or {}).get(name),
+                hand_weight=name in hand_weight,
             )
         self.state, decision = decide(
             self.state,
@@ -50,6 +62,7 @@ class Sim:
             overrides or {},
             Settings({self.pool.name: self.pool}),
             self.now,
+            frozen=frozen,
         )
         self.decisions.append(decision)
         return decision

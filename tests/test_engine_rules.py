@@ -1,0 +1,220 @@
+"""The pure engine's later rules: slow-start weights, hands off, starvation, and what of its
+memory survives a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from lbhealthd.engine import (
+    EngineState,
+    ServerState,
+    forget,
+    from_persisted,
+    slowstart,
+    to_persisted,
+)
+from lbhealthd.engine.hysteresis import Phase
+from lbhealthd.model import ActionKind, AdminState, Override, OverrideKind, Rule, ServerId
+from tests.engine_sim import Sim
+from tests.test_engine import pool
+
+S1 = ServerId("api", "s1")
+OTHERS = {f"s{i}": "H" for i in range(2, 6)}
+
+
+def drained(sim: Sim) -> None:
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    assert sim.state.servers[S1].phase is Phase.DRAINED
+
+
+# --- rule 6: the slow-start share as a weight ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fraction", "full", "reference", "expected"),
+    [
+        (1.0, 100, 100.0, None),  # done: its full weight
+        (0.1, 100, 100.0, 10),  # the floor share of its weight
+        (0.1, 100, 1.0, 1),  # never above the others' median at the start
+        (0.55, 100, 1.0, 10),  # geometric: half way from 1 to 100 is 10
+        (0.1, 100, None, 10),  # alone in its pool: its own weight is the reference
+        (0.5, 0, 10.0, None),  # weight 0 stays 0
+    ],
+)
+def test_slow_start_weight(
+    fraction: float, full: int, reference: float | None, expected: int | None
+) -> None:
+    assert slowstart.weight(fraction, full, reference, 0.1) == expected
+
+
+def test_reference_weight_is_the_median_of_positive_weights() -> None:
+    assert slowstart.reference_weight([100, 100, 1, 1, 1]) == 1.0
+    assert slowstart.reference_weight([1, 3, 0]) == 2.0
+    assert slowstart.reference_weight([0]) is None
+
+
+def test_a_restored_server_starts_at_the_others_weight() -> None:
+    """The postmortem's pool: a server weighted 100 among servers weighted 1 comes back at 1
+    and ramps geometrically to 100."""
+    sim = Sim(pool(slow_start=10.0, slow_start_floor=0.1, min_drain=1.0, rise=1))
+    weights = {"s1": (100, 100), "s2": (100, 100), **{f"s{i}": (1, 1) for i in (3, 4, 5)}}
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}}, weights=weights)
+    seen = []
+    for _ in range(15):
+        d = sim.round({"s1": "H", **OTHERS}, weights=weights)
+        seen.append(d.desired[S1].weight)
+    ramp = [w for w in seen if w is not None]
+    assert ramp[0] == 1 and ramp == sorted(ramp) and len(set(ramp)) > 5
+    assert seen[-1] is None  # full weight: nothing held
+
+
+# --- rule 7: hands off ------------------------------------------------------------------------
+
+
+def test_a_server_put_back_by_hand_is_released_and_kept_in() -> None:
+    sim = Sim(pool(fall=1))
+    drained(sim)
+    d = sim.round({"s1": "O", **OTHERS}, hand={"s1": AdminState.READY})
+    (released,) = d.released
+    assert (released.server, released.keep_in, released.reason.rule) == (
+        S1,
+        True,
+        Rule.HAND_CHANGE,
+    )
+    assert d.desired[S1].admin is AdminState.READY
+    assert not [a for a in d.actions if a.server == S1]  # not drained again at once
+    # Without the hand change the same overloaded sample drains it at fall 1.
+    other = Sim(pool(fall=1))
+    other.round({"s1": "H", **OTHERS})
+    assert [a.kind for a in other.round({"s1": "O", **OTHERS}).actions] == [ActionKind.DRAIN]
+
+
+def test_a_server_set_to_maint_by_hand_is_released_not_kept_in() -> None:
+    sim = Sim(pool())
+    drained(sim)
+    d = sim.round({"s1": "H", **OTHERS}, hand={"s1": AdminState.MAINT}, external_out={"s1"})
+    assert [(r.server, r.keep_in) for r in d.released] == [(S1, False)]
+    assert sim.state.servers[S1].phase is Phase.IN_SERVICE
+    assert d.desired[S1].admin is AdminState.READY  # nothing lbhealthd will send: not its own
+
+
+def test_a_weight_changed_by_hand_ends_the_ramp() -> None:
+    sim = Sim(pool(slow_start=10.0, slow_start_floor=0.1, min_drain=1.0, rise=1))
+    drained(sim)
+    d = sim.round({"s1": "H", **OTHERS})
+    assert d.desired[S1].weight_fraction < 1.0
+    d = sim.round({"s1": "H", **OTHERS}, hand_weight=frozenset({"s1"}))
+    assert [r.reason.rule for r in d.released] == [Rule.HAND_CHANGE]
+    assert d.desired[S1].weight_fraction == 1.0
+
+
+# --- rule 8: starved --------------------------------------------------------------------------
+
+
+def test_a_frozen_round_drains_nothing_and_says_why() -> None:
+    sim = Sim(pool())
+    sim.run({"s1": "OO", **{k: "HH" for k in OTHERS}})
+    d = sim.round({"s1": "O", **OTHERS}, frozen=True)
+    assert not d.actions
+    assert sim.state.servers[S1].bad == 2  # the frozen round's sample counted for nothing
+    d = sim.round({"s1": "O", **OTHERS}, frozen=True)
+    assert not d.actions
+    d = sim.round({"s1": "O", **OTHERS})
+    assert [a.kind for a in d.actions] == [ActionKind.DRAIN]
+
+
+def test_a_frozen_round_blocks_a_drain_the_caps_just_freed() -> None:
+    """A candidate blocked by the caps is not drained in a frozen round when room appears."""
+    sim = Sim(pool(max_drained=0.4, min_in_service=1))
+    script = {"s1": "OOO", "s2": "OOO", "s3": "OOO", "s4": "HHH", "s5": "HHH"}
+    sim.run(script)
+    assert {s.server for s, st in sim.state.servers.items() if st.phase is Phase.DRAINED} == {
+        "s1",
+        "s2",
+    }
+    over = Override(ServerId("api", "s1"), OverrideKind.READY, "back", "alice", 0.0, None)
+    d = sim.round(
+        {"s1": "-", "s2": "O", "s3": "O", "s4": "H", "s5": "H"}, {over.server: over}, frozen=True
+    )
+    (blocked,) = [b for b in d.blocked if b.server.server == "s3"]
+    assert blocked.reason.rule is Rule.STARVED
+    d = sim.round({"s1": "-", "s2": "O", "s3": "O", "s4": "H", "s5": "H"}, {over.server: over})
+    assert ("s3", ActionKind.DRAIN) in [(a.server.server, a.kind) for a in d.actions]
+
+
+def test_a_frozen_round_blocks_a_restore_whose_hold_ended() -> None:
+    sim = Sim(pool(min_drain=2.0, rise=1))
+    drained(sim)
+    sim.round({"s1": "H", **OTHERS})  # healthy, held
+    d = sim.round({"s1": "H", **OTHERS}, frozen=True, step=5.0)
+    assert [(b.kind, b.reason.rule) for b in d.blocked] == [(ActionKind.RESTORE, Rule.STARVED)]
+    d = sim.round({"s1": "H", **OTHERS})
+    assert [a.kind for a in d.actions] == [ActionKind.RESTORE]
+
+
+def test_overrides_apply_in_a_frozen_round() -> None:
+    sim = Sim(pool())
+    over = Override(S1, OverrideKind.DRAIN, "deploy", "alice", 0.0, None)
+    d = sim.round({"s1": "H", **OTHERS}, {S1: over}, frozen=True)
+    assert [(a.kind, a.reason.rule) for a in d.actions] == [(ActionKind.DRAIN, Rule.OVERRIDE)]
+
+
+# --- memory across a restart ------------------------------------------------------------------
+
+
+def test_drains_and_flap_memory_survive_a_restart() -> None:
+    sim = Sim(pool(slow_start=10.0))
+    drained(sim)
+    before = sim.state.servers[S1]
+    data = to_persisted(sim.state, now=sim.now, wall=5000.0)
+    state, ignored = from_persisted(data, {S1: 4990.0}, {}, now=50.0, wall=5000.0)
+    after = state.servers[S1]
+    assert ignored == []
+    assert after.phase is Phase.DRAINED
+    assert after.hold == before.hold
+    assert after.drained_at == pytest.approx(50.0 - (sim.now - before.drained_at))  # type: ignore[operator]
+
+
+def test_a_remembered_drain_the_writer_no_longer_holds_is_in_service() -> None:
+    sim = Sim(pool())
+    drained(sim)
+    data = to_persisted(sim.state, now=sim.now, wall=5000.0)
+    state, _ = from_persisted(data, {}, {}, now=50.0, wall=5000.0)
+    assert state.servers[S1].phase is Phase.IN_SERVICE
+
+
+def test_a_drain_the_engine_never_saw_is_out_until_rise() -> None:
+    """Made by the on-call command while the daemon was down: held out, unknown to the data."""
+    over = Override(S1, OverrideKind.MAINT, "disk", "bob", 0.0, None)
+    state, _ = from_persisted({}, {S1: 4990.0}, {S1: over}, now=50.0, wall=5000.0)
+    assert (state.servers[S1].phase, state.servers[S1].manual) == (
+        Phase.MANUAL,
+        OverrideKind.MAINT,
+    )
+    assert state.servers[S1].drained_at == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"api/s1": {"phase": "nonsense"}},
+        {"api/s1": "not a mapping"},
+        {"no-slash": {"phase": "drained"}},
+        {"api/s1": {"phase": "drained", "hold": "long"}},
+    ],
+)
+def test_damaged_entries_are_ignored_and_named(data: dict[str, object]) -> None:
+    state, ignored = from_persisted(data, {}, {}, now=0.0, wall=0.0)
+    assert ignored == list(data)
+    assert state.servers == {}
+
+
+def test_damaged_data_as_a_whole_is_ignored() -> None:
+    state, ignored = from_persisted(["a", "list"], {}, {}, now=0.0, wall=0.0)
+    assert (state.servers, ignored) == ({}, [])
+
+
+def test_forget_keeps_flap_memory_and_drops_the_phase() -> None:
+    state = EngineState({S1: ServerState(phase=Phase.DRAINED, bad=4, flap_level=2)})
+    st = forget(state, [S1, ServerId("api", "gone")]).servers[S1]
+    assert (st.phase, st.bad, st.flap_level) == (Phase.IN_SERVICE, 0, 2)
