@@ -116,7 +116,7 @@ class HttpProber:
         except Exception as exc:
             return failed(server, started, ProbeOutcome.ERROR, describe(exc))
         latency_ms = (now() - started) * 1000.0
-        return judge(
+        return to_sample(
             server,
             started,
             latency_ms,
@@ -167,7 +167,7 @@ class HttpProber:
         return None
 
 
-def judge(
+def to_sample(
     server: ServerId,
     started: float,
     latency_ms: float,

@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import cast
 
 from lbhealthd.model import ProbeOutcome, Sample, ServerId
-from lbhealthd.probes.aiohttp_prober import HttpProber, describe, failed, judge
+from lbhealthd.probes.aiohttp_prober import HttpProber, describe, failed, to_sample
 from lbhealthd.probes.httpparse import (
     Endpoint,
     ResponseReader,
@@ -305,7 +305,7 @@ class FastProber:
         except Exception as exc:
             return failed(server, started, ProbeOutcome.ERROR, describe(exc))
         latency_ms = (now() - started) * 1000.0
-        return judge(server, started, latency_ms, answer, load_fields, self._max_body)
+        return to_sample(server, started, latency_ms, answer, load_fields, self._max_body)
 
     async def _exchange(
         self, loop: asyncio.AbstractEventLoop, target: Endpoint, deadline: float
