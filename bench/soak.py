@@ -540,7 +540,7 @@ async def _measure(
         if now - last_sample >= 1.0:
             last_sample = now
             rss_peak = max(rss_peak, int(processes["daemon"].memory_info().rss))
-            members = r.members.get(POOL, {}).values()
+            members = r.reader.members.get(POOL, {}).values()
             most_out = max(most_out, sum(m.admin is not AdminState.READY for m in members))
         await asyncio.sleep(0.05)
     window = time.monotonic() - window_start

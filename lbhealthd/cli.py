@@ -4,12 +4,13 @@ config error."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lbhealthd import __version__
+from lbhealthd import __version__, logs
 from lbhealthd.config import Config, load_config, parse_duration, resolve_path
 from lbhealthd.errors import (
     CapRefused,
@@ -342,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     func: Callable[[argparse.Namespace], int] = args.func
+    # Commands that print a result keep stdout for it (JSON included): their log events, such
+    # as a failed LB command, go to stderr. `run` and `agent` configure their own logging.
+    logs.configure("console" if sys.stderr.isatty() else "json", level=logging.WARNING)
     try:
         return func(args)
     except ConfigError as exc:

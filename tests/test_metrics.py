@@ -75,20 +75,26 @@ def fake_reconciler(*members: Member, samples: dict[ServerId, Sample] | None = N
 
 def as_report(r: Any, decision: Decision | None) -> RoundReport:
     """The round report the fake reconciler's attributes describe, with ``decision``."""
-    pool = PoolReport(
-        "api",
-        PoolSettings("api"),
-        r.members["api"],
-        lb_error=r.unavailable.get("api"),
-        blind=decision is not None and "api" in decision.blind_pools,
-        balance=r.watch.pools["api"].report,
-        findings=tuple(r.watch.pools["api"].findings),
+    pools = tuple(
+        PoolReport(
+            p.name,
+            PoolSettings(p.name),
+            r.members[p.name],
+            lb_error=r.unavailable.get(p.name),
+            blind=decision is not None and p.name in decision.blind_pools,
+            balance=r.watch.pools[p.name].report,
+            findings=tuple(r.watch.pools[p.name].findings),
+        )
+        for p in r.config.pools
     )
-    samples = {sid: s for sid in r.members["api"] if (s := r.scheduler.latest(sid)) is not None}
+    samples = {
+        sid: s
+        for pool in pools
+        for sid in pool.members
+        if (s := r.scheduler.latest(sid)) is not None
+    }
     desired = decision.desired if decision is not None else {}
-    return RoundReport(
-        (pool,), rounds=r.rounds, decision=decision, desired=desired, samples=samples
-    )
+    return RoundReport(pools, rounds=r.rounds, decision=decision, desired=desired, samples=samples)
 
 
 def get(m: Metrics, name: str, **labels: str) -> float | None:
