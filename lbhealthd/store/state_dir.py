@@ -1,0 +1,221 @@
+"""The Store: every read and read-modify-write of the files in ``daemon.state_dir``.
+
+Writers (the daemon and the on-call CLI, in separate processes) hold an exclusive flock on
+``lock`` for the whole read-modify-write, so neither loses the other's update; readers need no
+lock. Creating a Store creates the directory (mode 0o750) if missing and removes the temp files
+a crashed writer left.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from lbhealthd.model import Override, ServerId
+from lbhealthd.store.actions import (
+    ActionRecords,
+    append_lines,
+    encode_records,
+    new_records,
+    read_records,
+)
+from lbhealthd.store.documents import (
+    ENGINE,
+    OVERRIDES,
+    OWNED,
+    clean_temp_files,
+    corrupt,
+    kind_of,
+    read_document,
+    write_document,
+)
+from lbhealthd.store.entries import (
+    BLOB_NAME,
+    InvalidEntry,
+    OwnedEntry,
+    check_blob_name,
+    override_from_json,
+    override_to_json,
+    owned_from_json,
+    owned_to_json,
+)
+from lbhealthd.store.files import DIR_MODE, locked, write_error
+
+LOCK = "lock"
+
+
+class Store:
+    """Access to every file in ``state_dir``; safe to use from several processes at once."""
+
+    def __init__(self, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self.dir = Path(state_dir)
+        self._clock = clock
+        try:
+            if not self.dir.is_dir():
+                self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                os.chmod(self.dir, DIR_MODE)
+        except OSError as exc:
+            raise write_error(self.dir, "create it", exc) from exc
+        with self._locked():
+            clean_temp_files(self.dir)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock that stamps action records."""
+        return self._clock
+
+    @classmethod
+    def open(cls, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> Store:
+        """Create a Store and read every state file once, so a damaged one stops start-up."""
+        store = cls(state_dir, clock=clock)
+        store.load_overrides()
+        store.load_owned()
+        store._read_blobs()
+        return store
+
+    # -- overrides --------------------------------------------------------------------------
+
+    def load_overrides(self) -> dict[ServerId, Override]:
+        """Every stored override by server; empty when none were ever stored."""
+        return self._read_overrides()
+
+    def put_override(self, override: Override) -> None:
+        """Store ``override``, replacing any other override of the same server."""
+        with self._locked():
+            current = self._read_overrides()
+            current[override.server] = override
+            self._write_overrides(current)
+
+    def remove_override(self, server: ServerId) -> Override | None:
+        """Remove and return the override of ``server``, or None when it had none."""
+        with self._locked():
+            current = self._read_overrides()
+            removed = current.pop(server, None)
+            if removed is not None:
+                self._write_overrides(current)
+            return removed
+
+    def prune_expired(self, wall: float) -> list[Override]:
+        """Remove the overrides expired at wall time ``wall`` and return them by server."""
+        with self._locked():
+            current = self._read_overrides()
+            expired = [o for o in current.values() if o.expired(wall)]
+            if expired:
+                for o in expired:
+                    del current[o.server]
+                self._write_overrides(current)
+            return sorted(expired, key=lambda o: o.server)
+
+    def _read_overrides(self) -> dict[ServerId, Override]:
+        path = self.dir / OVERRIDES
+        items = read_document(path, "overrides", list)
+        result: dict[ServerId, Override] = {}
+        for i, item in enumerate(items or []):
+            try:
+                o = override_from_json(item)
+                if o.server in result:
+                    raise InvalidEntry(f"a second override for {o.server}")
+            except InvalidEntry as exc:
+                raise corrupt(path, f"entry {i}: {exc}") from None
+            result[o.server] = o
+        return result
+
+    def _write_overrides(self, overrides: Mapping[ServerId, Override]) -> None:
+        items = [override_to_json(overrides[s]) for s in sorted(overrides)]
+        write_document(self.dir, OVERRIDES, "overrides", items)
+
+    # -- ownership --------------------------------------------------------------------------
+
+    def load_owned(self) -> dict[ServerId, OwnedEntry]:
+        """What the daemon changed in the LB itself, by server; empty when nothing."""
+        path = self.dir / OWNED
+        items = read_document(path, "owned", list)
+        result: dict[ServerId, OwnedEntry] = {}
+        for i, item in enumerate(items or []):
+            try:
+                entry = owned_from_json(item)
+                if entry.server in result:
+                    raise InvalidEntry(f"a second entry for {entry.server}")
+            except InvalidEntry as exc:
+                raise corrupt(path, f"entry {i}: {exc}") from None
+            result[entry.server] = entry
+        return result
+
+    def save_owned(self, entries: Mapping[ServerId, OwnedEntry]) -> None:
+        """Replace the whole ownership record with ``entries``."""
+        for key, entry in entries.items():
+            if key != entry.server:
+                raise ValueError(f"owned entry for {entry.server} filed under {key}")
+        items = [owned_to_json(entries[s]) for s in sorted(entries)]
+        with self._locked():
+            write_document(self.dir, OWNED, "owned", items)
+
+    # -- engine memory ----------------------------------------------------------------------
+
+    def load_blob(self, name: str) -> dict[str, Any] | None:
+        """The blob stored under ``name``, or None when there is none."""
+        check_blob_name(name)
+        return self._read_blobs().get(name)
+
+    def save_blob(self, name: str, data: Mapping[str, Any]) -> None:
+        """Store ``data`` (JSON-serialisable) under ``name``, replacing what was there."""
+        self.save_blobs({name: data})
+
+    def save_blobs(self, named: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store several blobs in one write, each replacing what was there under its name."""
+        for name in named:
+            check_blob_name(name)
+        with self._locked():
+            blobs = self._read_blobs()
+            blobs.update({name: dict(data) for name, data in named.items()})
+            write_document(self.dir, ENGINE, "blobs", dict(sorted(blobs.items())))
+
+    def _read_blobs(self) -> dict[str, dict[str, Any]]:
+        path = self.dir / ENGINE
+        blobs = read_document(path, "blobs", dict) or {}
+        for name, value in blobs.items():
+            if BLOB_NAME.fullmatch(name) is None:
+                raise corrupt(path, f"blob name {name!r} is not of the form [a-z_]+")
+            if not isinstance(value, dict):
+                raise corrupt(path, f"blob {name!r} is a {kind_of(value)}, not an object")
+        return blobs
+
+    # -- action log -------------------------------------------------------------------------
+
+    def append_action(self, **fields: Any) -> dict[str, Any]:
+        """Append one record to the action log, durably, and return it as written.
+
+        ``ts`` (wall seconds) and ``time`` (ISO 8601, UTC) are added; values JSON cannot
+        hold (a ServerId, say) are written as their ``str``.
+        """
+        return self.append_actions([(self._clock(), fields)])[0]
+
+    def append_actions(
+        self, batch: Sequence[tuple[float, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Append several records, each ``(ts, fields)``, in one durable write."""
+        records = new_records(batch)
+        if not records:
+            return records
+        data = encode_records(records)
+        with self._locked():
+            append_lines(self.dir, data)
+        return records
+
+    def read_actions(self, limit: int | None = None) -> ActionRecords:
+        """The last ``limit`` records of the action log (all when None), oldest first.
+
+        Lines that are not JSON objects are skipped and counted in ``skipped_lines``; with a
+        limit, only the lines read to find those records are counted.
+        """
+        return read_records(self.dir, limit)
+
+    # -- the writers' lock ------------------------------------------------------------------
+
+    def _locked(self) -> AbstractContextManager[None]:
+        """Hold the writers' lock for a read-modify-write."""
+        return locked(self.dir / LOCK)
