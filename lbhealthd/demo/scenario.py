@@ -3,7 +3,8 @@
 Five API servers with a capacity model (``capacity``) sit behind a real HAProxy whose backend
 weights are 100,100,1,1,1: most traffic goes to s1 and s2, as in the postmortem. The real
 daemon runs as a child process (``lbhealthd run``) with a generated config. An open-loop load
-(``load``) goes 40 req/s for a baseline, then 200 req/s:
+(``load``) goes 40 req/s for a baseline, then 200 req/s (the weights, the load over time and the
+daemon's config are the ``plan``):
 
     s1, s2 each get 100/203 of it: ~98.5 req/s against 80 they can serve -> queues, 503s.
     s1, s2 drained: s3..s5 get ~66.7 req/s each, 83 % of what they can serve -> they cope.
@@ -27,22 +28,30 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import yaml
 
 from lbhealthd.config import parse_config
 from lbhealthd.demo import plot
 from lbhealthd.demo.capacity import Capacity, Fleet
-from lbhealthd.demo.load import LoadGenerator, Profile, Step
+from lbhealthd.demo.load import LoadGenerator
+from lbhealthd.demo.plan import (
+    EXPECTED_WEIGHT,
+    FIX_COMMAND,
+    FULL,
+    POOL,
+    SHORT,
+    WEIGHTS,
+    Plan,
+    daemon_config,
+)
 from lbhealthd.demo.processes import CONFIG_NAME, ChildProcess, prepare_out, run_command
 from lbhealthd.demo.report import (
     ALERTS,
     DaemonLog,
     Event,
-    Phases,
     Point,
     ServerPoint,
     Timeline,
@@ -57,75 +66,27 @@ from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_h
 from lbhealthd.errors import DriverError
 from lbhealthd.model import Member, PoolSnapshot, ServerId
 
-POOL = "api"
-WEIGHTS = {"s1": 100, "s2": 100, "s3": 1, "s4": 1, "s5": 1}  # the misconfiguration
-EXPECTED_WEIGHT = 100
-FIX_COMMAND = ("audit", "--fix", "--yes")  # the operator's fix: weights back to expected_weights
+# The plan's names stay importable from here, where the benchmarks import them.
+__all__ = [
+    "EXPECTED_WEIGHT",
+    "FIX_COMMAND",
+    "FULL",
+    "INSTALL_HINT",
+    "POOL",
+    "SHORT",
+    "TICK",
+    "WEIGHTS",
+    "Demo",
+    "Plan",
+    "daemon_config",
+    "run_demo",
+]
+
 TICK = 0.5  # seconds between samples of the LB and the servers
 INSTALL_HINT = (
     "lbhealthd demo needs the haproxy binary (looked in PATH and /usr/sbin).\n"
     "Install it with:  sudo apt-get install haproxy"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The load over time and when the operator fixes the weights (seconds since the start)."""
-
-    baseline_rate: float = 40.0
-    overload_rate: float = 200.0
-    overload_at: float = 5.0
-    fix_at: float = 40.0
-    end: float = 60.0
-
-    def profile(self) -> Profile:
-        steps = (Step(0.0, self.baseline_rate), Step(self.overload_at, self.overload_rate))
-        return Profile(steps, self.end)
-
-    def phases(self) -> Phases:
-        return Phases(self.overload_at, self.fix_at, self.end)
-
-
-FULL = Plan()
-SHORT = Plan(fix_at=11.0, end=16.0)
-
-
-def daemon_config(out: Path, lb_socket: str, http_port: int) -> dict[str, Any]:
-    """The lbhealthd configuration the demo runs the daemon with."""
-    return {
-        "daemon": {
-            "state_dir": str(out / "state"),
-            "control_socket": str(out / "control.sock"),
-            "http": f"127.0.0.1:{http_port}",
-            "log_format": "json",
-            "round_interval": "250ms",
-        },
-        "load_balancer": {"type": "haproxy", "haproxy": {"sockets": [lb_socket], "timeout": "1s"}},
-        "pools": [
-            {
-                "name": POOL,
-                "probe": {
-                    "url": "http://{address}:{port}/health",
-                    "interval": "500ms",
-                    "timeout": "400ms",
-                    "load_fields": {"load": "load"},
-                },
-                "overload": {
-                    "load": {"high": 1.0, "low": 0.6},
-                    "latency_ms": {"high": 300, "low": 100},
-                },
-                "fall": 3,
-                "rise": 3,
-                "min_drain": "5s",
-                "flap_max_hold": "10s",
-                "slow_start": "5s",
-                "max_drained": "40%",
-                "min_in_service": 2,
-                "expected_weights": {"default": EXPECTED_WEIGHT},
-                "balance_alert": {"factor": 2.0, "for": "3s", "min_sessions": 50},
-            }
-        ],
-    }
 
 
 class Demo:
