@@ -11,7 +11,8 @@ and changes the endpoint's epoch.
 
 It behaves as ``HAProxyDriver`` does wherever the reconciler can tell:
 
-- ``snapshot`` reads every endpoint and merges them: the first answering endpoint's view, with
+- ``snapshot`` reads every endpoint and merges them with the code ``HAProxyDriver`` uses
+  (``lbhealthd.drivers.ha_merge``): the first answering endpoint's view, with
   ``consistent=False`` on a server whose admin state or weight differs between endpoints, or on
   every server while an endpoint does not answer. The epoch is the endpoints' epochs joined
   with ``,`` (``-`` for one that did not answer). It raises only when no endpoint answered.
@@ -46,10 +47,11 @@ landed on; ``reads`` counts the snapshots answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
+from lbhealthd.drivers.ha_merge import combined_error, merge_members
 from lbhealthd.errors import DriverError, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
 
@@ -176,10 +178,10 @@ class MemoryDriver:
             else:
                 views.append([_member(pool, live) for live in ep.pools[pool].values()])
         if len(errors) == len(self._endpoints):
-            raise _combined(errors, len(self._endpoints), prefer=Rejected)
+            raise combined_error(errors, len(self._endpoints), prefer=Rejected)
         self.reads += 1
         snap = PoolSnapshot(
-            pool, tuple(_merge(views)), epoch=",".join(ep.epoch for ep in self._endpoints)
+            pool, tuple(merge_members(views)), epoch=",".join(ep.epoch for ep in self._endpoints)
         )
         await self._at_gate("snapshot", after=True)
         return snap
@@ -234,7 +236,7 @@ class MemoryDriver:
         if landed:
             self.commands.append(Command(server, what, value, tuple(landed)))
         if errors:
-            raise _combined(errors, len(self._endpoints), prefer=Unavailable)
+            raise combined_error(errors, len(self._endpoints), prefer=Unavailable)
         await self._at_gate(op, after=True)
 
     # --- knobs -------------------------------------------------------------------------------
@@ -441,37 +443,3 @@ def _member(pool: str, live: _Live) -> Member:
         has_agent=spec.has_agent,
         checks_enabled=spec.checks_enabled,
     )
-
-
-def _merge(per_endpoint: Iterable[list[Member] | None]) -> list[Member]:
-    """The first answering endpoint's view, marked inconsistent where the endpoints differ
-    (or when one did not answer), as ``HAProxyDriver`` merges an HA pair."""
-    views = list(per_endpoint)
-    answered = [{m.id.server: m for m in ms} for ms in views if ms is not None]
-    everyone = len(answered) == len(views)
-    merged: dict[str, Member] = {}
-    for view in answered:
-        for name, member in view.items():
-            if name in merged:
-                continue
-            same = all(
-                name in other
-                and other[name].admin == member.admin
-                and other[name].weight == member.weight
-                for other in answered
-            )
-            consistent = everyone and same
-            merged[name] = member if consistent else replace(member, consistent=False)
-    return list(merged.values())
-
-
-def _combined(errors: list[DriverError], total: int, prefer: type[DriverError]) -> DriverError:
-    """One error for several endpoints: ``prefer``'s class if any has it, else the first's."""
-    first = next((e for e in errors if isinstance(e, prefer)), errors[0])
-    if len(errors) == 1 and total == 1:
-        return first
-    failed = "; ".join(str(e) for e in errors)
-    combined = type(first)(f"{len(errors)} of {total} endpoints failed: {failed}")
-    combined.endpoint = ",".join(e.endpoint for e in errors)
-    combined.__cause__ = first
-    return combined

@@ -17,7 +17,8 @@ to a ``set`` command, or an unexpected reply to a ``show`` command -> ``Rejected
 retried).
 
 Several endpoints form an HA pair: reads merge them (``consistent=False`` on disagreement or
-when an endpoint is down), writes go to every endpoint and fail if any of them failed.
+when an endpoint is down, see ``lbhealthd.drivers.ha_merge``), writes go to every endpoint and
+fail if any of them failed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import contextlib
 import csv
 import operator
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import structlog
@@ -39,6 +40,7 @@ from tenacity import (
     wait_random,
 )
 
+from lbhealthd.drivers.ha_merge import combined_error, merge_members
 from lbhealthd.drivers.haproxy.channel import Channel
 from lbhealthd.errors import DriverError, InvalidName, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
@@ -217,29 +219,6 @@ def _members(
     return members
 
 
-def _merge(per_endpoint: list[list[Member] | None]) -> list[Member]:
-    """The first answering endpoint's view, marked inconsistent where the endpoints differ."""
-    answered = [{m.id.server: m for m in ms} for ms in per_endpoint if ms is not None]
-    everyone = len(answered) == len(per_endpoint)
-    merged: dict[str, Member] = {}
-    for view in answered:
-        for name, member in view.items():
-            if name in merged:
-                continue
-            same = all(
-                name in other
-                and other[name].admin == member.admin
-                and other[name].weight == member.weight
-                for other in answered
-            )
-            merged[name] = _replace_consistent(member, everyone and same)
-    return list(merged.values())
-
-
-def _replace_consistent(member: Member, consistent: bool) -> Member:
-    return member if member.consistent == consistent else replace(member, consistent=consistent)
-
-
 class HAProxyDriver:
     """The Driver for HAProxy's runtime API; ``sockets`` are ``unix:PATH`` or ``tcp:HOST:PORT``."""
 
@@ -412,8 +391,8 @@ class HAProxyDriver:
                 views.append(result[1])
         self.last_errors = errors
         if len(errors) == len(self.endpoints):
-            raise _combined(list(errors.values()), len(self.endpoints), prefer=Rejected)
-        return PoolSnapshot(pool, tuple(_merge(views)), epoch=",".join(epochs))
+            raise combined_error(list(errors.values()), len(self.endpoints), prefer=Rejected)
+        return PoolSnapshot(pool, tuple(merge_members(views)), epoch=",".join(epochs))
 
     async def _set(self, server: ServerId, what: str) -> None:
         check_name(server.pool, "pool name")
@@ -439,7 +418,7 @@ class HAProxyDriver:
             elif isinstance(result, BaseException):
                 raise result
         if errors:
-            raise _combined(errors, len(self.endpoints), prefer=Unavailable)
+            raise combined_error(errors, len(self.endpoints), prefer=Unavailable)
 
     async def set_state(self, server: ServerId, state: AdminState) -> None:
         if not isinstance(state, AdminState):
@@ -478,15 +457,3 @@ def _pause(attempt: int, deadline: float, loop: asyncio.AbstractEventLoop) -> fl
     state = RetryCallState(_BACKOFF_OWNER, None, (), {})
     state.attempt_number = attempt
     return max(0.0, min(_BACKOFF(state), deadline - loop.time() - 0.01))
-
-
-def _combined(errors: list[DriverError], total: int, prefer: type[DriverError]) -> DriverError:
-    """One error for several endpoints: ``prefer``'s class if any has it, else the first's."""
-    first = next((e for e in errors if isinstance(e, prefer)), errors[0])
-    if len(errors) == 1 and total == 1:
-        return first
-    failed = "; ".join(str(e) for e in errors)
-    combined = type(first)(f"{len(errors)} of {total} endpoints failed: {failed}")
-    combined.endpoint = ",".join(e.endpoint for e in errors)
-    combined.__cause__ = first
-    return combined
