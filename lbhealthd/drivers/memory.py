@@ -7,11 +7,12 @@ agent-check runs) and, per *endpoint*, the *runtime* state of every server (admi
 counters). One endpoint is one HAProxy process; an HA pair is two endpoints holding the same
 servers. What lbhealthd changes lives in the runtime state only, as in HAProxy: ``restart()``
 rebuilds it from the configuration (admin as configured, weights back to their initial value)
-and changes the endpoint's epoch.
+and changes the endpoint's epoch. One endpoint's state is ``lbhealthd.drivers.memory_endpoint``.
 
 It behaves as ``HAProxyDriver`` does wherever the reconciler can tell:
 
-- ``snapshot`` reads every endpoint and merges them: the first answering endpoint's view, with
+- ``snapshot`` reads every endpoint and merges them with the code ``HAProxyDriver`` uses
+  (``lbhealthd.drivers.ha_merge``): the first answering endpoint's view, with
   ``consistent=False`` on a server whose admin state or weight differs between endpoints, or on
   every server while an endpoint does not answer. The epoch is the endpoints' epochs joined
   with ``,`` (``-`` for one that did not answer). It raises only when no endpoint answered.
@@ -46,28 +47,19 @@ landed on; ``reads`` counts the snapshots answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
+from lbhealthd.drivers.ha_merge import combined_error, merge_members
+from lbhealthd.drivers.memory_endpoint import LiveServer, MemoryEndpoint, MemoryServer, member_view
 from lbhealthd.errors import DriverError, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
 
+__all__ = ["Command", "HandChange", "MemoryDriver", "MemoryServer", "Op", "Who"]
+
 Op = Literal["snapshot", "set_state", "set_weight"]
 Who = Literal["operator", "agent"]
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryServer:
-    """A server as the LB's configuration declares it (what a restart brings back)."""
-
-    name: str
-    address: str = "127.0.0.1"
-    port: int = 8000
-    weight: int = 100  # the configured (initial) weight
-    admin: AdminState = AdminState.READY  # the configured admin state
-    has_agent: bool = False
-    checks_enabled: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,38 +83,6 @@ class HandChange:
     endpoints: tuple[int, ...]
 
 
-@dataclass(slots=True)
-class _Live:
-    """One server's runtime state on one endpoint."""
-
-    spec: MemoryServer
-    admin: AdminState
-    weight: int
-    op: OpState = OpState.UP
-    sessions: int = 0
-    queue: int = 0
-    session_rate: int = 0
-    sessions_total: int = 0
-    check_status: str = ""
-
-
-@dataclass(slots=True)
-class _Endpoint:
-    index: int
-    pools: dict[str, dict[str, _Live]] = field(default_factory=dict)
-    generation: int = 0
-    running: bool = True
-    failing: int | None = 0  # set commands still to fail here; None = every one
-
-    @property
-    def name(self) -> str:
-        return f"memory:{self.index}"
-
-    @property
-    def epoch(self) -> str:
-        return f"mem{self.index}.{self.generation}" if self.running else "-"
-
-
 class MemoryDriver:
     """The Driver protocol over in-memory pools; see the module docstring for the knobs."""
 
@@ -142,9 +102,9 @@ class MemoryDriver:
             for spec in servers:
                 check_name(spec.name, "server name")
             self._config[pool] = tuple(servers)
-        self._endpoints = [_Endpoint(i) for i in range(endpoints)]
+        self._endpoints = [MemoryEndpoint(i) for i in range(endpoints)]
         for ep in self._endpoints:
-            self._boot(ep)
+            ep.boot(self._config)
         self.commands: list[Command] = []
         self.by_hand: list[HandChange] = []
         self.reads = 0
@@ -174,12 +134,12 @@ class MemoryDriver:
                 )
                 views.append(None)
             else:
-                views.append([_member(pool, live) for live in ep.pools[pool].values()])
+                views.append([member_view(pool, live) for live in ep.pools[pool].values()])
         if len(errors) == len(self._endpoints):
-            raise _combined(errors, len(self._endpoints), prefer=Rejected)
+            raise combined_error(errors, len(self._endpoints), prefer=Rejected)
         self.reads += 1
         snap = PoolSnapshot(
-            pool, tuple(_merge(views)), epoch=",".join(ep.epoch for ep in self._endpoints)
+            pool, tuple(merge_members(views)), epoch=",".join(ep.epoch for ep in self._endpoints)
         )
         await self._at_gate("snapshot", after=True)
         return snap
@@ -234,7 +194,7 @@ class MemoryDriver:
         if landed:
             self.commands.append(Command(server, what, value, tuple(landed)))
         if errors:
-            raise _combined(errors, len(self._endpoints), prefer=Unavailable)
+            raise combined_error(errors, len(self._endpoints), prefer=Unavailable)
         await self._at_gate(op, after=True)
 
     # --- knobs -------------------------------------------------------------------------------
@@ -251,13 +211,13 @@ class MemoryDriver:
         """Endpoint ``index`` runs again, as a new process: its runtime state is lost."""
         ep = self._endpoints[index]
         ep.running = True
-        self._boot(ep)
+        ep.boot(self._config)
 
     def restart(self, index: int | None = None) -> None:
         """Endpoint ``index`` (every endpoint when None) restarts: runtime state lost."""
         for ep in self._chosen(index):
             ep.running = True
-            self._boot(ep)
+            ep.boot(self._config)
 
     def fail_endpoint(self, index: int, calls: int | None = None) -> None:
         """The next ``calls`` set commands fail on endpoint ``index`` (all when None)."""
@@ -328,7 +288,7 @@ class MemoryDriver:
     def member(self, name: str | ServerId, endpoint: int = 0) -> Member:
         """One endpoint's view of one server."""
         sid = self._sid(name)
-        return _member(sid.pool, self._live(self._endpoints[endpoint], sid))
+        return member_view(sid.pool, self._live(self._endpoints[endpoint], sid))
 
     def states(self, pool: str | None = None, endpoint: int = 0) -> dict[str, AdminState]:
         """Admin state by server name on one endpoint."""
@@ -351,13 +311,6 @@ class MemoryDriver:
         ]
 
     # --- internals ---------------------------------------------------------------------------
-
-    def _boot(self, ep: _Endpoint) -> None:
-        ep.generation += 1
-        ep.pools = {
-            pool: {s.name: _Live(s, admin=s.admin, weight=s.weight) for s in servers}
-            for pool, servers in self._config.items()
-        }
 
     def _check_available(self) -> None:
         if self._error is not None:
@@ -394,7 +347,7 @@ class MemoryDriver:
                 live.weight = weight
         self.by_hand.append(HandChange(sid, who, admin, weight, tuple(e.index for e in chosen)))
 
-    def _chosen(self, index: int | None) -> list[_Endpoint]:
+    def _chosen(self, index: int | None) -> list[MemoryEndpoint]:
         return list(self._endpoints) if index is None else [self._endpoints[index]]
 
     def _sid(self, name: str | ServerId) -> ServerId:
@@ -412,66 +365,12 @@ class MemoryDriver:
                 return spec
         raise KeyError(str(sid))
 
-    def _live(self, ep: _Endpoint, sid: ServerId) -> _Live:
+    def _live(self, ep: MemoryEndpoint, sid: ServerId) -> LiveServer:
         return ep.pools[sid.pool][sid.server]
 
-    def _pool(self, pool: str | None, endpoint: int) -> dict[str, _Live]:
+    def _pool(self, pool: str | None, endpoint: int) -> dict[str, LiveServer]:
         if pool is None:
             if len(self._config) != 1:
                 raise ValueError("name the pool: there are several")
             pool = next(iter(self._config))
         return self._endpoints[endpoint].pools[pool]
-
-
-def _member(pool: str, live: _Live) -> Member:
-    spec = live.spec
-    return Member(
-        id=ServerId(pool, spec.name),
-        address=spec.address,
-        port=spec.port,
-        admin=live.admin,
-        op=live.op,
-        weight=live.weight,
-        initial_weight=spec.weight,
-        sessions=live.sessions,
-        queue=live.queue,
-        session_rate=live.session_rate,
-        sessions_total=live.sessions_total,
-        check_status=live.check_status,
-        has_agent=spec.has_agent,
-        checks_enabled=spec.checks_enabled,
-    )
-
-
-def _merge(per_endpoint: Iterable[list[Member] | None]) -> list[Member]:
-    """The first answering endpoint's view, marked inconsistent where the endpoints differ
-    (or when one did not answer), as ``HAProxyDriver`` merges an HA pair."""
-    views = list(per_endpoint)
-    answered = [{m.id.server: m for m in ms} for ms in views if ms is not None]
-    everyone = len(answered) == len(views)
-    merged: dict[str, Member] = {}
-    for view in answered:
-        for name, member in view.items():
-            if name in merged:
-                continue
-            same = all(
-                name in other
-                and other[name].admin == member.admin
-                and other[name].weight == member.weight
-                for other in answered
-            )
-            consistent = everyone and same
-            merged[name] = member if consistent else replace(member, consistent=False)
-    return list(merged.values())
-
-
-def _combined(errors: list[DriverError], total: int, prefer: type[DriverError]) -> DriverError:
-    """One error for several endpoints: ``prefer``'s class if any has it, else the first's."""
-    first = next((e for e in errors if isinstance(e, prefer)), errors[0])
-    if len(errors) == 1 and total == 1:
-        return first
-    failed = "; ".join(str(e) for e in errors)
-    combined = type(first)(f"{len(errors)} of {total} endpoints failed: {failed}")
-    combined.endpoint = ",".join(e.endpoint for e in errors)
-    combined.__cause__ = first
-    return combined

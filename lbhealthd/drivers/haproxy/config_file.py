@@ -3,19 +3,8 @@
 ``syntax_check`` runs ``haproxy -c -f PATH`` (HAProxy's own parser; it binds nothing) and
 returns whether HAProxy accepts the file, with its ALERT and WARNING lines.
 
-``parse_backends`` reads the ``server`` lines of every ``backend`` and ``listen`` section the
-way HAProxy 2.6 resolves them:
-    - ``weight`` defaults to 1; HAProxy reads it with ``atol`` (``12abc`` is 12, ``abc`` is 0)
-      and refuses values outside 0..256.
-    - ``default-server`` lines set defaults for the ``server`` lines that follow them in the
-      same section. A proxy starts from the ``default-server`` settings of the last
-      ``defaults`` section above it, or of the one it names with ``from NAME``; every
-      ``defaults`` section starts afresh (or from the one it names with ``from``).
-    - ``check``/``no-check`` and ``disabled``/``enabled`` set the flags; the later one wins.
-    - ``#`` starts a comment outside quotes; ``"..."``, ``'...'`` and ``\\`` escapes group words.
-``server-template`` lines are not expanded. A file HAProxy would refuse for its structure (a
-``server`` line without an address, a proxy defined twice, an unterminated quote) raises
-ValueError naming the line.
+``parse_backends`` (``lbhealthd.drivers.haproxy.config_parser``) reads the ``server`` lines of
+every ``backend`` and ``listen`` section the way HAProxy 2.6 resolves them.
 
 ``audit_cfg`` compares the parsed backends with an :class:`~lbhealthd.monitors.audit.Expectation`
 and returns the same findings as the live audit, each naming the file and line.
@@ -27,134 +16,29 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from lbhealthd.drivers.haproxy.process import find_haproxy
-from lbhealthd.monitors.audit import (
-    MAX_WEIGHT,
-    Expectation,
-    Finding,
-    FindingKind,
-    sort_findings,
+from lbhealthd.drivers.haproxy.config_parser import (
+    DEFAULT_WEIGHT,
+    SECTIONS,
+    CfgServer,
+    parse_backends,
 )
+from lbhealthd.drivers.haproxy.process import find_haproxy
+from lbhealthd.monitors.audit import Expectation, Finding, FindingKind, sort_findings
+
+__all__ = [
+    "CHECK_TIMEOUT",
+    "DEFAULT_WEIGHT",
+    "SECTIONS",
+    "CfgServer",
+    "audit_cfg",
+    "haproxy_messages",
+    "parse_backends",
+    "syntax_check",
+]
 
 CHECK_TIMEOUT = 30.0
-DEFAULT_WEIGHT = 1
-
-SECTIONS = frozenset(
-    {
-        "global",
-        "defaults",
-        "frontend",
-        "backend",
-        "listen",
-        "userlist",
-        "peers",
-        "resolvers",
-        "mailers",
-        "program",
-        "http-errors",
-        "ring",
-        "cache",
-        "fcgi-app",
-        "log-forward",
-        "crt-store",
-        "traces",
-    }
-)
-_PROXIES_WITH_SERVERS = frozenset({"backend", "listen"})
-
-# Server keywords that take one argument, so that an argument is never read as a keyword
-# (``cookie check`` names a cookie, it does not enable checks).
-_ONE_ARG = frozenset(
-    {
-        "addr",
-        "agent-addr",
-        "agent-inter",
-        "agent-port",
-        "agent-send",
-        "alpn",
-        "ca-file",
-        "check-alpn",
-        "check-proto",
-        "check-sni",
-        "ciphers",
-        "ciphersuites",
-        "client-sigalgs",
-        "cookie",
-        "crl-file",
-        "crt",
-        "curves",
-        "downinter",
-        "error-limit",
-        "fall",
-        "fastinter",
-        "hash-key",
-        "id",
-        "init-addr",
-        "inter",
-        "log-proto",
-        "max-reuse",
-        "maxconn",
-        "maxqueue",
-        "minconn",
-        "namespace",
-        "npn",
-        "observe",
-        "on-error",
-        "on-marked-down",
-        "on-marked-up",
-        "pool-low-conn",
-        "pool-max-conn",
-        "pool-purge-delay",
-        "port",
-        "proto",
-        "proxy-v2-options",
-        "redir",
-        "resolve-net",
-        "resolve-opts",
-        "resolve-prefer",
-        "resolvers",
-        "rise",
-        "shard",
-        "sigalgs",
-        "slowstart",
-        "sni",
-        "socks4",
-        "ssl-max-ver",
-        "ssl-min-ver",
-        "tcp-ut",
-        "track",
-        "verify",
-        "verifyhost",
-        "ws",
-    }
-)
-
 _LOG_LINE = re.compile(r"^\[(ALERT|WARNING|NOTICE|DEBUG)\]\s*(?:\(\d+\)\s*)?:\s?(.*)$")
-_ATOL = re.compile(r"\s*([+-]?\d+)")
-
-
-@dataclass(frozen=True, slots=True)
-class CfgServer:
-    """A ``server`` line of a backend, with the settings it ends up with."""
-
-    name: str
-    address: str  # as written: ``127.0.0.1:8080``, ``[::1]:80``, ``unix@/path`` ...
-    weight: int
-    check: bool
-    disabled: bool
-    line: int  # 1-based
-
-
-@dataclass(slots=True)
-class _ServerDefaults:
-    weight: int = DEFAULT_WEIGHT
-    check: bool = False
-    disabled: bool = False
-
-    def copy(self) -> _ServerDefaults:
-        return _ServerDefaults(self.weight, self.check, self.disabled)
 
 
 def syntax_check(
@@ -205,139 +89,6 @@ def haproxy_messages(output: str) -> str:
             last_kept = False
             other.append(line)
     return "\n".join(kept or other)
-
-
-def _words(text: str, lineno: int) -> list[str]:
-    """Split one line the way HAProxy does: whitespace, quotes, backslash escapes, ``#``."""
-    words: list[str] = []
-    current: list[str] = []
-    in_word = False
-    quote = ""
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == quote:
-                quote = ""
-            elif c == "\\" and quote == '"' and i + 1 < len(text):
-                i += 1
-                current.append(text[i])
-            else:
-                current.append(c)
-        elif c == "\\" and i + 1 < len(text):
-            i += 1
-            current.append(text[i])
-            in_word = True
-        elif c in "\"'":
-            quote = c
-            in_word = True
-        elif c == "#":
-            break
-        elif c.isspace():
-            if in_word:
-                words.append("".join(current))
-                current, in_word = [], False
-        else:
-            current.append(c)
-            in_word = True
-        i += 1
-    if quote:
-        raise ValueError(f"line {lineno}: unterminated quote")
-    if in_word:
-        words.append("".join(current))
-    return words
-
-
-def _atol(value: str) -> int:
-    match = _ATOL.match(value)
-    return int(match.group(1)) if match else 0
-
-
-def _apply(params: Sequence[str], into: _ServerDefaults, lineno: int) -> None:
-    i = 0
-    while i < len(params):
-        word = params[i]
-        if word == "weight":
-            if i + 1 >= len(params):
-                raise ValueError(f"line {lineno}: 'weight' expects an integer argument")
-            weight = _atol(params[i + 1])
-            if not 0 <= weight <= MAX_WEIGHT:
-                raise ValueError(f"line {lineno}: weight {weight} is not within 0 and 256")
-            into.weight = weight
-            i += 1
-        elif word in ("check", "no-check"):
-            into.check = word == "check"
-        elif word in ("disabled", "enabled"):
-            into.disabled = word == "disabled"
-        elif word in _ONE_ARG:
-            i += 1
-        i += 1
-
-
-def _proxy_name(words: list[str], lineno: int) -> tuple[str, str | None]:
-    if len(words) < 2:
-        raise ValueError(f"line {lineno}: '{words[0]}' expects a name")
-    base = words[3] if len(words) >= 4 and words[2] == "from" else None
-    return words[1], base
-
-
-def parse_backends(text: str) -> dict[str, list[CfgServer]]:
-    """The servers of every ``backend`` and ``listen`` section, by section name, in file
-    order; see the module docstring for how defaults apply."""
-    backends: dict[str, list[CfgServer]] = {}
-    declared: dict[str, int] = {}
-    named_defaults: dict[str, _ServerDefaults] = {}
-    last_defaults = _ServerDefaults()
-    section = ""
-    servers: list[CfgServer] | None = None
-    defsrv = _ServerDefaults()
-
-    def defaults_named(name: str, lineno: int) -> _ServerDefaults:
-        if name not in named_defaults:
-            raise ValueError(f"line {lineno}: defaults section {name!r} not found above")
-        return named_defaults[name].copy()
-
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        words = _words(line, lineno)
-        if not words:
-            continue
-        keyword = words[0]
-        if keyword in SECTIONS:
-            section, servers = keyword, None
-            if keyword == "defaults":
-                name = words[1] if len(words) >= 2 and words[1] != "from" else None
-                base = words[words.index("from") + 1] if "from" in words[1:-1] else None
-                defsrv = defaults_named(base, lineno) if base else _ServerDefaults()
-                last_defaults = defsrv
-                if name is not None:
-                    named_defaults[name] = defsrv
-            elif keyword in _PROXIES_WITH_SERVERS:
-                name, base = _proxy_name(words, lineno)
-                if name in declared:
-                    raise ValueError(
-                        f"line {lineno}: {keyword} {name!r} is already defined at line "
-                        f"{declared[name]}"
-                    )
-                declared[name] = lineno
-                defsrv = defaults_named(base, lineno) if base else last_defaults.copy()
-                servers = backends[name] = []
-            continue
-        if keyword == "default-server" and section in ("defaults", *_PROXIES_WITH_SERVERS):
-            _apply(words[1:], defsrv, lineno)
-        elif keyword == "server" and servers is not None:
-            if len(words) < 3:
-                raise ValueError(f"line {lineno}: 'server' expects <name> and <addr>[:<port>]")
-            name = words[1]
-            if any(s.name == name for s in servers):
-                raise ValueError(f"line {lineno}: another server named {name!r} in {section}")
-            settings = defsrv.copy()
-            _apply(words[3:], settings, lineno)
-            servers.append(
-                CfgServer(
-                    name, words[2], settings.weight, settings.check, settings.disabled, lineno
-                )
-            )
-    return backends
 
 
 def audit_cfg(

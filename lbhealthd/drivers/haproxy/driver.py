@@ -17,17 +17,16 @@ to a ``set`` command, or an unexpected reply to a ``show`` command -> ``Rejected
 retried).
 
 Several endpoints form an HA pair: reads merge them (``consistent=False`` on disagreement or
-when an endpoint is down), writes go to every endpoint and fail if any of them failed.
+when an endpoint is down, see ``lbhealthd.drivers.ha_merge``), writes go to every endpoint and
+fail if any of them failed. Replies are read by ``lbhealthd.drivers.haproxy.replies``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import operator
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import structlog
@@ -39,19 +38,13 @@ from tenacity import (
     wait_random,
 )
 
+from lbhealthd.drivers.ha_merge import combined_error, merge_members
 from lbhealthd.drivers.haproxy.channel import Channel
-from lbhealthd.errors import DriverError, InvalidName, Rejected, Unavailable
-from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
+from lbhealthd.drivers.haproxy.replies import first_line, info_fields, pool_members
+from lbhealthd.errors import DriverError, Rejected, Unavailable
+from lbhealthd.model import AdminState, Member, PoolSnapshot, ServerId, check_name
 
 MAX_REPLY = 4 * 1024 * 1024
-
-# srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*).
-_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20  # forced, inherited, config, resolution
-_DRAIN_BITS = 0x08 | 0x10  # forced, inherited
-_AGENT_ENABLED = 0x04
-_CHECK_CONFIGURED = 0x02
-_CHECK_ENABLED = 0x04
-_OP_STATES = {0: OpState.DOWN, 1: OpState.STARTING, 2: OpState.UP, 3: OpState.STOPPING}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,155 +82,6 @@ def parse_socket(text: str) -> Endpoint:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"invalid socket {text!r}: port must be 1-65535")
     return Endpoint("tcp", host=host, port=int(port_text))
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value) if value else 0
-    except ValueError:
-        return 0
-
-
-def _first_line(reply: str) -> str:
-    return reply.strip().splitlines()[0] if reply.strip() else ""
-
-
-# The columns lbhealthd reads, in this order. HAProxy 2.6 sends 25 columns in `show servers
-# state` and about 90 in `show stat`: keeping only these makes a 10,000-server read cost a
-# tenth of the memory at its peak (the process keeps its high-water mark as RSS).
-_STATE_COLUMNS = (
-    "srv_name",
-    "srv_addr",
-    "srv_port",
-    "srv_admin_state",
-    "srv_op_state",
-    "srv_uweight",
-    "srv_iweight",
-    "srv_agent_state",
-    "srv_check_state",
-)
-_STAT_COLUMNS = ("scur", "qcur", "rate", "stot", "check_status")
-_NO_STAT = ("",) * len(_STAT_COLUMNS)
-
-
-def _picker(header: list[str], columns: tuple[str, ...]) -> Callable[[list[str]], tuple[str, ...]]:
-    """A function taking ``columns`` out of a row laid out as ``header`` ("" when absent)."""
-    at = [header.index(c) if c in header else -1 for c in columns]
-    if -1 not in at:
-        fast = operator.itemgetter(*at)
-
-        def pick(row: list[str]) -> tuple[str, ...]:
-            try:
-                return fast(row)  # type: ignore[no-any-return]
-            except IndexError:  # a short row
-                return tuple(row[i] if i < len(row) else "" for i in at)
-
-        return pick
-    return lambda row: tuple(row[i] if 0 <= i < len(row) else "" for i in at)
-
-
-def _table(
-    endpoint: Endpoint, reply: str, header_at: int, columns: tuple[str, ...]
-) -> list[tuple[str, ...]]:
-    """``columns`` of each row of a ``# a b c`` header-led reply; ``header_at`` is the header's
-    line index."""
-    lines = reply.splitlines()
-    if len(lines) <= header_at or not lines[header_at].startswith("# "):
-        raise Rejected(f"HAProxy answered {_first_line(reply)!r}", endpoint=str(endpoint))
-    pick = _picker(lines[header_at][2:].split(), columns)
-    return [pick(words) for ln in lines[header_at + 1 :] if (words := ln.split())]
-
-
-def _stat_rows(endpoint: Endpoint, reply: str) -> dict[str, tuple[str, ...]]:
-    """``show stat`` CSV rows by server name: the ``_STAT_COLUMNS`` of each."""
-    if not reply.startswith("# "):
-        raise Rejected(f"HAProxy answered {_first_line(reply)!r}", endpoint=str(endpoint))
-    rows = csv.reader(reply[2:].splitlines())
-    header = next(rows)
-    name_at = header.index("svname") if "svname" in header else -1
-    pick = _picker(header, _STAT_COLUMNS)
-    return {row[name_at] if 0 <= name_at < len(row) else "": pick(row) for row in rows if row}
-
-
-def _admin(bits: int) -> AdminState:
-    if bits & _MAINT_BITS:
-        return AdminState.MAINT
-    if bits & _DRAIN_BITS:
-        return AdminState.DRAIN
-    return AdminState.READY
-
-
-def _checks(bits: int) -> bool | None:
-    """HAProxy's own health checks: None when not configured, else whether they are enabled."""
-    if not bits & _CHECK_CONFIGURED:
-        return None
-    return bool(bits & _CHECK_ENABLED)
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(name: str, reason: str) -> None:
-    if name not in _warned:
-        _warned.add(name)
-        structlog.get_logger().warning("server_name_unsupported", server=name[:200], reason=reason)
-
-
-def _members(
-    pool: str, state: list[tuple[str, ...]], stat: dict[str, tuple[str, ...]]
-) -> list[Member]:
-    members = []
-    for name, addr, port, admin, op, uweight, iweight, agent, check in state:
-        try:
-            sid = ServerId(pool, name)
-        except InvalidName as exc:
-            # HAProxy accepts some names lbhealthd will not send back (over 64 characters):
-            # such a server is left alone, never driven.
-            _warn_once(f"{pool}/{name}", str(exc))
-            continue
-        scur, qcur, rate, stot, check_status = stat.get(name, _NO_STAT)
-        members.append(
-            Member(
-                id=sid,
-                address=addr,
-                port=_int(port),
-                admin=_admin(_int(admin)),
-                op=_OP_STATES.get(_int(op), OpState.DOWN),
-                weight=_int(uweight),
-                initial_weight=_int(iweight),
-                sessions=_int(scur),
-                queue=_int(qcur),
-                session_rate=_int(rate),
-                sessions_total=_int(stot),
-                check_status=check_status.removeprefix("* "),
-                has_agent=bool(_int(agent) & _AGENT_ENABLED),
-                checks_enabled=_checks(_int(check)),
-            )
-        )
-    return members
-
-
-def _merge(per_endpoint: list[list[Member] | None]) -> list[Member]:
-    """The first answering endpoint's view, marked inconsistent where the endpoints differ."""
-    answered = [{m.id.server: m for m in ms} for ms in per_endpoint if ms is not None]
-    everyone = len(answered) == len(per_endpoint)
-    merged: dict[str, Member] = {}
-    for view in answered:
-        for name, member in view.items():
-            if name in merged:
-                continue
-            same = all(
-                name in other
-                and other[name].admin == member.admin
-                and other[name].weight == member.weight
-                for other in answered
-            )
-            merged[name] = _replace_consistent(member, everyone and same)
-    return list(merged.values())
-
-
-def _replace_consistent(member: Member, consistent: bool) -> Member:
-    return member if member.consistent == consistent else replace(member, consistent=consistent)
 
 
 class HAProxyDriver:
@@ -368,15 +212,7 @@ class HAProxyDriver:
 
     async def show_info(self, endpoint: Endpoint) -> dict[str, str]:
         """``show info`` as a dict (``Pid``, ``Uptime_sec``, ``Start_time_sec`` ...)."""
-        reply = await self.command(endpoint, "show info")
-        info = {}
-        for line in reply.splitlines():
-            key, sep, value = line.partition(": ")
-            if sep:
-                info[key] = value.strip()
-        if "Pid" not in info:
-            raise Rejected(f"HAProxy answered {_first_line(reply)!r}", endpoint=str(endpoint))
-        return info
+        return info_fields(str(endpoint), await self.command(endpoint, "show info"))
 
     async def epoch(self, endpoint: Endpoint) -> str:
         """Identifies one HAProxy process: changes when it restarts (runtime state lost)."""
@@ -389,8 +225,7 @@ class HAProxyDriver:
             self.command(endpoint, f"show stat {pool} 4 -1"),
             self.command(endpoint, f"show servers state {pool}"),
         )
-        rows = _table(endpoint, state, 1, _STATE_COLUMNS)
-        return epoch, _members(pool, rows, _stat_rows(endpoint, stat))
+        return epoch, pool_members(pool, str(endpoint), state, stat)
 
     async def snapshot(self, pool: str) -> PoolSnapshot:
         check_name(pool, "pool name")
@@ -412,8 +247,8 @@ class HAProxyDriver:
                 views.append(result[1])
         self.last_errors = errors
         if len(errors) == len(self.endpoints):
-            raise _combined(list(errors.values()), len(self.endpoints), prefer=Rejected)
-        return PoolSnapshot(pool, tuple(_merge(views)), epoch=",".join(epochs))
+            raise combined_error(list(errors.values()), len(self.endpoints), prefer=Rejected)
+        return PoolSnapshot(pool, tuple(merge_members(views)), epoch=",".join(epochs))
 
     async def _set(self, server: ServerId, what: str) -> None:
         check_name(server.pool, "pool name")
@@ -423,13 +258,13 @@ class HAProxyDriver:
         async def one(ep: Endpoint) -> None:
             reply = await self.command(ep, cmd)
             if reply.strip():
-                raise Rejected(f"{cmd!r}: {_first_line(reply)}", endpoint=str(ep))
+                raise Rejected(f"{cmd!r}: {first_line(reply)}", endpoint=str(ep))
 
         if len(self.endpoints) == 1:  # the common case, without a task per command
             endpoint = self.endpoints[0]
             reply = await self.command(endpoint, cmd)
             if reply.strip():
-                raise Rejected(f"{cmd!r}: {_first_line(reply)}", endpoint=str(endpoint))
+                raise Rejected(f"{cmd!r}: {first_line(reply)}", endpoint=str(endpoint))
             return
         results = await asyncio.gather(*(one(ep) for ep in self.endpoints), return_exceptions=True)
         errors = []
@@ -439,7 +274,7 @@ class HAProxyDriver:
             elif isinstance(result, BaseException):
                 raise result
         if errors:
-            raise _combined(errors, len(self.endpoints), prefer=Unavailable)
+            raise combined_error(errors, len(self.endpoints), prefer=Unavailable)
 
     async def set_state(self, server: ServerId, state: AdminState) -> None:
         if not isinstance(state, AdminState):
@@ -478,15 +313,3 @@ def _pause(attempt: int, deadline: float, loop: asyncio.AbstractEventLoop) -> fl
     state = RetryCallState(_BACKOFF_OWNER, None, (), {})
     state.attempt_number = attempt
     return max(0.0, min(_BACKOFF(state), deadline - loop.time() - 0.01))
-
-
-def _combined(errors: list[DriverError], total: int, prefer: type[DriverError]) -> DriverError:
-    """One error for several endpoints: ``prefer``'s class if any has it, else the first's."""
-    first = next((e for e in errors if isinstance(e, prefer)), errors[0])
-    if len(errors) == 1 and total == 1:
-        return first
-    failed = "; ".join(str(e) for e in errors)
-    combined = type(first)(f"{len(errors)} of {total} endpoints failed: {failed}")
-    combined.endpoint = ",".join(e.endpoint for e in errors)
-    combined.__cause__ = first
-    return combined
