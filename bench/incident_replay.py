@@ -26,7 +26,7 @@ pool:
     can do with the same signal, without hysteresis, hold times or safety caps.
 ``lbhealthd``
     The real daemon (``python -m lbhealthd run``) as a child process with the demo's config
-    (``lbhealthd.demo.scenario.daemon_config``: probes every 500 ms, load high 1.0 / low 0.6,
+    (``lbhealthd.demo.plan.daemon_config``: probes every 500 ms, load high 1.0 / low 0.6,
     fall 3, rise 3, min_drain 5 s, slow_start 5 s, max_drained 40 %). No HAProxy checks and no
     operator: the daemon alone.
 ``lbhealthd+fix``

@@ -32,10 +32,11 @@ from structlog.testing import capture_logs
 
 from lbhealthd.config import parse_config
 from lbhealthd.daemon.loop import Daemon
-from lbhealthd.drivers import Driver, make_driver
+from lbhealthd.drivers import STATE_BLOB, Driver, make_driver
 from lbhealthd.drivers.elbv2 import ELBv2Driver
 from lbhealthd.errors import InvalidName, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, ServerId
+from lbhealthd.store import Store
 from tests.daemon_harness import FAST, wait_for
 from tests.fixtures_haproxy import ApiServers, free_port
 
@@ -257,6 +258,75 @@ async def test_deregistered_targets_survive_a_driver_restart_with_a_state_file(
         await second.close()
     assert cloud.registered()[iid] == cloud.ports[iid]
     assert json.loads(state.read_text())["targets"] == {}
+
+
+async def test_deregistered_targets_are_kept_in_state_dir_with_the_rest(
+    cloud: Cloud, moto_url: str, tmp_path: Path
+) -> None:
+    """Given the store's blob (as the daemon and the CLI do), the record lives in state_dir,
+    under the store's lock, and a new driver on the same state_dir restores the target."""
+    store = Store(tmp_path / "state")
+    iid = cloud.instances[0]
+    first = ELBv2Driver(REGION, moto_url, target_groups={"api": TG}, keeper=store.blob(STATE_BLOB))
+    try:
+        await first.snapshot("api")
+        await first.set_state(ServerId("api", iid), AdminState.MAINT)
+    finally:
+        await first.close()
+    assert (store.load_blob(STATE_BLOB) or {})["targets"][f"api/{iid}"]["admin"] == "maint"
+    second = ELBv2Driver(REGION, moto_url, target_groups={"api": TG}, keeper=store.blob(STATE_BLOB))
+    try:
+        assert (await members(second))[iid].admin is AdminState.MAINT
+        await second.set_state(ServerId("api", iid), AdminState.READY)
+    finally:
+        await second.close()
+    assert cloud.registered()[iid] == cloud.ports[iid]
+    assert (store.load_blob(STATE_BLOB) or {})["targets"] == {}
+
+
+async def test_a_record_in_the_old_file_moves_into_state_dir(
+    cloud: Cloud, moto_url: str, tmp_path: Path
+) -> None:
+    """A record an earlier version kept in its own file is read when the store holds none,
+    and the file is removed once the store has the record."""
+    legacy = tmp_path / "state" / "elbv2_deregistered.json"
+    iid = cloud.instances[0]
+    old = ELBv2Driver(REGION, moto_url, target_groups={"api": TG}, state_file=legacy)
+    try:
+        await old.snapshot("api")
+        await old.set_state(ServerId("api", iid), AdminState.DRAIN)
+    finally:
+        await old.close()
+    assert legacy.exists()
+    store = Store(tmp_path / "state")
+    new = ELBv2Driver(
+        REGION,
+        moto_url,
+        target_groups={"api": TG},
+        state_file=legacy,
+        keeper=store.blob(STATE_BLOB),
+    )
+    try:
+        assert (await members(new))[iid].admin is AdminState.DRAIN
+        await new.set_state(ServerId("api", iid), AdminState.MAINT)
+    finally:
+        await new.close()
+    assert not legacy.exists()
+    assert (store.load_blob(STATE_BLOB) or {})["targets"][f"api/{iid}"]["admin"] == "maint"
+
+
+def test_a_damaged_record_is_logged_and_the_driver_starts_empty(tmp_path: Path) -> None:
+    """An unreadable record never stops the driver: it is logged, and nothing is remembered."""
+    bad = tmp_path / "elbv2.json"
+    bad.write_text('{"targets": {"api/i-1": {"id": "i-1", "admin": "sideways"}}}')
+    with capture_logs() as logs:
+        driver = ELBv2Driver(REGION, "http://127.0.0.1:1", state_file=bad)
+    assert driver.remembered == {}
+    assert [e["event"] for e in logs] == ["elbv2_state_unreadable"]
+    bad.write_text('{"targets": {"api/i-1": {"id": "i-1", "admin": "drain"}}}')
+    assert set(ELBv2Driver(REGION, "http://127.0.0.1:1", state_file=bad).remembered) == {
+        ServerId("api", "i-1")
+    }
 
 
 async def test_a_target_registered_again_by_hand_is_ready_and_forgotten(

@@ -22,7 +22,7 @@ from lbhealthd.daemon.http_api import HttpListener
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.daemon.sdnotify import Notifier
-from lbhealthd.drivers import Driver, make_driver
+from lbhealthd.drivers import STATE_BLOB, Driver, make_driver
 from lbhealthd.errors import ConfigError
 from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.scheduler import ProbeScheduler
@@ -44,7 +44,7 @@ class Daemon:
         # `run --dry-run` stays dry across reloads, whatever the file says.
         self.force_dry_run = config.daemon.dry_run and config_path is not None
         self.store = Store.open(config.daemon.state_dir)
-        self.driver = driver or make_driver(config)
+        self.driver = driver or make_driver(config, state=self.store.blob(STATE_BLOB))
         self.prober = FastProber()
         self.scheduler = ProbeScheduler(self.prober, time.monotonic)
         self.metrics = Metrics()

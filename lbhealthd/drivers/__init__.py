@@ -14,6 +14,11 @@ from lbhealthd.model import AdminState, PoolSnapshot, ServerId
 
 if TYPE_CHECKING:
     from lbhealthd.config import Config
+    from lbhealthd.drivers.elbv2.deregistered import Keeper
+
+
+#: The state_dir blob in which a driver keeps what it must remember (see ``make_driver``).
+STATE_BLOB = "deregistered_targets"
 
 
 class Driver(Protocol):
@@ -40,9 +45,13 @@ class Driver(Protocol):
         ...
 
 
-def make_driver(config: Config, *, sockets: list[str] | None = None) -> Driver:
-    """The driver for the config's load balancer. ``sockets`` narrows a HAProxy pair to some
-    of its sockets (the audit compares them one by one)."""
+def make_driver(
+    config: Config, *, state: Keeper | None = None, sockets: list[str] | None = None
+) -> Driver:
+    """The driver for the config's load balancer. ``state`` is where a driver keeps what it
+    must remember across restarts (the ELBv2 driver: the targets it deregistered), normally
+    a blob of state_dir. ``sockets`` narrows a HAProxy pair to some of its sockets (the audit
+    compares them one by one)."""
     lb = config.load_balancer
     if lb.type == "haproxy":
         from lbhealthd.drivers.haproxy.driver import HAProxyDriver
@@ -63,5 +72,6 @@ def make_driver(config: Config, *, sockets: list[str] | None = None) -> Driver:
             aws.target_groups,
             resolve_addresses=aws.resolve_addresses,
             state_file=os.path.join(config.daemon.state_dir, "elbv2_deregistered.json"),
+            keeper=state,
         )
     raise ConfigError("config", [Problem("load_balancer.type", f"{lb.type!r} is not supported")])

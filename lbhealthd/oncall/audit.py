@@ -20,6 +20,7 @@ from lbhealthd.errors import DriverError, LbhealthdError
 from lbhealthd.model import Member, ServerId
 from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_findings
 from lbhealthd.oncall.commands import Outcome
+from lbhealthd.oncall.direct import open_driver
 from lbhealthd.pool_audit import expectation, live_findings
 from lbhealthd.store import OwnedEntry, Store
 from lbhealthd.writer import LbWriter, Why
@@ -60,7 +61,7 @@ async def _read(
     members: dict[str, dict[ServerId, Member]] = {}
     errors: dict[str, str] = {}
     pair: list[Finding] = []
-    driver = make_driver(config)
+    driver = open_driver(config)
     singles = (
         [make_driver(config, sockets=[s]) for s in lb.haproxy.sockets]
         if len(lb.haproxy.sockets) > 1
@@ -165,13 +166,13 @@ async def _apply(
     plan: list[tuple[ServerId, int, int]],
 ) -> list[str]:
     """Set the weights back through the LB writer (an action record for each)."""
-    driver = make_driver(config)
+    try:
+        store = Store.open(config.daemon.state_dir)
+    except (LbhealthdError, OSError) as exc:
+        return [f"not changed: state_dir {config.daemon.state_dir} is unusable: {exc}"]
+    driver = open_driver(config, store)
     done = []
     try:
-        try:
-            store = Store.open(config.daemon.state_dir)
-        except (LbhealthdError, OSError) as exc:
-            return [f"not changed: state_dir {config.daemon.state_dir} is unusable: {exc}"]
         writer = LbWriter(driver, Journal(store), path="audit")
         why = Why("audit_fix", "audit --fix: expected_weights", "audit")
         for sid, weight, before in plan:

@@ -17,7 +17,7 @@ from typing import Any
 
 from lbhealthd import overrides, status
 from lbhealthd.config import Config
-from lbhealthd.drivers import Driver, make_driver
+from lbhealthd.drivers import STATE_BLOB, Driver, make_driver
 from lbhealthd.errors import DriverError, LbhealthdError, UnknownServer
 from lbhealthd.model import Member, OverrideKind, ServerId
 from lbhealthd.report import PoolReport, RoundReport
@@ -25,7 +25,7 @@ from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
 from lbhealthd.writer.journal import Journal
 
-__all__ = ["DirectResult", "drain", "restore", "status_document", "who"]
+__all__ = ["DirectResult", "drain", "open_driver", "restore", "status_document", "who"]
 
 DirectResult = tuple[overrides.Done | None, str | None]  # what was done, or why nothing was
 
@@ -39,11 +39,22 @@ def who() -> str:
     return f"{name} (uid {os.getuid()}, cli)"
 
 
+def open_driver(config: Config, store: Store | None = None) -> Driver:
+    """The config's driver, keeping what it remembers in state_dir: in ``store``, or in one
+    opened here (without it when state_dir cannot be opened: a read goes on regardless)."""
+    if store is None:
+        try:
+            store = Store(config.daemon.state_dir)
+        except LbhealthdError:
+            store = None
+    return make_driver(config, state=None if store is None else store.blob(STATE_BLOB))
+
+
 @asynccontextmanager
 async def _session(config: Config) -> AsyncIterator[tuple[Driver, Store, LbWriter]]:
-    driver = make_driver(config)
+    store = Store.open(config.daemon.state_dir)
+    driver = open_driver(config, store)
     try:
-        store = Store.open(config.daemon.state_dir)
         writer = LbWriter(driver, Journal(store), path="direct")
         yield driver, store, writer
         await writer.flush()
@@ -107,7 +118,7 @@ async def restore(config: Config, sid: ServerId, for_s: float | None) -> DirectR
 
 async def status_document(config: Config) -> dict[str, Any]:
     """The status document from the LB and state_dir (the daemon is not running)."""
-    driver = make_driver(config)
+    driver = open_driver(config)
     settings = config.engine_settings()
     pools = []
     try:

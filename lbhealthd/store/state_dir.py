@@ -165,6 +165,11 @@ class Store:
         """Store ``data`` (JSON-serialisable) under ``name``, replacing what was there."""
         self.save_blobs({name: data})
 
+    def blob(self, name: str) -> Blob:
+        """One named blob as something to load and save (what a driver keeps in state_dir)."""
+        check_blob_name(name)
+        return Blob(self, name)
+
     def save_blobs(self, named: Mapping[str, Mapping[str, Any]]) -> None:
         """Store several blobs in one write, each replacing what was there under its name."""
         for name in named:
@@ -219,3 +224,17 @@ class Store:
     def _locked(self) -> AbstractContextManager[None]:
         """Hold the writers' lock for a read-modify-write."""
         return locked(self.dir / LOCK)
+
+
+class Blob:
+    """One named blob of a Store: ``load()`` and ``save(data)``."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    def load(self) -> dict[str, Any] | None:
+        return self.store.load_blob(self.name)
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        self.store.save_blob(self.name, data)

@@ -2,8 +2,9 @@
 
 A deregistered target leaves ``DescribeTargetHealth`` once drained; only this record says what
 to register again (Id, port, Availability Zone) and which state, DRAIN or MAINT, it was given.
-The record is kept in a JSON file (``{"targets": {"POOL/SERVER": {...}}}``) so a restarted
-daemon can still restore them. The file is replaced atomically; a file that cannot be read or
+The record (``{"targets": {"POOL/SERVER": {...}}}``) is kept durably so a restarted daemon can
+still restore them: by the daemon and the CLI in state_dir, through the store like the rest of
+lbhealthd's state; by a driver used on its own, in a file. A record that cannot be read or
 written is logged, and the driver carries on with what it holds in memory.
 """
 
@@ -15,10 +16,11 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from lbhealthd.errors import LbhealthdError
 from lbhealthd.model import AdminState, ServerId
 
 if TYPE_CHECKING:
@@ -48,26 +50,74 @@ class Remembered:
         return t
 
 
-def load_remembered(state_file: Path | None) -> dict[ServerId, Remembered]:
-    """The targets recorded in ``state_file``; none when there is no file or it is unreadable."""
-    if state_file is None or not state_file.exists():
-        return {}
+class Keeper(Protocol):
+    """Where the record is kept: a blob of the daemon's state_dir (lbhealthd.store), or a
+    file of its own (FileKeeper) for a driver used on its own."""
+
+    def load(self) -> Mapping[str, Any] | None: ...
+    def save(self, data: Mapping[str, Any]) -> None: ...
+
+
+class FileKeeper:
+    """The record in a JSON file of its own, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Mapping[str, Any] | None:
+        if not self.path.exists():
+            return None
+        raw = json.loads(self.path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError(f"{self.path} holds a {type(raw).__name__}, not an object")
+        return raw
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".elbv2-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, self.path)
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+
+
+_FAILURES = (LbhealthdError, OSError, ValueError, KeyError, TypeError)
+
+
+def load_remembered(
+    keeper: Keeper | None, legacy: Path | None = None
+) -> dict[ServerId, Remembered]:
+    """The targets ``keeper`` holds (or, when it holds none, the ``legacy`` file: the record's
+    earlier place); none when there is no record or it cannot be read (logged)."""
     try:
-        raw = json.loads(state_file.read_text(encoding="utf-8"))
-        return {
+        raw = keeper.load() if keeper is not None else None
+        if raw is None and legacy is not None:
+            raw = FileKeeper(legacy).load()
+        if raw is None:
+            return {}
+        remembered = {
             ServerId.parse(key): Remembered(
                 str(v["id"]), v.get("port"), v.get("zone"), AdminState(v["admin"])
             )
             for key, v in dict(raw["targets"]).items()
         }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.error("elbv2_state_unreadable", file=str(state_file), error=str(exc))
+    except _FAILURES as exc:
+        log.error("elbv2_state_unreadable", error=str(exc))
         return {}
+    return {sid: r for sid, r in remembered.items() if r.admin in OUT_STATES}
 
 
-def save_remembered(state_file: Path | None, remembered: Mapping[ServerId, Remembered]) -> None:
-    """Replace ``state_file`` (if any) with ``remembered``; a failure is logged, not raised."""
-    if state_file is None:
+def save_remembered(
+    keeper: Keeper | None, remembered: Mapping[ServerId, Remembered], legacy: Path | None = None
+) -> None:
+    """Replace the record with ``remembered``, then drop the ``legacy`` file if any; a
+    failure is logged, not raised (the driver carries on with what it holds in memory)."""
+    if keeper is None:
         return
     data = {
         "targets": {
@@ -76,12 +126,8 @@ def save_remembered(state_file: Path | None, remembered: Mapping[ServerId, Remem
         }
     }
     try:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=state_file.parent, prefix=".elbv2-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, state_file)
-    except OSError as exc:
-        log.error("elbv2_state_write_failed", file=str(state_file), error=str(exc))
+        keeper.save(data)
+        if legacy is not None and legacy.exists():
+            legacy.unlink()
+    except _FAILURES as exc:
+        log.error("elbv2_state_write_failed", error=str(exc))

@@ -29,6 +29,8 @@ from lbhealthd.drivers.elbv2.calls import (
 )
 from lbhealthd.drivers.elbv2.deregistered import (
     OUT_STATES,
+    FileKeeper,
+    Keeper,
     Remembered,
     load_remembered,
     save_remembered,
@@ -72,6 +74,7 @@ class ELBv2Driver:
         attempts: int = 4,
         resolve_addresses: bool = True,
         state_file: str | os.PathLike[str] | None = None,
+        keeper: Keeper | None = None,
         session: AioSession | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -91,13 +94,17 @@ class ELBv2Driver:
         self.timeout = timeout
         self.attempts = attempts
         self.resolve_addresses = resolve_addresses
+        # With a keeper, ``state_file`` is where an earlier version kept the record: read
+        # when the keeper holds none, removed once the keeper has it.
         self.state_file = Path(state_file) if state_file is not None else None
+        self._legacy = self.state_file if keeper is not None else None
+        self._keeper = keeper or (FileKeeper(self.state_file) if self.state_file else None)
         self._clients = Clients(session or get_session(), region, endpoint_url, timeout)
         self._sleep = sleep
         self._groups: dict[str, TargetGroup] = {}
         self._names: dict[ServerId, Remembered] = {}  # last snapshot: member -> its target
         self._addresses: dict[str, str] = {}  # instance id -> private IP
-        self.remembered: dict[ServerId, Remembered] = load_remembered(self.state_file)
+        self.remembered: dict[ServerId, Remembered] = load_remembered(self._keeper, self._legacy)
 
     # --- the Driver interface --------------------------------------------------------------
 
@@ -387,4 +394,4 @@ class ELBv2Driver:
             self._save()
 
     def _save(self) -> None:
-        save_remembered(self.state_file, self.remembered)
+        save_remembered(self._keeper, self.remembered, self._legacy)
