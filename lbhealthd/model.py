@@ -268,6 +268,16 @@ class Desired:
 
 
 @dataclass(frozen=True, slots=True)
+class ByHand:
+    """What an operator changed by hand, by other means than lbhealthd, of what lbhealthd
+    had set: the admin state set (None if only the weight changed), and whether a
+    slow-start weight was changed."""
+
+    admin: AdminState | None
+    weight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Released:
     """A server the engine let go of because an operator changed it by hand; ``keep_in``
     asks the caller to record a keep-in override (it was put back in rotation by hand)."""

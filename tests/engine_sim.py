@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lbhealthd.engine import EngineState, Observation, PoolSettings, Settings, decide
-from lbhealthd.model import AdminState, Decision, Override, Sample, ServerId
+from lbhealthd.model import ByHand, Decision, Override, Sample, ServerId
 from lbhealthd.testing import failed, ok
 
 # One character per round: H healthy, O overloaded, B in the band, F failed probe, - no sample.
@@ -38,8 +38,7 @@ class Sim:
         step: float = 1.0,
         *,
         frozen: bool = False,
-        hand: Mapping[str, AdminState] | None = None,
-        hand_weight: frozenset[str] = frozenset(),
+        hand: Mapping[str, ByHand] | None = None,
         weights: Mapping[str, tuple[int, int]] | None = None,
     ) -> Decision:
         """One round. ``weights``: (weight in the LB, full weight) by server, default 1/1."""
@@ -54,7 +53,6 @@ class Sim:
                 weight=weight,
                 full_weight=full,
                 hand=(hand or {}).get(name),
-                hand_weight=name in hand_weight,
             )
         self.state, decision = decide(
             self.state,

@@ -14,7 +14,15 @@ from lbhealthd.engine import (
     to_persisted,
 )
 from lbhealthd.engine.hysteresis import Phase
-from lbhealthd.model import ActionKind, AdminState, Override, OverrideKind, Rule, ServerId
+from lbhealthd.model import (
+    ActionKind,
+    AdminState,
+    ByHand,
+    Override,
+    OverrideKind,
+    Rule,
+    ServerId,
+)
 from tests.engine_sim import Sim
 from tests.test_engine import pool
 
@@ -74,7 +82,7 @@ def test_a_restored_server_starts_at_the_others_weight() -> None:
 def test_a_server_put_back_by_hand_is_released_and_kept_in() -> None:
     sim = Sim(pool(fall=1))
     drained(sim)
-    d = sim.round({"s1": "O", **OTHERS}, hand={"s1": AdminState.READY})
+    d = sim.round({"s1": "O", **OTHERS}, hand={"s1": ByHand(AdminState.READY)})
     (released,) = d.released
     assert (released.server, released.keep_in, released.reason.rule) == (
         S1,
@@ -92,7 +100,7 @@ def test_a_server_put_back_by_hand_is_released_and_kept_in() -> None:
 def test_a_server_set_to_maint_by_hand_is_released_not_kept_in() -> None:
     sim = Sim(pool())
     drained(sim)
-    d = sim.round({"s1": "H", **OTHERS}, hand={"s1": AdminState.MAINT}, external_out={"s1"})
+    d = sim.round({"s1": "H", **OTHERS}, hand={"s1": ByHand(AdminState.MAINT)}, external_out={"s1"})
     assert [(r.server, r.keep_in) for r in d.released] == [(S1, False)]
     assert sim.state.servers[S1].phase is Phase.IN_SERVICE
     assert d.desired[S1].admin is AdminState.READY  # nothing lbhealthd will send: not its own
@@ -103,7 +111,7 @@ def test_a_weight_changed_by_hand_ends_the_ramp() -> None:
     drained(sim)
     d = sim.round({"s1": "H", **OTHERS})
     assert d.desired[S1].weight_fraction < 1.0
-    d = sim.round({"s1": "H", **OTHERS}, hand_weight=frozenset({"s1"}))
+    d = sim.round({"s1": "H", **OTHERS}, hand={"s1": ByHand(None, weight=True)})
     assert [r.reason.rule for r in d.released] == [Rule.HAND_CHANGE]
     assert d.desired[S1].weight_fraction == 1.0
 

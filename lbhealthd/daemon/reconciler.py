@@ -40,6 +40,7 @@ from lbhealthd.errors import LbhealthdError
 from lbhealthd.model import (
     Action,
     AdminState,
+    ByHand,
     Decision,
     Desired,
     Member,
@@ -53,7 +54,7 @@ from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import Target
 from lbhealthd.report import PoolReport, RoundReport
 from lbhealthd.store import Store
-from lbhealthd.writer import HandChange, LbWriter
+from lbhealthd.writer import LbWriter
 from lbhealthd.writer.journal import Journal
 
 log = structlog.get_logger("lbhealthd.daemon.reconciler")
@@ -150,7 +151,7 @@ class Reconciler:
         self.decisions.starvation(starved, frozen, limit)
         self._refresh_overrides(wall)
         read: list[PoolConfig] = []
-        hands: dict[ServerId, HandChange] = {}
+        hands: dict[ServerId, ByHand] = {}
         forget: list[ServerId] = []
         for pool in self.config.pools:
             got = await self.reader.read(pool)
@@ -223,7 +224,7 @@ class Reconciler:
                 )
             self._state_error = str(exc)
 
-    def _hand_change(self, sid: ServerId, member: Member) -> HandChange | None:
+    def _hand_change(self, sid: ServerId, member: Member) -> ByHand | None:
         """What an operator changed by hand of what lbhealthd set; an out-override of a
         server whose state was changed by hand ends with it."""
         hand = self.writer.notice_hand_change(sid, member)
@@ -274,7 +275,7 @@ class Reconciler:
                 targets[sid] = Target(url, probe.interval, probe.timeout, probe.load_fields)
         return targets
 
-    def _observe(self, sid: ServerId, member: Member, hand: HandChange | None) -> Observation:
+    def _observe(self, sid: ServerId, member: Member, hand: ByHand | None) -> Observation:
         sample = self.scheduler.latest(sid)
         if sample is not None:
             sample = merge(sample, member)
@@ -285,8 +286,7 @@ class Reconciler:
             external_out=out and not ours and sid not in self.overrides,
             weight=member.weight,
             full_weight=member.initial_weight,
-            hand=None if hand is None else hand.admin,
-            hand_weight=hand is not None and hand.weight,
+            hand=hand,
         )
 
     async def _converge_all(self, decision: Decision) -> None:

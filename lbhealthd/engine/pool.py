@@ -22,6 +22,7 @@ from lbhealthd.model import (
     ActionKind,
     AdminState,
     Blocked,
+    ByHand,
     Desired,
     Override,
     OverrideKind,
@@ -34,6 +35,7 @@ from lbhealthd.model import (
 )
 
 _STREAK_CAP = 1_000_000
+_READY = AdminState.READY
 _IN_SERVICE = Desired(AdminState.READY)
 _DRAINED = Desired(AdminState.DRAIN)
 _OUT_KINDS = (OverrideKind.DRAIN, OverrideKind.MAINT)
@@ -114,10 +116,9 @@ class PoolPass:
             prev = previous_get(sid)
             st = fresh if prev is None else prev
             override = overrides.get(sid) if overrides else None
-            keep_in = False
-            if obs.hand is not None or obs.hand_weight:
-                st = self._hand(sid, st, obs)
-                keep_in = obs.hand is AdminState.READY
+            hand = obs.hand
+            if hand is not None:
+                st = self._hand(sid, st, hand, obs.weight)
             if sample is not None:
                 last = st.last_sample_at
                 if frozen:
@@ -145,7 +146,7 @@ class PoolPass:
             if st.phase is in_service:
                 if obs.external_out:
                     out += 1
-                elif st.bad >= fall and not keep_in:
+                elif st.bad >= fall and not (hand is not None and hand.admin is _READY):
                     candidates.append(sid)  # its desired state waits for rule 5
                     continue
                 if st.fraction >= 1.0:
@@ -163,11 +164,12 @@ class PoolPass:
         self.blocked.sort(key=_by_server)
         self.released.sort(key=_by_server)
 
-    def _hand(self, sid: ServerId, st: ServerState, obs: Observation) -> ServerState:
-        """Rule 7: an operator changed by hand what lbhealthd had set; let go of it."""
-        if obs.hand is not None:
-            reason = reasons.hand_state(obs.hand, st.phase.value)
-            self.released.append(Released(sid, reason, keep_in=obs.hand is AdminState.READY))
+    def _hand(self, sid: ServerId, st: ServerState, hand: ByHand, weight: int) -> ServerState:
+        """Rule 7: an operator changed by hand what lbhealthd had set; let go of it (a server
+        put back in rotation by hand stays in this round, and is kept in by an override)."""
+        if hand.admin is not None:
+            reason = reasons.hand_state(hand.admin, st.phase.value)
+            self.released.append(Released(sid, reason, keep_in=hand.admin is _READY))
             return st._replace(
                 phase=step(st.phase, Event.HAND_CHANGE),
                 manual=None,
@@ -178,7 +180,7 @@ class PoolPass:
                 fraction=1.0,
                 ramp_at=None,
             )
-        self.released.append(Released(sid, reasons.hand_weight(obs.weight, st.fraction)))
+        self.released.append(Released(sid, reasons.hand_weight(weight, st.fraction)))
         return st._replace(fraction=1.0, ramp_at=None)
 
     def _override(self, sid: ServerId, st: ServerState, override: Override | None) -> ServerState:

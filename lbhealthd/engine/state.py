@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.engine.verdict import Verdict
-from lbhealthd.model import AdminState, OverrideKind, Sample, ServerId
+from lbhealthd.model import ByHand, OverrideKind, Sample, ServerId
 
 
 class ServerState(NamedTuple):
@@ -36,24 +36,32 @@ class ServerState(NamedTuple):
     def judged(self, bad: int, good: int, at: float, verdict: Verdict, ratio: float) -> ServerState:
         """This state after one more sample was judged (the streaks and the last verdict).
 
-        Built by position rather than with ``_replace``: it runs for every server every round.
-        Every field is named here, so mypy checks each against its type.
+        It runs for every server every round, so it builds the tuple directly rather than
+        through ``_replace`` or the keyword constructor (several times slower); every field
+        is still named, so a field added to the class must be added here too, as a test
+        of the engine checks.
         """
-        return ServerState(
-            self.phase,
-            bad,
-            good,
-            at,
-            verdict,
-            ratio,
-            self.drained_at,
-            self.hold,
-            self.flap_level,
-            self.restored_at,
-            self.manual,
-            self.fraction,
-            self.ramp_at,
+        return _new(
+            ServerState,
+            (
+                self.phase,
+                bad,
+                good,
+                at,
+                verdict,
+                ratio,
+                self.drained_at,
+                self.hold,
+                self.flap_level,
+                self.restored_at,
+                self.manual,
+                self.fraction,
+                self.ramp_at,
+            ),
         )
+
+
+_new = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +79,12 @@ class Observation(NamedTuple):
     not own (an operator's MAINT set by other means, the LB's own checks marking it down).
     ``weight`` and ``full_weight`` are its weight in the LB now and its configured one (the
     slow-start curve runs between a start weight and the full one).
-    ``hand`` is the admin state an operator set by hand on a server lbhealthd held out, and
-    ``hand_weight`` is true when an operator changed a slow-start weight lbhealthd had set:
-    either way the engine lets go of the server (rule 7).
+    ``hand`` says what an operator changed by hand of what lbhealthd had set (a state of a
+    server it held out, or a slow-start weight): the engine lets go of the server (rule 7).
     """
 
     sample: Sample | None = None
     external_out: bool = False
     weight: int = 0
     full_weight: int = 0
-    hand: AdminState | None = None
-    hand_weight: bool = False
+    hand: ByHand | None = None

@@ -1,5 +1,5 @@
 """The one writer to the load balancer (lb_writer) and its durable staged writes (journal)."""
 
-from lbhealthd.writer.lb_writer import HandChange, LbWriter, Why
+from lbhealthd.writer.lb_writer import LbWriter, Why
 
-__all__ = ["HandChange", "LbWriter", "Why"]
+__all__ = ["LbWriter", "Why"]

@@ -30,13 +30,13 @@ import structlog
 
 from lbhealthd.drivers import Driver
 from lbhealthd.errors import DriverError, LbhealthdError
-from lbhealthd.model import Action, AdminState, Desired, Member, ServerId
+from lbhealthd.model import Action, AdminState, ByHand, Desired, Member, ServerId
 from lbhealthd.store import OwnedEntry
 from lbhealthd.writer.journal import Journal
 
 log = structlog.get_logger("lbhealthd.writer")
 
-__all__ = ["HandChange", "LbWriter", "Why"]
+__all__ = ["LbWriter", "Why"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +55,6 @@ class Why:
         return cls(
             action.reason.rule.value, action.reason.message, str(who) if who else "lbhealthd"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class HandChange:
-    """What an operator changed by hand of what lbhealthd had set: the admin state it set
-    (None if it changed the weight only), and whether it changed a slow-start weight."""
-
-    admin: AdminState | None
-    weight: bool = False
 
 
 #: Called after every command: (server, what was set, ok, the action it carried out or None).
@@ -127,7 +118,7 @@ class LbWriter:
         if self.owned.pop(sid, None) is not None:
             self.journal.stage_owned(self.owned)
 
-    def notice_hand_change(self, sid: ServerId, member: Member) -> HandChange | None:
+    def notice_hand_change(self, sid: ServerId, member: Member) -> ByHand | None:
         """Compare what lbhealthd set with what the LB shows; if an operator changed it by
         other means, let go of it (logged and recorded) and say what changed. An agent-check
         undoing a state is not an operator: lbhealthd re-applies its own."""
@@ -154,7 +145,7 @@ class LbWriter:
             )
             self.record(sid, "released", reason=f"state set to {member.admin.value} by hand")
             self.release(sid)
-            return HandChange(member.admin)
+            return ByHand(member.admin)
         if owned.weight is not None and member.weight != owned.weight:
             log.warning(
                 "operator_changed_weight",
@@ -165,7 +156,7 @@ class LbWriter:
             )
             self.record(sid, "released", reason=f"weight set to {member.weight} by hand")
             self.release(sid)
-            return HandChange(None, weight=True)
+            return ByHand(None, weight=True)
         return None
 
     def settle(self, sid: ServerId, member: Member) -> bool:
