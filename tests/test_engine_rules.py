@@ -226,3 +226,17 @@ def test_forget_keeps_flap_memory_and_drops_the_phase() -> None:
     state = EngineState({S1: ServerState(phase=Phase.DRAINED, bad=4, flap_level=2)})
     st = forget(state, [S1, ServerId("api", "gone")]).servers[S1]
     assert (st.phase, st.bad, st.flap_level) == (Phase.IN_SERVICE, 0, 2)
+
+
+def test_judging_a_sample_keeps_every_other_field() -> None:
+    """ServerState.judged builds the tuple field by field: a field added to the class and not
+    to judged() makes this fail."""
+    from lbhealthd.engine.verdict import Verdict
+
+    st = ServerState(
+        Phase.DRAINED, 1, 2, 3.0, Verdict.BAND, 0.5, 4.0, 5.0, 6, 7.0, OverrideKind.MAINT, 0.8, 9.0
+    )
+    assert len(set(st)) == len(ServerState._fields)  # every field distinct, so a swap shows
+    assert st.judged(10, 11, 12.0, Verdict.HEALTHY, 0.1) == st._replace(
+        bad=10, good=11, last_sample_at=12.0, verdict=Verdict.HEALTHY, ratio=0.1
+    )
