@@ -240,3 +240,31 @@ def test_judging_a_sample_keeps_every_other_field() -> None:
     assert st.judged(10, 11, 12.0, Verdict.HEALTHY, 0.1) == st._replace(
         bad=10, good=11, last_sample_at=12.0, verdict=Verdict.HEALTHY, ratio=0.1
     )
+
+
+# --- fast confirmation: which samples are worth confirming soon -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "code", "expected"),
+    [
+        (None, "O", True),  # a server the engine has not seen yet is in service
+        (Phase.IN_SERVICE, "O", True),
+        (Phase.IN_SERVICE, "F", True),
+        (Phase.IN_SERVICE, "H", False),
+        (Phase.IN_SERVICE, "B", False),
+        (Phase.DRAINED, "H", True),
+        (Phase.DRAINED, "O", False),
+        (Phase.DRAINED, "B", False),
+        (Phase.MANUAL, "H", False),
+        (Phase.MANUAL, "O", False),
+    ],
+)
+def test_toward_transition(phase: Phase | None, code: str, expected: bool) -> None:
+    from lbhealthd.engine import toward_transition
+    from tests.engine_sim import sample_for
+
+    st = None if phase is None else ServerState(phase=phase)
+    sample = sample_for(code, S1, 1.0)
+    assert sample is not None
+    assert toward_transition(st, sample, pool()) is expected

@@ -235,3 +235,112 @@ def test_max_in_flight_must_be_positive(prober: FakeProber) -> None:
     """A bound below one is refused."""
     with pytest.raises(ValueError, match="max_in_flight"):
         ProbeScheduler(prober, lambda: 0.0, max_in_flight=0)
+
+
+# --- fast confirmation ------------------------------------------------------------------------
+
+
+def fast_targets(count: int, interval: float, fast: float | None) -> dict[ServerId, Target]:
+    return {
+        ServerId("api", f"s{i}"): Target(f"http://10.0.0.{i}/health", interval, 0.05, {}, fast)
+        for i in range(count)
+    }
+
+
+class Urgent:
+    """The sample hook: urgent for the servers in ``names``; records every call."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = set(names)
+        self.seen: list[tuple[ServerId, float]] = []
+
+    def __call__(self, sid: ServerId, sample: Sample) -> bool:
+        self.seen.append((sid, sample.at))
+        return sid.server in self.names
+
+
+def gaps(starts: Starts, server: str) -> list[float]:
+    """The time between one start of ``server`` and the due time of its next beat."""
+    mine = [(due, started) for sid, due, started in starts.records if sid.server == server]
+    return [mine[i + 1][0] - mine[i][1] for i in range(len(mine) - 1)]
+
+
+async def test_a_sample_toward_a_transition_is_confirmed_after_fast_interval(
+    prober: FakeProber,
+) -> None:
+    """The urgent server's next beats come fast_interval after its samples; the other
+    server keeps its interval (the control)."""
+    loop = asyncio.get_running_loop()
+    starts = Starts()
+    hook = Urgent("s0")
+    scheduler = ProbeScheduler(
+        prober, loop.time, rng=random.Random(4), on_start=starts, on_sample=hook
+    )
+    scheduler.sync(fast_targets(2, interval=0.4, fast=0.05))
+    try:
+        await prober.until(lambda: prober.probes.count(ServerId("api", "s0")) >= 5)
+        await prober.until(lambda: prober.probes.count(ServerId("api", "s1")) >= 2)
+    finally:
+        await scheduler.close()
+    urgent, calm = gaps(starts, "s0"), gaps(starts, "s1")
+    assert urgent and all(g <= 0.05 + 0.01 for g in urgent[:4])
+    assert calm and all(g >= 0.4 * 0.9 - 0.01 for g in calm)
+    assert scheduler.fast == 0  # closed: forgotten
+
+
+async def test_fast_confirmation_ends_when_the_sample_says_so(prober: FakeProber) -> None:
+    """A server whose samples stop being urgent goes back to its interval."""
+    loop = asyncio.get_running_loop()
+    starts = Starts()
+    hook = Urgent("s0")
+    scheduler = ProbeScheduler(
+        prober, loop.time, rng=random.Random(5), on_start=starts, on_sample=hook
+    )
+    scheduler.sync(fast_targets(1, interval=0.3, fast=0.03))
+    try:
+        await prober.until(lambda: len(prober.probes) >= 3)
+        assert scheduler.fast == 1
+        hook.names.clear()
+        before = len(prober.probes)
+        await prober.until(lambda: len(prober.probes) >= before + 3)
+        assert scheduler.fast == 0
+    finally:
+        await scheduler.close()
+    assert gaps(starts, "s0")[-1] >= 0.3 * 0.9 - 0.01
+
+
+async def test_fast_confirmation_is_bounded_to_a_share_of_the_servers(
+    prober: FakeProber,
+) -> None:
+    """Every server urgent at once (a pool-wide event): at most a tenth of them, and never
+    fewer than eight, are confirmed fast; the rest keep their interval."""
+    loop = asyncio.get_running_loop()
+    names = [f"s{i}" for i in range(100)]
+    hook = Urgent(*names)
+    scheduler = ProbeScheduler(prober, loop.time, rng=random.Random(6), on_sample=hook)
+    scheduler.sync(fast_targets(100, interval=0.3, fast=0.03))
+    most = 0
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while len(hook.seen) < 300:
+                prober.changed.clear()
+                await prober.changed.wait()
+                most = max(most, scheduler.fast)
+    finally:
+        await scheduler.close()
+    assert most == 10
+
+
+async def test_without_fast_interval_nothing_is_hastened(prober: FakeProber) -> None:
+    loop = asyncio.get_running_loop()
+    starts = Starts()
+    scheduler = ProbeScheduler(
+        prober, loop.time, rng=random.Random(8), on_start=starts, on_sample=Urgent("s0")
+    )
+    scheduler.sync(fast_targets(1, interval=0.2, fast=None))
+    try:
+        await prober.until(lambda: len(prober.probes) >= 3)
+    finally:
+        await scheduler.close()
+    assert scheduler.fast == 0
+    assert all(g >= 0.2 * 0.9 - 0.01 for g in gaps(starts, "s0"))

@@ -754,3 +754,30 @@ async def test_starvation_freezes_decisions(make: Callable[..., Harness], logs: 
     await h.tick(3)
     assert events(logs, "daemon_recovered")
     assert h.driver.drained() == {"s1"}
+
+
+# --- fast confirmation -----------------------------------------------------------------------
+
+
+async def test_a_sample_toward_a_transition_asks_for_a_round_now(
+    make: Callable[..., Harness],
+) -> None:
+    """Bad while in service and healthy while drained are worth a round now; the reverse
+    are not."""
+    from lbhealthd.testing import ok
+
+    h = make()
+    woken: list[bool] = []
+    h.reconciler.on_evidence = lambda: woken.append(True)
+    await h.tick()
+    hot, cool = ok(sid("s1"), h.mono(), cpu=HOT), ok(sid("s1"), h.mono(), cpu=COOL)
+    assert h.reconciler.sample_arrived(sid("s1"), cool) is False
+    assert woken == []
+    assert h.reconciler.sample_arrived(sid("s1"), hot) is True
+    assert woken == [True]
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    assert h.driver.drained() == {"s1"}
+    assert h.reconciler.sample_arrived(sid("s1"), cool) is True
+    assert h.reconciler.sample_arrived(sid("s1"), hot) is False
+    assert h.reconciler.sample_arrived(ServerId("other", "s1"), hot) is False  # no such pool

@@ -126,7 +126,14 @@ class ProbeConfig(_Strict):
     url: str = "http://{address}:{port}/health"
     interval: Duration = Field(default=1.0, gt=0)
     timeout: Duration = Field(default=0.8, gt=0)
+    fast_interval: Duration | None = Field(default=None, gt=0)
     load_fields: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def confirm_interval(self) -> float:
+        """The time to the next probe of a server whose sample starts or extends a streak
+        toward a drain or a restore: ``fast_interval``, by default a quarter of ``interval``."""
+        return self.fast_interval if self.fast_interval is not None else self.interval / 4
 
     @field_validator("url")
     @classmethod
@@ -145,6 +152,11 @@ class ProbeConfig(_Strict):
         if self.timeout > self.interval:
             raise ValueError(
                 f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
+            )
+        if self.fast_interval is not None and self.fast_interval > self.interval:
+            raise ValueError(
+                f"fast_interval ({self.fast_interval:g}s) must not exceed interval "
+                f"({self.interval:g}s)"
             )
         return self
 

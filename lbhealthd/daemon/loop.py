@@ -32,6 +32,8 @@ from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.daemon.loop")
 
+MIN_ROUND_GAP = 0.02  # seconds between the starts of two rounds, however often woken
+
 
 class Daemon:
     """Runs rounds until stopped. Build it with a validated config; ``run`` until ``stop``."""
@@ -56,6 +58,9 @@ class Daemon:
         self.http: HttpListener | None = None
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
+        # A sample toward a drain or restore is confirmed soon and decided at once.
+        self.scheduler.on_sample = self.reconciler.sample_arrived
+        self.reconciler.on_evidence = self.wake.set
         self.max_lag = 0.0
         self._round_cpu = 0.0  # CPU seconds spent in rounds (not starvation: see _measure_lag)
         self.reload_requested = False
@@ -182,6 +187,11 @@ class Daemon:
                 self.notifier.watchdog()
                 pause = self.config.daemon.round_interval - (time.monotonic() - started)
                 await self._pause(max(0.0, pause))
+                # Woken early (new evidence, an operator): rounds still start at most this
+                # often, so a burst of samples costs a few rounds, not one per sample.
+                since = time.monotonic() - started
+                if since < MIN_ROUND_GAP and not self.stopping.is_set():
+                    await asyncio.sleep(MIN_ROUND_GAP - since)
         finally:
             if frozen:
                 gc.unfreeze()
@@ -209,7 +219,8 @@ class Daemon:
             self.max_lag = max(self.max_lag, late)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep until the next round, cut short by a stop or a wake-up (an operator's action)."""
+        """Sleep until the next round, cut short by a stop or a wake-up (an operator's action,
+        or a sample toward a drain or restore)."""
         waits = [
             asyncio.ensure_future(self.stopping.wait()),
             asyncio.ensure_future(self.wake.wait()),

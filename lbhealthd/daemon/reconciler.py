@@ -115,6 +115,8 @@ class Reconciler:
         self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
         self._state_error: str | None = None
+        #: Called when a sample asks for a round now (see ``sample_arrived``).
+        self.on_evidence: Callable[[], None] | None = None
         self.report = self._report(None, rounds=0, finished_at=None)
 
     @property
@@ -272,8 +274,26 @@ class Reconciler:
             probe = pool.probe
             for sid, m in self.reader.members.get(pool.name, {}).items():
                 url = render_url(probe.url, name=sid.server, address=m.address, port=m.port)
-                targets[sid] = Target(url, probe.interval, probe.timeout, probe.load_fields)
+                targets[sid] = Target(
+                    url, probe.interval, probe.timeout, probe.load_fields, probe.confirm_interval
+                )
         return targets
+
+    def sample_arrived(self, sid: ServerId, sample: Sample) -> bool:
+        """Told by the probe scheduler of every sample as it arrives. True when the sample
+        starts or extends a streak toward a drain or a restore: the scheduler then confirms it
+        soon, and ``on_evidence`` asks for a round now rather than at the next interval, so
+        each such sample is judged, and the one that completes the streak acted on, at once."""
+        ps = self.settings.pools.get(sid.pool)
+        if ps is None:
+            return False
+        member = self.reader.members.get(sid.pool, {}).get(sid)
+        merged = sample if member is None else merge(sample, member)
+        if not engine.toward_transition(self.state.servers.get(sid), merged, ps):
+            return False
+        if self.on_evidence is not None:
+            self.on_evidence()
+        return True
 
     def _observe(self, sid: ServerId, member: Member, hand: ByHand | None) -> Observation:
         sample = self.scheduler.latest(sid)

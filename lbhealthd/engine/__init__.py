@@ -42,7 +42,17 @@ from lbhealthd.engine.pool import PoolPass
 from lbhealthd.engine.settings import Marks, PoolSettings, Settings
 from lbhealthd.engine.state import EngineState, Observation, ServerState
 from lbhealthd.engine.verdict import Verdict, judge
-from lbhealthd.model import Action, Blocked, Decision, Desired, Override, Reason, Released, ServerId
+from lbhealthd.model import (
+    Action,
+    Blocked,
+    Decision,
+    Desired,
+    Override,
+    Reason,
+    Released,
+    Sample,
+    ServerId,
+)
 
 __all__ = [
     "EngineState",
@@ -57,6 +67,7 @@ __all__ = [
     "from_persisted",
     "judge",
     "to_persisted",
+    "toward_transition",
 ]
 
 
@@ -122,6 +133,20 @@ def decide(
         released=tuple(released),
     )
     return EngineState(servers=servers), decision
+
+
+def toward_transition(st: ServerState | None, sample: Sample, ps: PoolSettings) -> bool:
+    """True when ``sample`` starts or extends a streak toward a transition: bad while the
+    server is in service (toward a drain), healthy while the daemon holds it drained (toward
+    a restore). Such a sample is worth confirming soon (fast confirmation) and deciding at
+    once; the rules themselves are unchanged (``decide`` still counts ``fall`` and ``rise``)."""
+    phase = Phase.IN_SERVICE if st is None else st.phase
+    if phase is Phase.MANUAL:
+        return False
+    verdict = judge(sample, ps.marks).verdict
+    if phase is Phase.IN_SERVICE:
+        return verdict is Verdict.OVERLOADED or verdict is Verdict.FAILED
+    return verdict is Verdict.HEALTHY
 
 
 def forget(state: EngineState, servers: Iterable[ServerId]) -> EngineState:

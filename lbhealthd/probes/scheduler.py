@@ -10,6 +10,11 @@ Rules:
   fewer probes, each on time, never into a queue of probes that all time out.
 - Changing a server's target restarts its beat at a new random phase; removing it forgets its
   sample. A probe of a removed or changed target that ends afterwards is discarded.
+- Fast confirmation (HAProxy's ``fastinter``): when ``on_sample`` says a sample starts or
+  extends a streak toward a transition, that server's next beat comes ``fast_interval`` after
+  it instead of ``interval``, until a sample says otherwise. At most ``fast_share`` of the
+  targets (and never fewer than ``_MIN_FAST``) are confirmed fast at once, so a pool-wide
+  event adds a bounded share of probes, never a multiple of the pool's load.
 
 Theory of operation: one task keeps a heap of (due time, sequence, server); it sleeps until the
 earliest beat, starts every beat that is due (each probe in its own task), and schedules each
@@ -36,6 +41,7 @@ log = structlog.get_logger("lbhealthd.probes.scheduler")
 DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_COALESCE = 0.01  # seconds: beats due this soon start with the current wake-up
 _MARGIN = 0.0005  # seconds past a beat's skip deadline to wake at: timers may fire a bit early
+_MIN_FAST = 8  # servers that may be confirmed fast at once, however small the pool
 
 
 class Prober(Protocol):
@@ -59,9 +65,13 @@ class Target:
     interval: float
     timeout: float
     load_fields: Mapping[str, str]
+    fast_interval: float | None = None  # after a sample toward a transition; None: interval
 
 
 StartHook = Callable[[ServerId, float, float], None]  # (server, due, started): for measurements
+#: Told every sample as it arrives; True when it starts or extends a streak toward a transition
+#: (the server is then probed again after its target's ``fast_interval``).
+SampleHook = Callable[[ServerId, Sample], bool]
 
 
 class ProbeScheduler:
@@ -81,6 +91,8 @@ class ProbeScheduler:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         coalesce: float = DEFAULT_COALESCE,
         on_start: StartHook | None = None,
+        on_sample: SampleHook | None = None,
+        fast_share: float = 0.1,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -91,6 +103,11 @@ class ProbeScheduler:
         self._max_in_flight = max_in_flight
         self._coalesce = coalesce
         self._on_start = on_start
+        self.on_sample = on_sample
+        self._fast_share = fast_share
+        self._fast: set[ServerId] = set()  # servers whose next beat is a fast one
+        # each server's valid beat: its sequence number and due time
+        self._next: dict[ServerId, tuple[int, float]] = {}
         self._targets: dict[ServerId, Target] = {}
         self._latest: dict[ServerId, Sample] = {}
         self._beats: list[tuple[float, int, ServerId, Target]] = []  # a heap
@@ -108,6 +125,8 @@ class ProbeScheduler:
         for sid in [sid for sid in self._targets if sid not in targets]:
             del self._targets[sid]
             self._latest.pop(sid, None)
+            self._next.pop(sid, None)
+            self._fast.discard(sid)
         earliest = self._beats[0][0] if self._beats else None
         for sid, target in targets.items():
             if self._targets.get(sid) == target:
@@ -116,7 +135,7 @@ class ProbeScheduler:
             self._push(now + self._rng.uniform(0.0, target.interval), sid, target)
         if len(self._beats) > 2 * len(self._targets) + 64:
             # drop the beats of removed and changed targets (in place: the loop holds the list)
-            self._beats[:] = [b for b in self._beats if self._targets.get(b[2]) is b[3]]
+            self._beats[:] = [b for b in self._beats if self._valid(b[1], b[2], b[3])]
             heapq.heapify(self._beats)
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(
@@ -127,6 +146,11 @@ class ProbeScheduler:
 
     def latest(self, sid: ServerId) -> Sample | None:
         return self._latest.get(sid)
+
+    @property
+    def fast(self) -> int:
+        """How many servers are being confirmed fast now."""
+        return len(self._fast)
 
     @property
     def targets(self) -> int:
@@ -148,12 +172,20 @@ class ProbeScheduler:
         self._in_flight.clear()
         self._beats.clear()
         self._targets.clear()
+        self._next.clear()
+        self._fast.clear()
 
     # --- the beat loop ---------------------------------------------------------------------
 
     def _push(self, due: float, sid: ServerId, target: Target) -> None:
         self._sequence += 1
+        self._next[sid] = (self._sequence, due)
         heapq.heappush(self._beats, (due, self._sequence, sid, target))
+
+    def _valid(self, sequence: int, sid: ServerId, target: Target) -> bool:
+        """False for a beat of a removed or changed target, or one a fast beat replaced."""
+        beat = self._next.get(sid)
+        return self._targets.get(sid) is target and beat is not None and beat[0] == sequence
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -162,9 +194,9 @@ class ProbeScheduler:
             now = clock()
             horizon = now + self._coalesce
             while beats and beats[0][0] <= horizon:
-                due, _, sid, target = beats[0]
-                if self._targets.get(sid) is not target:
-                    heapq.heappop(beats)  # removed or changed since this beat was scheduled
+                due, sequence, sid, target = beats[0]
+                if not self._valid(sequence, sid, target):
+                    heapq.heappop(beats)  # removed, changed or replaced since it was scheduled
                     continue
                 late = now - due >= target.interval / 2  # negative: started early
                 if not late and sid not in in_flight and len(in_flight) >= self._max_in_flight:
@@ -211,6 +243,33 @@ class ProbeScheduler:
                 self._wake_up()
         if self._targets.get(sid) is target:
             self._latest[sid] = sample
+            if self.on_sample is not None:
+                self._confirm(sid, target, sample)
+
+    def _confirm(self, sid: ServerId, target: Target, sample: Sample) -> None:
+        """Bring the next beat forward to ``fast_interval`` when the sample asks for it."""
+        assert self.on_sample is not None
+        try:
+            urgent = self.on_sample(sid, sample)
+        except Exception:
+            log.exception("sample_hook_crashed", server=str(sid))
+            urgent = False
+        fast = target.fast_interval
+        if not urgent or fast is None or fast >= target.interval:
+            self._fast.discard(sid)
+            return
+        cap = max(_MIN_FAST, int(self._fast_share * len(self._targets)))
+        if sid not in self._fast and len(self._fast) >= cap:
+            return  # the budget is spent: this one waits for its ordinary beat
+        self._fast.add(sid)
+        due = self._clock() + fast
+        beat = self._next.get(sid)
+        if beat is not None and beat[1] <= due:
+            return  # its ordinary beat comes sooner
+        earliest = self._beats[0][0] if self._beats else None
+        self._push(due, sid, target)
+        if earliest is None or due < earliest:
+            self._wake_up()
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, delay: float | None) -> None:
         wake = self._wake = loop.create_future()
