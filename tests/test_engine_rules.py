@@ -268,3 +268,25 @@ def test_toward_transition(phase: Phase | None, code: str, expected: bool) -> No
     sample = sample_for(code, S1, 1.0)
     assert sample is not None
     assert toward_transition(st, sample, pool()) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "expected"),
+    [
+        (ServerState(bad=2), "H", True),  # the bad streak ends
+        (ServerState(bad=0), "H", False),  # nothing under way
+        (ServerState(bad=2), "B", False),  # the band changes no streak
+        (ServerState(phase=Phase.DRAINED, good=1), "O", True),
+        (ServerState(phase=Phase.DRAINED, good=1), "F", True),
+        (ServerState(phase=Phase.DRAINED, good=0), "O", False),
+        (ServerState(phase=Phase.MANUAL, good=1), "O", False),
+        (None, "H", False),
+    ],
+)
+def test_breaks_streak(state: ServerState | None, code: str, expected: bool) -> None:
+    from lbhealthd.engine import breaks_streak
+    from tests.engine_sim import sample_for
+
+    sample = sample_for(code, S1, 1.0)
+    assert sample is not None
+    assert breaks_streak(state, sample, pool()) is expected

@@ -776,7 +776,10 @@ async def test_a_sample_toward_a_transition_asks_for_a_round_now(
     assert h.reconciler.sample_arrived(sid("s1"), hot) is True
     assert woken == [True]
     h.probes.set("s1", cpu=HOT)
-    await h.tick(3)
+    await h.tick()  # the engine counts an overloaded sample: a streak is under way
+    assert h.reconciler.sample_arrived(sid("s1"), cool) is False  # not confirmed fast ...
+    assert woken == [True, True]  # ... but decided at once: it ends the streak
+    await h.tick(2)
     assert h.driver.drained() == {"s1"}
     assert h.reconciler.sample_arrived(sid("s1"), cool) is True
     assert h.reconciler.sample_arrived(sid("s1"), hot) is False

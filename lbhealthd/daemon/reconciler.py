@@ -283,17 +283,19 @@ class Reconciler:
         """Told by the probe scheduler of every sample as it arrives. True when the sample
         starts or extends a streak toward a drain or a restore: the scheduler then confirms it
         soon, and ``on_evidence`` asks for a round now rather than at the next interval, so
-        each such sample is judged, and the one that completes the streak acted on, at once."""
+        each such sample is judged, and the one that completes the streak acted on, at once.
+        A sample that ends a streak under way asks for a round too (it is not confirmed
+        fast): a newer sample must not hide it."""
         ps = self.settings.pools.get(sid.pool)
         if ps is None:
             return False
         member = self.reader.members.get(sid.pool, {}).get(sid)
         merged = sample if member is None else merge(sample, member)
-        if not engine.toward_transition(self.state.servers.get(sid), merged, ps):
-            return False
-        if self.on_evidence is not None:
+        st = self.state.servers.get(sid)
+        toward = engine.toward_transition(st, merged, ps)
+        if (toward or engine.breaks_streak(st, merged, ps)) and self.on_evidence is not None:
             self.on_evidence()
-        return True
+        return toward
 
     def _observe(self, sid: ServerId, member: Member, hand: ByHand | None) -> Observation:
         sample = self.scheduler.latest(sid)

@@ -62,6 +62,7 @@ __all__ = [
     "ServerState",
     "Settings",
     "Verdict",
+    "breaks_streak",
     "decide",
     "forget",
     "from_persisted",
@@ -147,6 +148,18 @@ def toward_transition(st: ServerState | None, sample: Sample, ps: PoolSettings) 
     if phase is Phase.IN_SERVICE:
         return verdict is Verdict.OVERLOADED or verdict is Verdict.FAILED
     return verdict is Verdict.HEALTHY
+
+
+def breaks_streak(st: ServerState | None, sample: Sample, ps: PoolSettings) -> bool:
+    """True when ``sample`` ends a streak under way: healthy while in service with bad samples
+    counted, bad while drained with healthy ones counted. Worth deciding at once too, so a
+    sample that would reset the count is never skipped for a newer one."""
+    if st is None or st.phase is Phase.MANUAL:
+        return False
+    verdict = judge(sample, ps.marks).verdict
+    if st.phase is Phase.IN_SERVICE:
+        return st.bad > 0 and verdict is Verdict.HEALTHY
+    return st.good > 0 and (verdict is Verdict.OVERLOADED or verdict is Verdict.FAILED)
 
 
 def forget(state: EngineState, servers: Iterable[ServerId]) -> EngineState:
