@@ -784,3 +784,19 @@ async def test_a_sample_toward_a_transition_asks_for_a_round_now(
     assert h.reconciler.sample_arrived(sid("s1"), cool) is True
     assert h.reconciler.sample_arrived(sid("s1"), hot) is False
     assert h.reconciler.sample_arrived(ServerId("other", "s1"), hot) is False  # no such pool
+
+
+async def test_probe_targets_are_rebuilt_only_when_they_change(
+    make: Callable[..., Harness],
+) -> None:
+    """The scheduler hears of the targets once while nothing changes, and again, with the new
+    interval, after a reload that changes the probe."""
+    h = make()
+    await h.tick(5)
+    assert h.probes.syncs == 1
+    assert {t.interval for t in h.probes.targets.values()} == {0.2}  # type: ignore[attr-defined]
+    probe = {"interval": "400ms", "timeout": "100ms", "load_fields": {"cpu": "cpu"}}
+    h.reconciler.reload(h.make_config(probe=probe))
+    await h.tick(2)
+    assert h.probes.syncs == 2
+    assert {t.interval for t in h.probes.targets.values()} == {0.4}  # type: ignore[attr-defined]
