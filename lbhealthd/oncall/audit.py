@@ -15,8 +15,13 @@ from typing import Any
 
 from lbhealthd.config import Config
 from lbhealthd.drivers import make_driver
-from lbhealthd.drivers.haproxy.config_file import audit_cfg, parse_backends, syntax_check
-from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.drivers.haproxy.config_file import (
+    audit_cfg,
+    check_candidate,
+    parse_backends,
+    read_candidate,
+)
+from lbhealthd.errors import DriverError, LbhealthdError, UnsafeConfig
 from lbhealthd.model import Member, ServerId
 from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_findings
 from lbhealthd.oncall.commands import Outcome
@@ -187,20 +192,44 @@ async def _apply(
     return done
 
 
+def _refused(path: str, exc: UnsafeConfig) -> Outcome:
+    lines = [
+        f"not checked: {path} would run code when HAProxy reads it, so haproxy -c was not "
+        "started on it:",
+        *(f"  {r}" for r in exc.refusals),
+        "lbhealthd never runs code from a candidate file; check such a file with haproxy -c "
+        "in a sandbox (no secrets, no network, a throw-away user)",
+    ]
+    refused = [dataclasses.asdict(r) for r in exc.refusals]
+    return Outcome(2, tuple(lines), _doc([], clean=None, syntax_ok=None, refused=refused))
+
+
 def candidate(config: Config, path: str) -> Outcome:
-    """Check a candidate haproxy.cfg: HAProxy's own syntax check, then servers and weights."""
+    """Check a candidate haproxy.cfg: HAProxy's own syntax check, then servers and weights.
+    A file that would run code as HAProxy parses it is refused (exit 2), never checked."""
     try:
-        ok, message = syntax_check(path)
+        data = read_candidate(path)
+    except OSError as exc:
+        message = f"cannot read {path}: {exc.strerror or exc}"
+        return Outcome(
+            1,
+            (f"haproxy -c: INVALID: {message}",),
+            _doc([], clean=False, syntax_ok=False, syntax_message=message),
+        )
+    try:
+        ok, message = check_candidate(data, path)
     except FileNotFoundError as exc:
         return Outcome(2, (str(exc),))
+    except UnsafeConfig as exc:
+        return _refused(path, exc)
     lines = [f"haproxy -c: {'valid' if ok else 'INVALID'}: {message}"]
     if not ok:
         return Outcome(
             1, tuple(lines), _doc([], clean=False, syntax_ok=False, syntax_message=message)
         )
     try:
-        backends = parse_backends(Path(path).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError) as exc:
+        backends = parse_backends(data.decode("utf-8", errors="replace"))
+    except ValueError as exc:
         return Outcome(1, (*lines, f"{path}: {exc}"), _doc([], clean=False, syntax_ok=True))
     findings: list[Finding] = []
     for pool in config.pools:
