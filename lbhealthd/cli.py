@@ -311,14 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.95,
         metavar="CPU",
-        help="reply drain from this CPU share (default: %(default)s)",
+        help="CPU share from which the weight stays at --min-weight; the agent never replies "
+        "drain: the daemon, with its caps, decides drains (default: %(default)s)",
     )
     p.add_argument(
         "--min-weight",
         type=int,
         default=10,
         metavar="PERCENT",
-        help="weight just below --drain-at, in percent (default: %(default)s)",
+        help="weight at and above --drain-at, in percent (default: %(default)s)",
     )
     p.add_argument(
         "--cgroup-root",
