@@ -254,7 +254,8 @@ def candidate(config: Config, path: str) -> Outcome:
         return Outcome(2, (str(exc),))
     except UnsafeConfig as exc:
         return _refused(path, exc)
-    lines = [f"haproxy -c: {'valid' if ok else 'INVALID'}: {message}"]
+    first, *more = message.split("\n")  # one line per HAProxy message
+    lines = [f"haproxy -c: {'valid' if ok else 'INVALID'}: {first}", *more]
     if not ok:
         return Outcome(
             1, tuple(lines), _doc([], clean=False, syntax_ok=False, syntax_message=message)

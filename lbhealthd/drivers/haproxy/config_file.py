@@ -164,7 +164,7 @@ def haproxy_messages(output: str) -> str:
     kept: list[str] = []
     other: list[str] = []
     last_kept = False
-    for raw in output.splitlines():
+    for raw in output.split("\n"):  # HAProxy ends its lines with LF only
         line = raw.strip()
         if not line:
             continue
