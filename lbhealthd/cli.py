@@ -233,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drain", help="take POOL/SERVER out of rotation (a manual override)")
     p.add_argument("server", type=_server, metavar="POOL/SERVER")
     _add_config(p)
-    p.add_argument("--reason", required=True, help="why (recorded and shown in status)")
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="why (recorded, and shown in status to every local user: no secrets)",
+    )
     p.add_argument(
         "--for",
         dest="for_",
