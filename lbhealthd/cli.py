@@ -25,6 +25,7 @@ from lbhealthd.errors import (
 )
 from lbhealthd.model import ServerId
 from lbhealthd.oncall import commands as oncall
+from lbhealthd.printable import printable
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -86,14 +87,16 @@ def _duration(text: str) -> float:
 
 def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False) -> int:
     """Print what a command did: on stdout when it succeeded or is a report (status, audit:
-    their findings are the output), on stderr when it failed."""
+    their findings are the output), on stderr when it failed. Text carries what others wrote
+    (reasons, names, HAProxy's messages), so its control characters are escaped; JSON escapes
+    them itself."""
     if as_json and outcome.document is not None:
         print(oncall.dumps(outcome.document))
     else:
         ok = outcome.code == 0 or (report and outcome.code == 1)
         stream = sys.stdout if ok else sys.stderr
         for line in outcome.lines:
-            print(line, file=stream)
+            print(printable(line), file=stream)
     return outcome.code
 
 
@@ -230,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drain", help="take POOL/SERVER out of rotation (a manual override)")
     p.add_argument("server", type=_server, metavar="POOL/SERVER")
     _add_config(p)
-    p.add_argument("--reason", required=True, help="why (recorded and shown in status)")
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="why (recorded, and shown in status to every local user: no secrets)",
+    )
     p.add_argument(
         "--for",
         dest="for_",
@@ -311,14 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.95,
         metavar="CPU",
-        help="reply drain from this CPU share (default: %(default)s)",
+        help="CPU share from which the weight stays at --min-weight; the agent never replies "
+        "drain: the daemon, with its caps, decides drains (default: %(default)s)",
     )
     p.add_argument(
         "--min-weight",
         type=int,
         default=10,
         metavar="PERCENT",
-        help="weight just below --drain-at, in percent (default: %(default)s)",
+        help="weight at and above --drain-at, in percent (default: %(default)s)",
     )
     p.add_argument(
         "--cgroup-root",
@@ -349,14 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        for problem in exc.problems:
+            print(printable(f"{exc.source}: {problem}"), file=sys.stderr)
         print(
-            f"{exc.source}: config refused ({len(exc.problems)} problem(s)); nothing was loaded",
+            printable(
+                f"{exc.source}: config refused ({len(exc.problems)} problem(s)); nothing was loaded"
+            ),
             file=sys.stderr,
         )
         return EXIT_USAGE
     except (StateError, ControlError, ListenerError) as exc:
-        print(f"lbhealthd: {exc}", file=sys.stderr)
+        print(printable(f"lbhealthd: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -2,6 +2,8 @@
 
     LbhealthdError
      ├── ConfigError            a configuration file was refused; carries one Problem per field
+     ├── UnsafeConfig           a candidate HAProxy file would run code if HAProxy parsed it;
+     │                          carries one Refusal per line
      ├── InvalidName            a pool or server name outside HAProxy's safe charset
      ├── StateError             a file in state_dir cannot be read or written safely
      ├── DriverError            the load balancer could not be driven
@@ -47,6 +49,30 @@ class ConfigError(LbhealthdError):
         self.problems = problems
         lines = "\n".join(f"{source}: {p}" for p in problems)
         super().__init__(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A line a candidate HAProxy file is refused for: its number (1-based), its directive
+    (empty when the line cannot be split into words) and why."""
+
+    line: int
+    directive: str
+    why: str
+
+    def __str__(self) -> str:
+        what = f"{self.directive}: " if self.directive else ""
+        return f"line {self.line}: {what}{self.why}"
+
+
+class UnsafeConfig(LbhealthdError):
+    """A candidate HAProxy configuration that would run code if HAProxy parsed it; it was not
+    given to HAProxy."""
+
+    def __init__(self, source: str, refusals: list[Refusal]) -> None:
+        self.source = source
+        self.refusals = refusals
+        super().__init__("\n".join(f"{source}: {r}" for r in refusals))
 
 
 class InvalidName(LbhealthdError, ValueError):

@@ -4,6 +4,9 @@ The document (``version`` 1) has, per pool, the drained count against the cap, t
 and the alerts, and per server: the LB's state and weight, what lbhealthd wants and who owns
 it, the last decision and its reason, the load signals and probe result, any override, and how
 long the server has been in its LB state. Keys are only ever added, never renamed.
+
+The table escapes control characters in every cell and line (``printable``): a reason, an
+operator's name or a probe detail cannot start a row of its own or paint the terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from lbhealthd.engine import governor
 from lbhealthd.model import Member, Override
 from lbhealthd.monitors.balance import BalanceReport
+from lbhealthd.printable import printable
 from lbhealthd.report import PoolReport, RoundReport, owner
 
 VERSION = 1
@@ -188,7 +192,7 @@ def render(doc: Mapping[str, Any]) -> str:
         for alert in pool.get("alerts", []):
             lines.append(f"  ALERT {alert['rule']}: {alert['message']}")
         header = ("server", "lb", "weight", "want", "owner", "latency", "signals", "why")
-        rows = [header]
+        rows: list[tuple[str, ...]] = [header]
         for s in pool["servers"]:
             probe = s.get("probe") or {}
             signals = dict(probe.get("signals") or {})
@@ -206,18 +210,17 @@ def render(doc: Mapping[str, Any]) -> str:
                 why = f"blocked ({s['blocked']['rule']}): {s['blocked']['reason']}"
             elif s.get("last_decision"):
                 why = f"{s['last_decision']['rule']}: {s['last_decision']['reason']}"
-            rows.append(
-                (
-                    s["server"].split("/", 1)[1],
-                    s["lb_state"] + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
-                    f"{s['weight']}/{s['initial_weight']}",
-                    s.get("desired") or "-",
-                    s.get("owner") or "-",
-                    "-" if latency is None else f"{latency:.0f}ms",
-                    shown or "-",
-                    why,
-                )
+            row = (
+                s["server"].split("/", 1)[1],
+                s["lb_state"] + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
+                f"{s['weight']}/{s['initial_weight']}",
+                s.get("desired") or "-",
+                s.get("owner") or "-",
+                "-" if latency is None else f"{latency:.0f}ms",
+                shown or "-",
+                why,
             )
+            rows.append(tuple(printable(str(c)) for c in row))
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
         for r in rows:
             lines.append(
@@ -226,7 +229,7 @@ def render(doc: Mapping[str, Any]) -> str:
                 + "  "
                 + str(r[-1])
             )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 __all__ = ["VERSION", "document", "render"]

@@ -85,12 +85,13 @@ async def agent_line(port: int, send: bytes = b"") -> bytes:
         (0.725, DEFAULT, "ready 55%\n"),
         (0.75, DEFAULT, "ready 50%\n"),
         (0.9499, DEFAULT, "ready 10%\n"),
-        (0.95, DEFAULT, "drain\n"),
-        (1.0, DEFAULT, "drain\n"),
+        (0.95, DEFAULT, "ready 10%\n"),
+        (1.0, DEFAULT, "ready 10%\n"),
+        (7.5, DEFAULT, "ready 10%\n"),
         (None, DEFAULT, "ready 100%\n"),
         (math.nan, DEFAULT, "ready 100%\n"),
         (math.inf, DEFAULT, "ready 100%\n"),
-        (0.6, Thresholds(full_below=0.2, drain_at=0.6, min_weight=25), "drain\n"),
+        (0.6, Thresholds(full_below=0.2, drain_at=0.6, min_weight=25), "ready 25%\n"),
         (0.4, Thresholds(full_below=0.2, drain_at=0.6, min_weight=25), "ready 62%\n"),
         (0.99, Thresholds(full_below=0.0, drain_at=1.0, min_weight=1), "ready 2%\n"),
     ],
@@ -100,8 +101,9 @@ async def agent_line(port: int, send: bytes = b"") -> bytes:
         "midway-low",
         "half",
         "just-below-drain",
-        "at-drain",
+        "at-drain-at",
         "saturated",
+        "beyond-one",
         "unknown-cpu-fails-open",
         "nan-fails-open",
         "inf-fails-open",
@@ -111,14 +113,16 @@ async def agent_line(port: int, send: bytes = b"") -> bytes:
     ],
 )
 def test_agent_reply(cpu: float | None, thresholds: Thresholds, expected: str) -> None:
-    """The reply is drain at drain_at and above, else ready with a linearly falling weight."""
+    """The reply is ready with a weight falling linearly to min_weight at drain_at; at and
+    above drain_at it stays at min_weight: the agent never drains."""
     assert agent_reply(Load(cpu=cpu), thresholds) == expected
 
 
 def test_agent_reply_weight_never_below_min_nor_rises_with_load() -> None:
-    """Across the range the weight is monotone non-increasing and stays in [min_weight, 100]."""
+    """Across the range, saturation included, the reply is always ``ready N%`` with N monotone
+    non-increasing in [min_weight, 100]: no load makes the agent drain."""
     weights = []
-    for i in range(0, 95):
+    for i in range(0, 151):
         line = agent_reply(Load(cpu=i / 100), DEFAULT)
         assert line.startswith("ready ") and line.endswith("%\n")
         weights.append(int(line[6:-2]))
@@ -315,7 +319,7 @@ async def test_agent_port_replies_at_once_and_ignores_agent_send() -> None:
         assert loop.time() - started < agent_mod.AGENT_TIMEOUT * 0.8
         assert await agent_line(agent.agent_port, b"hello from haproxy\n") == b"ready 50%\n"
         source.set_cpu(0.99)
-        assert await agent_line(agent.agent_port, b"x" * 100_000) == b"drain\n"
+        assert await agent_line(agent.agent_port, b"x" * 100_000) == b"ready 10%\n"
 
 
 async def test_agent_reply_logged_only_when_it_changes() -> None:
@@ -329,7 +333,7 @@ async def test_agent_reply_logged_only_when_it_changes() -> None:
             source.set_cpu(0.99)
             await agent_line(agent.agent_port)
     replies = [(e["log_level"], e["reply"]) for e in logs if e["event"] == "agent_reply"]
-    assert replies == [("debug", "ready 100%"), ("debug", "drain")]
+    assert replies == [("debug", "ready 100%"), ("debug", "ready 10%")]
 
 
 async def test_agent_survives_a_broken_source() -> None:
@@ -380,7 +384,8 @@ async def test_run_agent_reports_a_busy_port() -> None:
 async def test_haproxy_weight_follows_the_agent(
     api_servers: ApiServers, haproxy_factory: HAProxyFactory
 ) -> None:
-    """A real HAProxy agent-check sets s1's weight and drain from the agent's replies."""
+    """A real HAProxy agent-check sets s1's weight from the agent's replies, down to the
+    minimum when saturated, and s1 stays ready."""
     source = FixedLoad(cpu=0.75)
     async with Agent("127.0.0.1:0", agent_port=0, source=source) as agent:
         servers = [
@@ -411,10 +416,55 @@ async def test_haproxy_weight_follows_the_agent(
             assert member is not None and member.has_agent
 
             source.set_cpu(0.99)
-            await wait_until(shows(AdminState.DRAIN, None), within=5.0, what="s1 drained")
+            await wait_until(shows(AdminState.READY, 10), within=5.0, what="s1 at weight 10")
 
             source.set_cpu(0.1)
             await wait_until(shows(AdminState.READY, 100), within=5.0, what="s1 back at 100")
         finally:
             await driver.close()
             await handle.proc.stop()
+
+
+@pytest.mark.integration
+async def test_saturated_agents_cannot_empty_the_pool(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory
+) -> None:
+    """Every server's agent at 99 % CPU: HAProxy hears them all (weights fall to the minimum),
+    yet no server is drained and the frontend still answers; draining is the daemon's call."""
+    sources = [FixedLoad(cpu=0.99) for _ in range(3)]
+    agents = [Agent("127.0.0.1:0", agent_port=0, source=source) for source in sources]
+    for agent in agents:
+        await agent.start()
+    handle = await haproxy_factory(
+        {
+            "api": [
+                ServerSpec(
+                    f"s{i + 1}",
+                    "127.0.0.1",
+                    api_servers.ports[i],
+                    100,
+                    f"agent-check agent-port {agent.agent_port} agent-inter 1s",
+                )
+                for i, agent in enumerate(agents)
+            ]
+        }
+    )
+    driver = HAProxyDriver([handle.socket], 2.0)
+    members: list[Member] = []
+
+    async def all_heard() -> bool:
+        nonlocal members
+        members = list((await driver.snapshot("api")).members)
+        return all(m.weight == 10 or m.admin is not AdminState.READY for m in members)
+
+    try:
+        await wait_until(all_heard, within=6.0, what="every agent's reply applied")
+        assert [(m.id.server, m.admin, m.weight) for m in members] == [
+            (f"s{i}", AdminState.READY, 10) for i in (1, 2, 3)
+        ]
+        async with aiohttp.ClientSession() as session, session.get(handle.url) as resp:
+            assert resp.status == 200
+    finally:
+        await driver.close()
+        for agent in agents:
+            await agent.close()

@@ -729,10 +729,10 @@ def test_syntax_check_refuses_unknown_keyword(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_syntax_check_missing_file(tmp_path: Path) -> None:
-    """A file that does not exist fails the check with HAProxy's reason."""
+    """A file that does not exist fails the check with the reason."""
     ok, message = syntax_check(tmp_path / "nosuch.cfg", require_haproxy())
     assert not ok
-    assert "Cannot open configuration file" in message
+    assert message == f"cannot read {tmp_path / 'nosuch.cfg'}: No such file or directory"
 
 
 @pytest.mark.integration
@@ -845,3 +845,40 @@ async def test_parser_agrees_with_haproxy(tmp_path: Path, api_servers: ApiServer
         ("t1", 9, False),
         ("t2", 2, True),
     ]
+
+
+@pytest.mark.integration
+async def test_fix_never_moves_a_weight_to_or_from_zero(
+    haproxy: HAProxyHandle, tmp_path: Path
+) -> None:
+    """`audit --fix --yes` sets a misweighted server back, but leaves a server at weight 0 (out
+    of rotation by weight, a drain) and one whose expected weight is 0 (that would drain it,
+    past the caps) alone, saying so in its output and JSON."""
+    from lbhealthd.oncall.audit import live
+    from lbhealthd.store import Store
+    from tests.daemon_harness import make_config
+
+    driver = HAProxyDriver([haproxy.socket], 2.0)
+    await driver.set_weight(sid("s2"), 0)
+    await driver.set_weight(sid("s3"), 5)
+    config = make_config(
+        [haproxy.socket], tmp_path / "state", expected_weights={"default": 100, "s4": 0}
+    )
+    try:
+        outcome = await live(config, fix=True, yes=True, confirm=lambda _: False)
+        weights = {m.id.server: m.weight for m in await snapshot(haproxy.socket)}
+    finally:
+        await driver.close()
+
+    assert (weights["s2"], weights["s3"], weights["s4"]) == (0, 100, 100)
+    assert outcome.document is not None
+    assert outcome.document["fixed"] == ["api/s3: weight 5 -> 100"]
+    assert [(s["server"], s["weight"], s["expected"]) for s in outcome.document["skipped"]] == [
+        ("api/s2", 0, 100),
+        ("api/s4", 100, 0),
+    ]
+    text = "\n".join(outcome.lines)
+    assert "  skipped: api/s2: weight 0 (out of rotation by weight" in text
+    assert "  skipped: api/s4: expected weight 0 would take it out of rotation" in text
+    fixes = [a for a in Store(tmp_path / "state").read_actions() if a.get("rule") == "audit_fix"]
+    assert [a["server"] for a in fixes] == ["api/s3"]

@@ -79,3 +79,16 @@ def test_python_dash_m_and_console_script_agree() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_agent_keeps_its_drain_flag_which_no_longer_drains(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`agent --drain-at` and `--min-weight` are still accepted; the help says the agent never
+    replies drain."""
+    from lbhealthd.cli import build_parser
+
+    args = build_parser().parse_args(["agent", "--drain-at", "0.9", "--min-weight", "20"])
+    assert (args.drain_at, args.min_weight) == (0.9, 20)
+    assert main(["agent", "--help"]) == 0
+    assert "never replies drain" in " ".join(capsys.readouterr().out.split())

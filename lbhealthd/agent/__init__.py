@@ -21,13 +21,16 @@ Readings (each a finite float; a source that fails is left out, never fatal):
 - ``memory``: ``memory.current / memory.max`` under a cgroup memory limit, else the host's share.
 - ``cpus``: CPUs this process may use: the cgroup quota (``quota / period``) capped by affinity.
 
-The agent-check reply (``agent_reply``) is ``drain`` when cpu >= ``drain_at``, otherwise
-``ready N%`` with N falling linearly from 100 at ``full_below`` to ``min_weight`` at
-``drain_at``. It always says ``ready`` because only an agent can clear the ``drain`` it set;
-the flip side, per HAProxy, is that ``ready`` also clears a drain or maint set on the CLI, which
-lbhealthd's daemon sees as ``Member.has_agent``. An unknown cpu reads as ``ready 100%``: an agent
-that cannot see the load does not hold traffic away. Percentages apply to the server's configured
-weight and truncate, so give agent-checked servers ``weight 100`` (or 256), not the default 1.
+The agent-check reply (``agent_reply``) is always ``ready N%``, with N falling linearly from 100
+at ``full_below`` to ``min_weight`` at ``drain_at`` and staying there above it. The agent never
+replies ``drain`` (nor ``maint`` or ``down``): it sees one server, not the pool, and agents that
+all drained at once would empty it. Whether to take a server out is the daemon's decision,
+within the pool's caps, from the same readings on ``/health``. An unknown cpu reads as
+``ready 100%``: an agent that cannot see the load does not hold traffic away. Per HAProxy,
+``ready`` also clears a drain or maint set on the CLI, which lbhealthd's daemon sees as
+``Member.has_agent`` and re-applies. Percentages apply to the server's configured weight and
+truncate, so give agent-checked servers ``weight 100`` (or 256): with the default weight 1 any
+reply below 100 % is weight 0, a drain by another name.
 
 ``load`` is the reading, ``cgroup`` and ``reader`` take it, ``reply`` words the agent-check line,
 ``server`` serves both views and ``command`` runs them until stopped (``run_agent``).

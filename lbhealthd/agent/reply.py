@@ -1,7 +1,10 @@
-"""The HAProxy agent-check reply: ``drain`` at ``drain_at``, otherwise ``ready N%``.
+"""The HAProxy agent-check reply: always ``ready N%``, never ``drain``.
 
-N falls linearly from 100 at ``full_below`` to ``min_weight`` at ``drain_at``; an unknown cpu
-reads as ``ready 100%``.
+N falls linearly from 100 at ``full_below`` to ``min_weight`` at ``drain_at`` and stays there
+above it; an unknown cpu reads as ``ready 100%``. An agent answers for one server and knows
+nothing of the pool, so it must not take its server out: every agent of a pool saying
+``drain`` at once would empty it (HAProxy answers 503). Taking servers out is the daemon's
+decision, made with the pool-wide caps (``max_drained``, ``min_in_service``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from lbhealthd.agent.load import Load, finite
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """When the agent lowers the weight (above ``full_below``) and drains (at ``drain_at``)."""
+    """When the agent lowers the weight (above ``full_below``), and the load from which the
+    server is worth draining (``drain_at``): the agent then reports its floor, ``min_weight``,
+    and leaves the draining to the daemon."""
 
     full_below: float = 0.5
     drain_at: float = 0.95
-    min_weight: int = 10  # percent of the configured weight, just below drain_at
+    min_weight: int = 10  # percent of the configured weight, at and above drain_at
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.full_below) and math.isfinite(self.drain_at)):
@@ -32,19 +37,17 @@ class Thresholds:
 
 
 def agent_weight(cpu: float, thresholds: Thresholds) -> int:
-    """The weight percentage for ``cpu`` below ``drain_at``: 100 down to ``min_weight``."""
+    """The weight percentage for ``cpu``: 100 down to ``min_weight``, reached at ``drain_at``."""
     t = thresholds
     if cpu <= t.full_below:
         return 100
-    share = (cpu - t.full_below) / (t.drain_at - t.full_below)
+    share = min(1.0, (cpu - t.full_below) / (t.drain_at - t.full_below))
     return max(t.min_weight, min(100, round(100 - share * (100 - t.min_weight))))
 
 
 def agent_reply(load: Load, thresholds: Thresholds) -> str:
-    """The agent-check line for ``load``: ``drain\\n`` or ``ready N%\\n``."""
+    """The agent-check line for ``load``: ``ready N%\\n``, whatever the load."""
     cpu = finite(load.cpu)
     if cpu is None:
         return "ready 100%\n"
-    if cpu >= thresholds.drain_at:
-        return "drain\n"
     return f"ready {agent_weight(cpu, thresholds)}%\n"

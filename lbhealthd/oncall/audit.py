@@ -2,8 +2,10 @@
 deployed. Exit 0 clean, 1 drift, 2 could not check.
 
 `--fix` sets runtime weights back to ``expected_weights`` (never on a server whose weight
-lbhealthd itself is ramping); it asks first unless `--yes`, and logs each change in the action
-log. A runtime weight is lost when HAProxy reloads: the file must be fixed too.
+lbhealthd itself is ramping, and never to or from weight 0, which would restore or make a drain
+past the caps: those are skipped and said so); it asks first unless `--yes`, and logs each
+change in the action log. A runtime weight is lost when HAProxy reloads: the file must be fixed
+too.
 """
 
 from __future__ import annotations
@@ -15,8 +17,13 @@ from typing import Any
 
 from lbhealthd.config import Config
 from lbhealthd.drivers import make_driver
-from lbhealthd.drivers.haproxy.config_file import audit_cfg, parse_backends, syntax_check
-from lbhealthd.errors import DriverError, LbhealthdError
+from lbhealthd.drivers.haproxy.config_file import (
+    audit_cfg,
+    check_candidate,
+    parse_backends,
+    read_candidate,
+)
+from lbhealthd.errors import DriverError, LbhealthdError, UnsafeConfig
 from lbhealthd.model import Member, ServerId
 from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_findings
 from lbhealthd.oncall.commands import Outcome
@@ -115,8 +122,10 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
     findings = _findings(config, members, pair)
     lines += _lines(findings, "live pool")
     fixed: list[str] = []
+    skipped: list[dict[str, Any]] = []
     if fix:
-        plan = _fix_plan(config, members, findings)
+        plan, skipped = _fix_plan(config, members, findings)
+        lines += [f"  skipped: {s['server']}: {s['reason']}" for s in skipped]
         if not plan:
             lines.append("--fix: no weight to set back")
         elif not yes and not confirm(
@@ -125,7 +134,9 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
             + "? [y/N] "
         ):
             return Outcome(
-                2, (*lines, "--fix: not confirmed; nothing changed"), _doc(findings, errors=errors)
+                2,
+                (*lines, "--fix: not confirmed; nothing changed"),
+                _doc(findings, errors=errors, skipped=skipped),
             )
         else:
             fixed = await _apply(config, members, plan)
@@ -138,14 +149,33 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
             findings = _findings(config, members, pair)
             lines += _lines(findings, "live pool after --fix")
     code = 1 if findings else (2 if errors else 0)
-    return Outcome(code, tuple(lines), _doc(findings, errors=errors, fixed=fixed))
+    return Outcome(code, tuple(lines), _doc(findings, errors=errors, fixed=fixed, skipped=skipped))
+
+
+def _out_of_rotation(sid: ServerId, weight: int, want: int) -> str | None:
+    """Why --fix must leave this weight alone, when the change would move the server into or
+    out of rotation: weight 0 is a drain by weight, which only a drain or restore may undo or
+    make (they honour the caps and the overrides)."""
+    if weight == 0:
+        return (
+            f"weight 0 (out of rotation by weight, a drain): left at 0, not set to {want}; "
+            "set its weight by hand once it should serve"
+        )
+    if want == 0:
+        return (
+            f"expected weight 0 would take it out of rotation: left at {weight}; "
+            f"use lbhealthd drain {sid}, which honours the caps"
+        )
+    return None
 
 
 def _fix_plan(
     config: Config, members: dict[str, dict[ServerId, Member]], findings: list[Finding]
-) -> list[tuple[ServerId, int, int]]:
+) -> tuple[list[tuple[ServerId, int, int]], list[dict[str, Any]]]:
+    """The weights to set back (server, expected, current), and the ones left alone, why."""
     owned, _ = _state(config)
     plan = []
+    skipped: list[dict[str, Any]] = []
     for f in findings:
         if f.kind is not FindingKind.WEIGHT or f.server is None:
             continue
@@ -155,9 +185,16 @@ def _fix_plan(
         if member is None or (entry is not None and entry.weight is not None):
             continue  # lbhealthd is ramping this one up: not ours to fix here
         want = expectation(config.pool(f.pool), None).weight_of(f.server)
-        if want is not None and member.weight != want:
+        if want is None or member.weight == want:
+            continue
+        why = _out_of_rotation(sid, member.weight, want)
+        if why is None:
             plan.append((sid, want, member.weight))
-    return plan
+        else:
+            skipped.append(
+                {"server": str(sid), "weight": member.weight, "expected": want, "reason": why}
+            )
+    return plan, skipped
 
 
 async def _apply(
@@ -187,20 +224,45 @@ async def _apply(
     return done
 
 
+def _refused(path: str, exc: UnsafeConfig) -> Outcome:
+    lines = [
+        f"not checked: {path} would run code when HAProxy reads it, so haproxy -c was not "
+        "started on it:",
+        *(f"  {r}" for r in exc.refusals),
+        "lbhealthd never runs code from a candidate file; check such a file with haproxy -c "
+        "in a sandbox (no secrets, no network, a throw-away user)",
+    ]
+    refused = [dataclasses.asdict(r) for r in exc.refusals]
+    return Outcome(2, tuple(lines), _doc([], clean=None, syntax_ok=None, refused=refused))
+
+
 def candidate(config: Config, path: str) -> Outcome:
-    """Check a candidate haproxy.cfg: HAProxy's own syntax check, then servers and weights."""
+    """Check a candidate haproxy.cfg: HAProxy's own syntax check, then servers and weights.
+    A file that would run code as HAProxy parses it is refused (exit 2), never checked."""
     try:
-        ok, message = syntax_check(path)
+        data = read_candidate(path)
+    except OSError as exc:
+        message = f"cannot read {path}: {exc.strerror or exc}"
+        return Outcome(
+            1,
+            (f"haproxy -c: INVALID: {message}",),
+            _doc([], clean=False, syntax_ok=False, syntax_message=message),
+        )
+    try:
+        ok, message = check_candidate(data, path)
     except FileNotFoundError as exc:
         return Outcome(2, (str(exc),))
-    lines = [f"haproxy -c: {'valid' if ok else 'INVALID'}: {message}"]
+    except UnsafeConfig as exc:
+        return _refused(path, exc)
+    first, *more = message.split("\n")  # one line per HAProxy message
+    lines = [f"haproxy -c: {'valid' if ok else 'INVALID'}: {first}", *more]
     if not ok:
         return Outcome(
             1, tuple(lines), _doc([], clean=False, syntax_ok=False, syntax_message=message)
         )
     try:
-        backends = parse_backends(Path(path).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError) as exc:
+        backends = parse_backends(data.decode("utf-8", errors="replace"))
+    except ValueError as exc:
         return Outcome(1, (*lines, f"{path}: {exc}"), _doc([], clean=False, syntax_ok=True))
     findings: list[Finding] = []
     for pool in config.pools:

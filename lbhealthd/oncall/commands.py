@@ -26,7 +26,8 @@ from lbhealthd.oncall import direct
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a command did: its exit code and the lines to print."""
+    """What a command did: its exit code and the lines to print (each is one line: the CLI
+    shows a newline or other control character in it escaped)."""
 
     code: int
     lines: tuple[str, ...]
@@ -125,7 +126,7 @@ async def show_status(config: Config) -> Outcome:
     else:
         doc = await direct.status_document(config)
     unhealthy = any(not p.get("lb_available", True) or p.get("blind") for p in doc["pools"])
-    return Outcome(1 if unhealthy else 0, (status.render(doc),), doc)
+    return Outcome(1 if unhealthy else 0, tuple(status.render(doc).split("\n")), doc)
 
 
 def _refusal(code: int, doc: dict[str, Any]) -> Outcome:

@@ -8,7 +8,8 @@
       ``defaults`` section above it, or of the one it names with ``from NAME``; every
       ``defaults`` section starts afresh (or from the one it names with ``from``).
     - ``check``/``no-check`` and ``disabled``/``enabled`` set the flags; the later one wins.
-    - ``#`` starts a comment outside quotes; ``"..."``, ``'...'`` and ``\\`` escapes group words.
+    - lines end at LF and are split into words as HAProxy splits them (``config_words``);
+      environment variables are not expanded.
 ``server-template`` lines are not expanded. A file HAProxy would refuse for its structure (a
 ``server`` line without an address, a proxy defined twice, an unterminated quote) raises
 ValueError naming the line.
@@ -20,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lbhealthd.drivers.haproxy.config_words import LineError, split_words
 from lbhealthd.monitors.audit import MAX_WEIGHT
 
 DEFAULT_WEIGHT = 1
@@ -140,44 +142,10 @@ class _ServerDefaults:
 
 
 def _words(text: str, lineno: int) -> list[str]:
-    """Split one line the way HAProxy does: whitespace, quotes, backslash escapes, ``#``."""
-    words: list[str] = []
-    current: list[str] = []
-    in_word = False
-    quote = ""
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == quote:
-                quote = ""
-            elif c == "\\" and quote == '"' and i + 1 < len(text):
-                i += 1
-                current.append(text[i])
-            else:
-                current.append(c)
-        elif c == "\\" and i + 1 < len(text):
-            i += 1
-            current.append(text[i])
-            in_word = True
-        elif c in "\"'":
-            quote = c
-            in_word = True
-        elif c == "#":
-            break
-        elif c.isspace():
-            if in_word:
-                words.append("".join(current))
-                current, in_word = [], False
-        else:
-            current.append(c)
-            in_word = True
-        i += 1
-    if quote:
-        raise ValueError(f"line {lineno}: unterminated quote")
-    if in_word:
-        words.append("".join(current))
-    return words
+    try:
+        return list(split_words(text).words)
+    except LineError as exc:
+        raise ValueError(f"line {lineno}: {exc}") from None
 
 
 def _atol(value: str) -> int:
@@ -229,7 +197,7 @@ def parse_backends(text: str) -> dict[str, list[CfgServer]]:
             raise ValueError(f"line {lineno}: defaults section {name!r} not found above")
         return named_defaults[name].copy()
 
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         words = _words(line, lineno)
         if not words:
             continue
