@@ -34,6 +34,7 @@ from lbhealthd.daemon.decision_log import DecisionLog
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.monitoring import Watch
 from lbhealthd.daemon.pool_reader import PoolReader
+from lbhealthd.daemon.probe_targets import ProbeTargets
 from lbhealthd.drivers import Driver
 from lbhealthd.engine import EngineState, Observation, Settings
 from lbhealthd.errors import LbhealthdError
@@ -49,7 +50,6 @@ from lbhealthd.model import (
     Sample,
     ServerId,
 )
-from lbhealthd.probes.aiohttp_prober import render_url
 from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import Target
 from lbhealthd.report import PoolReport, RoundReport
@@ -115,8 +115,7 @@ class Reconciler:
         self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
         self._state_error: str | None = None
-        self._targets: Mapping[ServerId, Target] = {}
-        self._target_cache: dict[ServerId, tuple[object, tuple[str, int], Target]] = {}
+        self.targets = ProbeTargets(scheduler)
         #: Called when a sample asks for a round now (see ``sample_arrived``).
         self.on_evidence: Callable[[], None] | None = None
         self.report = self._report(None, rounds=0, finished_at=None)
@@ -181,7 +180,7 @@ class Reconciler:
             now,
             self.config.daemon.audit_interval,
         )
-        self._sync_targets()
+        self.targets.sync(self.config.pools, self.reader.members)
         observations = {
             sid: self._observe(sid, member, hands.get(sid))
             for pool in read
@@ -269,35 +268,6 @@ class Reconciler:
             added[sid] = override
         if added:
             self.overrides = {**self.overrides, **added}
-
-    def _sync_targets(self) -> None:
-        """Give the scheduler every server's probe target, when any changed.
-
-        A target is rebuilt only for a server whose address, port or pool config changed;
-        the scheduler hears of the set only when something did (at 10,000 servers, rendering
-        every URL every round cost more than deciding)."""
-        cache = self._target_cache
-        targets: dict[ServerId, Target] = {}
-        changed = False
-        for pool in self.config.pools:
-            probe = pool.probe
-            for sid, m in self.reader.members.get(pool.name, {}).items():
-                known = cache.get(sid)
-                if known is not None and known[0] is probe and known[1] == (m.address, m.port):
-                    targets[sid] = known[2]
-                    continue
-                url = render_url(probe.url, name=sid.server, address=m.address, port=m.port)
-                target = Target(
-                    url, probe.interval, probe.timeout, probe.load_fields, probe.confirm_interval
-                )
-                cache[sid] = (probe, (m.address, m.port), target)
-                targets[sid] = target
-                changed = True
-        if changed or len(targets) != len(self._targets):
-            for gone in [sid for sid in cache if sid not in targets]:
-                del cache[gone]
-            self._targets = targets
-            self.scheduler.sync(targets)
 
     def sample_arrived(self, sid: ServerId, sample: Sample) -> bool:
         """Told by the probe scheduler of every sample as it arrives. True when the sample
