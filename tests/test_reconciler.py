@@ -440,6 +440,30 @@ async def test_daemon_restart_keeps_its_drains(make: Callable[..., Harness]) -> 
     assert len(drains) == 1
 
 
+async def test_a_drain_remembered_as_starting_tomorrow_lasts_its_hold(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """A drain time a day ahead in engine.json (a wall clock that was wrong, a hand edit) is
+    taken as the restart's time and reported: the server, healthy, is back after its hold
+    (1 s) and rise, not a day later."""
+    h = make()
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    assert h.driver.drained() == {"s1"}
+    blob = h.store.load_blob("engine")
+    assert blob is not None
+    tomorrow = h.wall() + 86400
+    blob["servers"]["api/s1"]["drained_at"] = tomorrow
+    h.store.save_blob("engine", blob)
+    h.restart_daemon()
+    (clamped,) = events(logs, "engine_state_entry_clamped")
+    assert clamped["server"] == "api/s1" and clamped["field"] == "drained_at"
+    assert (clamped["stored"], clamped["used"]) == (tomorrow, h.wall())
+    h.probes.set("s1", cpu=COOL)
+    rounds = await h.tick_until(lambda: h.driver.drained() == set())
+    assert 5 <= rounds <= 8  # the 1 s hold (5 rounds), then within a round or two
+
+
 async def test_crash_between_recording_and_sending_a_drain(
     make: Callable[..., Harness], logs: Logs
 ) -> None:
