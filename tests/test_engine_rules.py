@@ -314,6 +314,15 @@ def test_a_restore_time_from_the_future_is_clamped_to_now() -> None:
     assert (st.phase, st.flap_level, st.hold) == (Phase.DRAINED, 0, 5.0)
 
 
+def test_a_flap_level_beyond_any_hold_is_held_at_flap_max_hold() -> None:
+    """A flap level so high that min_drain × flap_backoff^n overflows a float is held for
+    flap_max_hold, like any level past it; the round does not fail."""
+    sim, _ = restarted({"phase": "in_service", "flap_level": 10**6, "restored_at": WALL - 1})
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    st = sim.state.servers[S1]
+    assert (st.phase, st.hold) == (Phase.DRAINED, 40.0)
+
+
 def test_forget_keeps_flap_memory_and_drops_the_phase() -> None:
     state = EngineState({S1: ServerState(phase=Phase.DRAINED, bad=4, flap_level=2)})
     st = forget(state, [S1, ServerId("api", "gone")]).servers[S1]
