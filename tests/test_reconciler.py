@@ -730,6 +730,29 @@ async def test_override_with_expiry_is_restored_by_rise(
     assert restored["rule"] == "rise"
 
 
+async def test_an_override_dated_in_the_future_ends_at_its_expiry(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """An override's created_at is only shown (as "since") and decides nothing: one dated a
+    day ahead is applied at once and ends at its expires_at, as written; an expiry far ahead
+    is an override without end, kept like one."""
+    h = make()
+    wall = h.wall()
+    for name, kind, until in (("s2", OverrideKind.DRAIN, 2.0), ("s3", OverrideKind.MAINT, 1e12)):
+        h.store.put_override(
+            Override(sid(name), kind, "test", "oncall", wall + 86400, wall + until)
+        )
+    await h.tick(9)  # 1.8 s
+    assert h.driver.drained() == {"s2"}
+    assert h.driver.states()["s3"] is AdminState.MAINT
+    await h.tick_until(lambda: h.driver.drained() == set())
+    assert events(logs, "override_expired", "api/s2")
+    assert h.wall() - wall < 5.0
+    assert h.driver.states()["s3"] is AdminState.MAINT
+    assert list(h.store.load_overrides()) == [sid("s3")]
+    assert not events(logs, "state_unreadable")
+
+
 async def test_ready_override_suppresses_drains(make: Callable[..., Harness], logs: Logs) -> None:
     """Of two overloaded servers, the one with a keep-in override stays in; the other goes."""
     h = make()
