@@ -6,14 +6,17 @@ from __future__ import annotations
 import pytest
 
 from lbhealthd.engine import (
+    Clamped,
     EngineState,
     ServerState,
+    Settings,
     forget,
     from_persisted,
     slowstart,
     to_persisted,
 )
 from lbhealthd.engine.hysteresis import Phase
+from lbhealthd.engine.settings import PoolSettings
 from lbhealthd.model import (
     ActionKind,
     AdminState,
@@ -23,11 +26,12 @@ from lbhealthd.model import (
     Rule,
     ServerId,
 )
-from tests.engine_sim import Sim
+from tests.engine_sim import Sim, acted
 from tests.test_engine import pool
 
 S1 = ServerId("api", "s1")
 OTHERS = {f"s{i}": "H" for i in range(2, 6)}
+SETTINGS = Settings({"api": pool()})
 
 
 def drained(sim: Sim) -> None:
@@ -175,9 +179,11 @@ def test_drains_and_flap_memory_survive_a_restart() -> None:
     drained(sim)
     before = sim.state.servers[S1]
     data = to_persisted(sim.state, now=sim.now, wall=5000.0)
-    state, ignored = from_persisted(data, {S1: 4990.0}, {}, now=50.0, wall=5000.0)
+    state, ignored, clamped = from_persisted(
+        data, {S1: 4990.0}, {}, now=50.0, wall=5000.0, settings=SETTINGS
+    )
     after = state.servers[S1]
-    assert ignored == []
+    assert ignored == [] and clamped == []
     assert after.phase is Phase.DRAINED
     assert after.hold == before.hold
     assert after.drained_at == pytest.approx(50.0 - (sim.now - before.drained_at))  # type: ignore[operator]
@@ -187,14 +193,16 @@ def test_a_remembered_drain_the_writer_no_longer_holds_is_in_service() -> None:
     sim = Sim(pool())
     drained(sim)
     data = to_persisted(sim.state, now=sim.now, wall=5000.0)
-    state, _ = from_persisted(data, {}, {}, now=50.0, wall=5000.0)
+    state, _, _ = from_persisted(data, {}, {}, now=50.0, wall=5000.0, settings=SETTINGS)
     assert state.servers[S1].phase is Phase.IN_SERVICE
 
 
 def test_a_drain_the_engine_never_saw_is_out_until_rise() -> None:
     """Made by the on-call command while the daemon was down: held out, unknown to the data."""
     over = Override(S1, OverrideKind.MAINT, "disk", "bob", 0.0, None)
-    state, _ = from_persisted({}, {S1: 4990.0}, {S1: over}, now=50.0, wall=5000.0)
+    state, _, _ = from_persisted(
+        {}, {S1: 4990.0}, {S1: over}, now=50.0, wall=5000.0, settings=SETTINGS
+    )
     assert (state.servers[S1].phase, state.servers[S1].manual) == (
         Phase.MANUAL,
         OverrideKind.MAINT,
@@ -212,14 +220,107 @@ def test_a_drain_the_engine_never_saw_is_out_until_rise() -> None:
     ],
 )
 def test_damaged_entries_are_ignored_and_named(data: dict[str, object]) -> None:
-    state, ignored = from_persisted(data, {}, {}, now=0.0, wall=0.0)
+    state, ignored, _ = from_persisted(data, {}, {}, now=0.0, wall=0.0, settings=SETTINGS)
     assert ignored == list(data)
     assert state.servers == {}
 
 
 def test_damaged_data_as_a_whole_is_ignored() -> None:
-    state, ignored = from_persisted(["a", "list"], {}, {}, now=0.0, wall=0.0)
+    state, ignored, _ = from_persisted(["a", "list"], {}, {}, now=0.0, wall=0.0, settings=SETTINGS)
     assert (state.servers, ignored) == ({}, [])
+
+
+WALL = 5000.0  # the wall clock at the restart; the engine's clock then reads 1000 (Sim's)
+
+
+def restarted(
+    entry: dict[str, object], held_since: float | None = None, ps: PoolSettings | None = None
+) -> tuple[Sim, list[Clamped]]:
+    """A Sim started from the remembered ``entry`` of s1 (held out by the writer since
+    ``held_since``, wall clock), and what was clamped on the way."""
+    ps = ps or pool()
+    held = {} if held_since is None else {S1: held_since}
+    state, ignored, clamped = from_persisted(
+        {"api/s1": entry}, held, {}, now=1000.0, wall=WALL, settings=Settings({"api": ps})
+    )
+    assert ignored == []
+    return Sim(ps, now=1000.0, state=state), clamped
+
+
+def healthy(rounds: int) -> dict[str, str]:
+    return {"s1": "H" * rounds, **{k: "H" * rounds for k in OTHERS}}
+
+
+def test_a_drain_time_from_the_future_is_clamped_to_now() -> None:
+    """drained_at a day ahead would hold the server out a day past its hold: it is taken as
+    now, said so, and the server comes back once its hold (5 s) has passed, not before."""
+    sim, clamped = restarted(
+        {"phase": "drained", "drained_at": WALL + 86400, "hold": 5.0}, held_since=WALL - 10
+    )
+    assert clamped == [Clamped("api/s1", "drained_at", WALL + 86400, WALL)]
+    assert acted(sim.run(healthy(8))) == [(4, "s1", "restore")]
+
+
+def test_a_drain_time_in_the_past_is_kept() -> None:
+    sim, clamped = restarted(
+        {"phase": "drained", "drained_at": WALL - 3, "hold": 5.0}, held_since=WALL - 10
+    )
+    assert clamped == []
+    assert acted(sim.run(healthy(8))) == [(1, "s1", "restore")]
+
+
+def test_a_hold_beyond_flap_max_hold_is_clamped_to_it() -> None:
+    """A day-long hold in a pool whose holds stop at 40 s lasts 40 s."""
+    sim, clamped = restarted(
+        {"phase": "drained", "drained_at": WALL - 1, "hold": 86400.0}, held_since=WALL - 10
+    )
+    assert clamped == [Clamped("api/s1", "hold", 86400.0, 40.0)]
+    assert acted(sim.run(healthy(45))) == [(38, "s1", "restore")]
+
+
+def test_a_drain_remembered_without_its_time_is_out_since_the_writer_says() -> None:
+    """A drain remembered without a usable drained_at would never have been out long enough:
+    the time the LB writer holds it out since is used."""
+    sim, clamped = restarted({"phase": "drained", "hold": 5.0}, held_since=WALL - 3)
+    assert clamped == [Clamped("api/s1", "drained_at", None, WALL - 3)]
+    assert acted(sim.run(healthy(4))) == [(1, "s1", "restore")]
+
+
+@pytest.mark.parametrize("stored", ["tomorrow", True, float("inf"), -float("inf"), 10**400])
+def test_a_remembered_time_that_is_no_finite_number_is_replaced(stored: object) -> None:
+    """A drain's start that is no usable time is the writer's; a restore time is dropped;
+    both are reported, and the server is restored on time."""
+    sim, clamped = restarted(
+        {"phase": "drained", "drained_at": stored, "hold": 5.0, "restored_at": stored},
+        held_since=WALL - 3,
+    )
+    assert clamped == [
+        Clamped("api/s1", "drained_at", stored, WALL - 3),
+        Clamped("api/s1", "restored_at", stored, None),
+    ]
+    assert acted(sim.run(healthy(4))) == [(1, "s1", "restore")]
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    assert sim.state.servers[S1].phase is Phase.DRAINED
+
+
+def test_a_restore_time_from_the_future_is_clamped_to_now() -> None:
+    """restored_at a day ahead would count every drain for a day as a flap: taken as now, two
+    flap windows in service take the flap level from 1 back to 0, so the next hold is 5 s."""
+    sim, clamped = restarted({"phase": "in_service", "flap_level": 1, "restored_at": WALL + 86400})
+    assert clamped == [Clamped("api/s1", "restored_at", WALL + 86400, WALL)]
+    sim.round({"s1": "H", **OTHERS}, step=120.0)
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    st = sim.state.servers[S1]
+    assert (st.phase, st.flap_level, st.hold) == (Phase.DRAINED, 0, 5.0)
+
+
+def test_a_flap_level_beyond_any_hold_is_held_at_flap_max_hold() -> None:
+    """A flap level so high that min_drain × flap_backoff^n overflows a float is held for
+    flap_max_hold, like any level past it; the round does not fail."""
+    sim, _ = restarted({"phase": "in_service", "flap_level": 10**6, "restored_at": WALL - 1})
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    st = sim.state.servers[S1]
+    assert (st.phase, st.hold) == (Phase.DRAINED, 40.0)
 
 
 def test_forget_keeps_flap_memory_and_drops_the_phase() -> None:

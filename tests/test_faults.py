@@ -125,6 +125,27 @@ def test_corrupt_state_file_refuses_to_start(tmp_path: Path) -> None:
     assert "overrides.json" in done.stderr
 
 
+def test_state_dir_writable_by_others_refuses_to_start(tmp_path: Path) -> None:
+    """A state_dir every user may write stops the daemon from starting, naming it and the fix."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump({"daemon": {"state_dir": str(state)}, "pools": [{"name": "api"}]})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{state}: writable by every user" in done.stderr
+    assert f"chmod go-w {state}" in done.stderr
+
+
 async def test_starved_daemon_freezes(
     haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
 ) -> None:

@@ -30,7 +30,9 @@ from lbhealthd.cli import build_parser, cmd_run
 from lbhealthd.config import DaemonConfig, HAProxyConfig, load_config, parse_duration
 from lbhealthd.daemon.sdnotify import Notifier
 from lbhealthd.drivers.haproxy.process import find_haproxy
+from lbhealthd.store import Store
 from tests.fixtures_haproxy import free_port
+from tests.other_user import in_child, needs_root, shared_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "lbhealthd.service"
@@ -703,18 +705,45 @@ def test_sidecar_containers_are_locked_down(sidecar_pod: dict[str, Any]) -> None
 def test_lbhealthd_writable_paths_are_volumes(
     sidecar_pod: dict[str, Any], lbhealthd_config_text: str, tmp_path: Path
 ) -> None:
-    """With a read-only root, state_dir and the control socket's directory are mounted volumes,
-    and the config file is the ConfigMap's mounted at the path of ``-c``."""
+    """With a read-only root, state_dir and the control socket's directory are mounted volumes
+    (state_dir a directory of its own in one: an emptyDir is writable by every user, which
+    the daemon refuses), and the config file is the ConfigMap's mounted at the path of ``-c``."""
     container = _container(sidecar_pod, "lbhealthd")
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     (tmp_path / "config.yaml").write_text(lbhealthd_config_text)
     daemon = load_config(str(tmp_path / "config.yaml")).daemon
-    for path in (daemon.state_dir, str(Path(daemon.control_socket).parent)):
+    state_mount = str(Path(daemon.state_dir).parent)
+    for path in (state_mount, str(Path(daemon.control_socket).parent)):
         assert path in mounts and not mounts[path].get("readOnly"), path
     config_path = build_parser().parse_args(container["args"]).config
     config_mount = mounts[str(Path(config_path).parent)]
     volume = next(v for v in sidecar_pod["volumes"] if v["name"] == config_mount["name"])
     assert volume["configMap"]["name"] == "api-lb-lbhealthd"
+
+
+def _open_state(state: Path) -> str:
+    Store.open(state).append_action(event="started")
+    return "started"
+
+
+@needs_root
+def test_sidecar_state_dir_is_accepted_in_an_emptydir(
+    sidecar_pod: dict[str, Any], lbhealthd_config_text: str, tmp_path: Path
+) -> None:
+    """An emptyDir with fsGroup is mode 2777, owned by root and the group: refused as a
+    state_dir, while the manifest's state_dir, a directory the daemon makes in it, is used."""
+    (tmp_path / "config.yaml").write_text(lbhealthd_config_text)
+    state_dir = Path(load_config(str(tmp_path / "config.yaml")).daemon.state_dir)
+    uid = _container(sidecar_pod, "lbhealthd")["securityContext"]["runAsUser"]
+    assert sidecar_pod["securityContext"]["fsGroup"] == uid
+    with shared_dir() as shared:
+        volume = shared / "volume"
+        volume.mkdir()
+        os.chown(volume, 0, uid)
+        os.chmod(volume, 0o2777)
+        got = in_child(_open_state, volume, uid=uid)
+        assert got.startswith("StateError: ") and "writable by every user" in got, got
+        assert in_child(_open_state, volume / state_dir.name, uid=uid) == "ok: started"
 
 
 def test_haproxy_config_in_the_manifest_is_valid(haproxy_cfg: str, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +30,7 @@ from lbhealthd.probes.scheduler import ProbeScheduler
 from lbhealthd.store import Store
 from lbhealthd.testing import FakeClock, FakeProbes, memory_pool
 from tests.daemon_harness import make_config
+from tests.other_user import NOBODY, in_child, needs_root, shared_dir
 
 Logs = list[MutableMapping[str, Any]]
 
@@ -437,6 +440,30 @@ async def test_daemon_restart_keeps_its_drains(make: Callable[..., Harness]) -> 
     assert len(drains) == 1
 
 
+async def test_a_drain_remembered_as_starting_tomorrow_lasts_its_hold(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """A drain time a day ahead in engine.json (a wall clock that was wrong, a hand edit) is
+    taken as the restart's time and reported: the server, healthy, is back after its hold
+    (1 s) and rise, not a day later."""
+    h = make()
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    assert h.driver.drained() == {"s1"}
+    blob = h.store.load_blob("engine")
+    assert blob is not None
+    tomorrow = h.wall() + 86400
+    blob["servers"]["api/s1"]["drained_at"] = tomorrow
+    h.store.save_blob("engine", blob)
+    h.restart_daemon()
+    (clamped,) = events(logs, "engine_state_entry_clamped")
+    assert clamped["server"] == "api/s1" and clamped["field"] == "drained_at"
+    assert (clamped["stored"], clamped["used"]) == (tomorrow, h.wall())
+    h.probes.set("s1", cpu=COOL)
+    rounds = await h.tick_until(lambda: h.driver.drained() == set())
+    assert 5 <= rounds <= 8  # the 1 s hold (5 rounds), then within a round or two
+
+
 async def test_crash_between_recording_and_sending_a_drain(
     make: Callable[..., Harness], logs: Logs
 ) -> None:
@@ -630,6 +657,37 @@ async def test_full_disk_keeps_the_daemon_serving(
     assert list(h.store.load_owned()) == [sid("s1")]
 
 
+async def test_state_dir_opened_to_others_while_running_keeps_the_last_good_overrides(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """A state_dir made writable by every user while the daemon runs is refused from the next
+    round on (logged once): the overrides read last stay in force, whatever was put there
+    meanwhile. Tightened, it is read again."""
+    h = make()
+    h.override("s2", OverrideKind.DRAIN)
+    await h.tick()
+    assert h.driver.drained() == {"s2"}
+    state = Path(h.config.daemon.state_dir)
+    os.chmod(state, 0o777)
+    planted = [
+        {"server": f"api/{n}", "kind": "maint", "reason": "x", "who": "x", "created_at": 1.0}
+        for n in ALL
+    ]
+    (state / "overrides.json").write_text(json.dumps({"version": 1, "overrides": planted}))
+    await h.tick(5)
+    assert h.driver.drained() == {"s2"}
+    assert AdminState.MAINT not in h.driver.states().values()
+    (refused,) = events(logs, "state_unreadable")
+    assert str(state) in refused["error"] and "writable by every user" in refused["error"]
+    os.chmod(state, 0o750)
+    os.unlink(state / "overrides.json")  # what the operator found planted
+    h.override("s2", OverrideKind.DRAIN)
+    h.override("s3", OverrideKind.MAINT)
+    await h.tick()
+    assert h.driver.drained() == {"s2"}
+    assert h.driver.states()["s3"] is AdminState.MAINT
+
+
 # --- overrides ------------------------------------------------------------------------------
 
 
@@ -672,6 +730,29 @@ async def test_override_with_expiry_is_restored_by_rise(
     assert restored["rule"] == "rise"
 
 
+async def test_an_override_dated_in_the_future_ends_at_its_expiry(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """An override's created_at is only shown (as "since") and decides nothing: one dated a
+    day ahead is applied at once and ends at its expires_at, as written; an expiry far ahead
+    is an override without end, kept like one."""
+    h = make()
+    wall = h.wall()
+    for name, kind, until in (("s2", OverrideKind.DRAIN, 2.0), ("s3", OverrideKind.MAINT, 1e12)):
+        h.store.put_override(
+            Override(sid(name), kind, "test", "oncall", wall + 86400, wall + until)
+        )
+    await h.tick(9)  # 1.8 s
+    assert h.driver.drained() == {"s2"}
+    assert h.driver.states()["s3"] is AdminState.MAINT
+    await h.tick_until(lambda: h.driver.drained() == set())
+    assert events(logs, "override_expired", "api/s2")
+    assert h.wall() - wall < 5.0
+    assert h.driver.states()["s3"] is AdminState.MAINT
+    assert list(h.store.load_overrides()) == [sid("s3")]
+    assert not events(logs, "state_unreadable")
+
+
 async def test_ready_override_suppresses_drains(make: Callable[..., Harness], logs: Logs) -> None:
     """Of two overloaded servers, the one with a keep-in override stays in; the other goes."""
     h = make()
@@ -701,6 +782,33 @@ async def test_drain_made_while_the_daemon_was_down_is_honoured_on_start(
     await h.tick(10)
     assert h.driver.drained() == set()
     assert h.driver.sent() == [("s4", "drain"), ("s4", "ready")]
+
+
+def _start_as_daemon(h: Harness) -> str:
+    h.restart_daemon()
+    h.store.append_action(event="started")
+    r = h.reconciler
+    return f"overrides {sorted(map(str, r.overrides))}, owned {sorted(map(str, r.writer.owned))}"
+
+
+@needs_root
+async def test_a_root_drain_while_the_daemon_is_down_leaves_state_the_daemon_can_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """root's `lbhealthd drain` with the daemon down, in the state_dir of the daemon's user,
+    leaves every file owned by that user: the daemon, started as it, has the drain."""
+    with shared_dir() as shared:
+        state = shared / "state"
+        state.mkdir(mode=0o750)
+        os.chown(state, NOBODY, NOBODY)
+        h = Harness(shared)
+        monkeypatch.setattr(direct, "make_driver", lambda config, **kw: h.driver)
+        done = await oncall.drain(h.config, sid("s4"), "kernel update", None, False, False)
+        assert done.code == 0 and "daemon not running" in done.lines[1]
+        assert {p.stat().st_uid for p in state.iterdir()} == {NOBODY}
+        got = in_child(_start_as_daemon, h, uid=NOBODY)
+        assert got == "ok: overrides ['api/s4'], owned ['api/s4']"
+        await h.reconciler.close()
 
 
 # --- config, agents, starvation -------------------------------------------------------------

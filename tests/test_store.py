@@ -365,9 +365,9 @@ def test_corrupt_owned_and_engine_files_stop_start_up(
 
 
 def test_unreadable_file_raises_state_error(store: Store, state: Path) -> None:
-    """A state file that cannot be read at all raises StateError with the OS's reason."""
+    """A state file that cannot be read at all (a directory) raises StateError saying so."""
     (state / "overrides.json").mkdir()
-    with pytest.raises(StateError, match="cannot be read: Is a directory"):
+    with pytest.raises(StateError, match="a directory, not a regular file"):
         store.load_overrides()
 
 
@@ -420,7 +420,7 @@ def test_crash_before_replace_keeps_old_content_and_temp_is_cleaned(
     store.save_owned({sid("api/s1"): owned("api/s1")})
     before = (state / "owned.json").read_bytes()
 
-    def crash(*args: Any) -> None:
+    def crash(*args: Any, **kwargs: Any) -> None:
         raise Crash
 
     monkeypatch.setattr(os, "replace", crash)

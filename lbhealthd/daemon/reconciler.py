@@ -103,15 +103,24 @@ class Reconciler:
         self.overrides: Mapping[ServerId, Override] = store.load_overrides()
         self.watch = Watch(config)
         self.decisions = DecisionLog(wall)
-        self.state, ignored = engine.from_persisted(
+        self.state, ignored, clamped = engine.from_persisted(
             (store.load_blob("engine") or {}).get("servers", {}),
             {s: e.since for s, e in self.writer.owned.items() if e.admin is not AdminState.READY},
             self.overrides,
             mono(),
             wall(),
+            self.settings,
         )
         for entry in ignored:
             log.warning("engine_state_entry_ignored", entry=entry)
+        for c in clamped:
+            log.warning(
+                "engine_state_entry_clamped",
+                server=c.server,
+                field=c.field,
+                stored=c.stored,
+                used=c.used,
+            )
         self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
         self._state_error: str | None = None

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 
 from lbhealthd.engine.governor import is_blind
 from lbhealthd.engine.hysteresis import Phase
-from lbhealthd.engine.persistence import from_persisted, to_persisted
+from lbhealthd.engine.persistence import Clamped, from_persisted, to_persisted
 from lbhealthd.engine.pool import PoolPass
 from lbhealthd.engine.settings import Marks, PoolSettings, Settings
 from lbhealthd.engine.state import EngineState, Observation, ServerState
@@ -55,6 +55,7 @@ from lbhealthd.model import (
 )
 
 __all__ = [
+    "Clamped",
     "EngineState",
     "Marks",
     "Observation",

@@ -64,5 +64,8 @@ def is_blind(probed: int, failed: int, settings: PoolSettings) -> bool:
 
 def hold_time(level: int, settings: PoolSettings) -> float:
     """How long a drain lasts at least: min_drain × flap_backoff^level, capped."""
-    hold = settings.min_drain * settings.flap_backoff**level
+    try:
+        hold = settings.min_drain * settings.flap_backoff**level
+    except OverflowError:  # a level far past the cap (a long flapping, a damaged memory)
+        hold = settings.flap_max_hold
     return max(settings.min_drain, min(hold, settings.flap_max_hold))

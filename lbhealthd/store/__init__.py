@@ -20,6 +20,11 @@ created with mode 0o640, the directory with 0o750. An ``OSError`` while writing 
 disk, a read-only mount) becomes a :class:`StateError` carrying the errno text, and the
 previous file stays as it was.
 
+Trust. Whoever may write the directory decides what lbhealthd does, so a directory another
+user may write, or owned by another user, is refused; so is a state file that is a symlink, a
+hard link, a FIFO or device, another user's, or far larger than lbhealthd writes. Files root
+creates in the daemon user's directory are given to that user (see ``files``).
+
 Corruption policy. A *missing* file means "nothing stored". A file that cannot be read, is
 not JSON, has an unknown version, or holds an invalid entry (a bad server name, a wrong type,
 an unknown or missing key) raises :class:`StateError` naming the file, the problem, and what

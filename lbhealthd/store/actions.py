@@ -12,15 +12,17 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from lbhealthd.model import ServerId
-from lbhealthd.store.files import fsync_dir, open_creating, read_error, write_all, write_error
+from lbhealthd.store.files import StateDir, open_file, read_error, write_all, write_error
 
 ACTIONS = "actions.jsonl"
 
 _READ_BLOCK = 64 * 1024
+# A line longer than this is no record lbhealthd wrote (one is well under a kilobyte): it is
+# skipped as damaged rather than held in memory whole.
+MAX_LINE = 1024 * 1024
 
 
 class ActionRecords(list[dict[str, Any]]):
@@ -53,11 +55,11 @@ def encode_records(records: Sequence[Mapping[str, Any]]) -> bytes:
     return b"".join(json.dumps(r, default=str, allow_nan=False).encode() + b"\n" for r in records)
 
 
-def append_lines(directory: Path, data: bytes) -> None:
-    """Append encoded lines to the log in ``directory``, durably; hold the writers' lock."""
-    path = directory / ACTIONS
+def append_lines(d: StateDir, data: bytes) -> None:
+    """Append encoded lines to the log in ``d``, durably; hold the writers' lock."""
+    path = d.path / ACTIONS
     try:
-        fd, created = open_creating(path, os.O_RDWR | os.O_APPEND)
+        fd, created = open_file(d, ACTIONS, os.O_RDWR | os.O_APPEND, create=True)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -67,36 +69,36 @@ def append_lines(directory: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         if created:
-            fsync_dir(directory)
+            os.fsync(d.fd)
     except OSError as exc:
         raise write_error(path, "append to it", exc) from exc
 
 
-def read_records(directory: Path, limit: int | None) -> ActionRecords:
-    """The last ``limit`` records of the log in ``directory`` (all when None), oldest first.
+def read_records(d: StateDir, limit: int | None) -> ActionRecords:
+    """The last ``limit`` records of the log in ``d`` (all when None), oldest first.
 
-    Lines that are not JSON objects are skipped and counted in ``skipped_lines``; with a
-    limit, only the lines read to find those records are counted.
+    Lines that are not JSON objects, or longer than any record, are skipped and counted in
+    ``skipped_lines``; with a limit, only the lines read to find those records are counted.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, not {limit}")
-    path = directory / ACTIONS
+    path = d.path / ACTIONS
     records: list[dict[str, Any]] = []
     skipped = 0
     if limit == 0:
         return ActionRecords(records, skipped)
     try:
-        f = path.open("rb")
+        fd, _ = open_file(d, ACTIONS, os.O_RDONLY)
     except FileNotFoundError:
         return ActionRecords(records, skipped)
     except OSError as exc:
         raise read_error(path, exc) from exc
-    with f:
+    with os.fdopen(fd, "rb") as f:
         try:
             for raw in _lines_backwards(f):
-                if not raw.strip():
+                if raw is not None and not raw.strip():
                     continue
-                record = _parse_record(raw)
+                record = None if raw is None else _parse_record(raw)
                 if record is None:
                     skipped += 1
                     continue
@@ -117,18 +119,28 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _lines_backwards(f: BinaryIO) -> Iterator[bytes]:
-    """The lines of ``f`` from the last to the first, without their newlines."""
+def _lines_backwards(f: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of ``f`` from the last to the first, without their newlines; None stands for
+    a line longer than MAX_LINE, which is not kept."""
     pos = f.seek(0, os.SEEK_END)
-    rest = b""
+    rest = b""  # the start of the buffer: a line whose beginning is further back
+    overlong = False  # rest was dropped: the line it belongs to is too long
     while pos > 0:
         step = min(_READ_BLOCK, pos)
         pos -= step
         f.seek(pos)
         parts = (f.read(step) + rest).split(b"\n")
         rest = parts[0]
-        yield from reversed(parts[1:])
-    yield rest
+        newer = parts[1:]
+        if newer and overlong:
+            yield None  # this block holds the start of the overlong line: it is whole
+            newer.pop()
+            overlong = False
+        yield from (None if len(line) > MAX_LINE else line for line in reversed(newer))
+        if overlong or len(rest) > MAX_LINE:
+            rest = b""
+            overlong = True
+    yield None if overlong else rest
 
 
 def _iso_utc(ts: float) -> str:

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from lbhealthd.errors import StateError
-from lbhealthd.store.files import FILE_MODE, fsync_dir, os_text, read_error, write_all, write_error
+from lbhealthd.store.files import (
+    MAX_DOCUMENT,
+    StateDir,
+    create_new,
+    open_file,
+    os_text,
+    read_at_most,
+    read_error,
+    write_all,
+    write_error,
+)
 
 FORMAT_VERSION = 1
 
@@ -37,14 +47,28 @@ _ASIDE_COST = {
 }
 
 
-def read_document(path: Path, key: str, kind: type[Any]) -> Any:
-    """The checked ``key`` member of a versioned document, or None when the file is missing."""
+def read_document(d: StateDir, name: str, key: str, kind: type[Any]) -> Any:
+    """The checked ``key`` member of the versioned document ``name``, or None when missing."""
+    path = d.path / name
     try:
-        raw = path.read_bytes()
+        fd, _ = open_file(d, name, os.O_RDONLY)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise read_error(path, exc) from exc
+    try:
+        size = os.fstat(fd).st_size
+        raw = read_at_most(fd, MAX_DOCUMENT)
+    except OSError as exc:
+        raise read_error(path, exc) from exc
+    finally:
+        os.close(fd)
+    if raw is None:
+        raise corrupt(
+            path,
+            f"{size} bytes, more than the {MAX_DOCUMENT} bytes a state file may hold "
+            f"(lbhealthd writes far less)",
+        )
     try:
         doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -73,40 +97,46 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number lbhealthd writes")
 
 
-def write_document(directory: Path, filename: str, key: str, value: object) -> None:
+def write_document(d: StateDir, filename: str, key: str, value: object) -> None:
     """Atomically replace ``filename`` with a versioned document; hold the writers' lock."""
     data = json.dumps({"version": FORMAT_VERSION, key: value}, indent=1, allow_nan=False).encode()
-    path = directory / filename
-    temp = directory / f".{filename}.{secrets.token_hex(6)}.tmp"
+    data += b"\n"
+    path = d.path / filename
+    if len(data) > MAX_DOCUMENT:
+        raise StateError(
+            f"{path}: not written: it would be {len(data)} bytes, more than the "
+            f"{MAX_DOCUMENT} bytes a state file may hold, so lbhealthd could not read it "
+            f"back. The previous version is unchanged."
+        )
+    temp = f".{filename}.{secrets.token_hex(6)}.tmp"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = create_new(d, temp, os.O_WRONLY)
         try:
-            os.fchmod(fd, FILE_MODE)
-            write_all(fd, data + b"\n")
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)
+        os.replace(temp, filename, src_dir_fd=d.fd, dst_dir_fd=d.fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            temp.unlink()
+            os.unlink(temp, dir_fd=d.fd)
         raise write_error(path, "write it", exc) from exc
     try:
-        fsync_dir(directory)
+        os.fsync(d.fd)
     except OSError as exc:
         text = os_text(exc)
         raise StateError(
             f"{path}: written, but the directory fsync failed: {text}; the new version may "
-            f"not survive a power loss. Check the file system of {directory}."
+            f"not survive a power loss. Check the file system of {d.path}."
         ) from exc
 
 
-def clean_temp_files(directory: Path) -> None:
+def clean_temp_files(d: StateDir) -> None:
     """Remove temp files a crashed writer left; only call it holding the writers' lock."""
-    for entry in directory.iterdir():
-        if _TEMP_NAME.fullmatch(entry.name):
+    for name in os.listdir(d.fd):
+        if _TEMP_NAME.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+                os.unlink(name, dir_fd=d.fd)
 
 
 def corrupt(path: Path, problem: str) -> StateError:

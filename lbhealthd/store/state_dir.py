@@ -2,21 +2,24 @@
 
 Writers (the daemon and the on-call CLI, in separate processes) hold an exclusive flock on
 ``lock`` for the whole read-modify-write, so neither loses the other's update; readers need no
-lock. Creating a Store creates the directory (mode 0o750) if missing and removes the temp files
-a crashed writer left.
+lock. Every operation opens and checks the directory afresh (see lbhealthd.store.files), so one
+made unsafe while the daemon runs is refused from then on. Creating a Store creates the
+directory (mode 0o750) if missing and removes the temp files a crashed writer left; run as root
+in another user's directory, it gives that user back the state files root owns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lbhealthd.model import Override, ServerId
 from lbhealthd.store.actions import (
+    ACTIONS,
     ActionRecords,
     append_lines,
     encode_records,
@@ -43,9 +46,10 @@ from lbhealthd.store.entries import (
     owned_from_json,
     owned_to_json,
 )
-from lbhealthd.store.files import DIR_MODE, locked, write_error
+from lbhealthd.store.files import DIR_MODE, StateDir, hand_back, locked, opened_dir, write_error
 
 LOCK = "lock"
+_FILES = (OVERRIDES, OWNED, ENGINE, ACTIONS, LOCK)
 
 
 class Store:
@@ -60,8 +64,9 @@ class Store:
                 os.chmod(self.dir, DIR_MODE)
         except OSError as exc:
             raise write_error(self.dir, "create it", exc) from exc
-        with self._locked():
-            clean_temp_files(self.dir)
+        with self._locked() as d:
+            clean_temp_files(d)
+            hand_back(d, _FILES)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -74,45 +79,47 @@ class Store:
         store = cls(state_dir, clock=clock)
         store.load_overrides()
         store.load_owned()
-        store._read_blobs()
+        with store._opened() as d:
+            store._read_blobs(d)
         return store
 
     # -- overrides --------------------------------------------------------------------------
 
     def load_overrides(self) -> dict[ServerId, Override]:
         """Every stored override by server; empty when none were ever stored."""
-        return self._read_overrides()
+        with self._opened() as d:
+            return self._read_overrides(d)
 
     def put_override(self, override: Override) -> None:
         """Store ``override``, replacing any other override of the same server."""
-        with self._locked():
-            current = self._read_overrides()
+        with self._locked() as d:
+            current = self._read_overrides(d)
             current[override.server] = override
-            self._write_overrides(current)
+            self._write_overrides(d, current)
 
     def remove_override(self, server: ServerId) -> Override | None:
         """Remove and return the override of ``server``, or None when it had none."""
-        with self._locked():
-            current = self._read_overrides()
+        with self._locked() as d:
+            current = self._read_overrides(d)
             removed = current.pop(server, None)
             if removed is not None:
-                self._write_overrides(current)
+                self._write_overrides(d, current)
             return removed
 
     def prune_expired(self, wall: float) -> list[Override]:
         """Remove the overrides expired at wall time ``wall`` and return them by server."""
-        with self._locked():
-            current = self._read_overrides()
+        with self._locked() as d:
+            current = self._read_overrides(d)
             expired = [o for o in current.values() if o.expired(wall)]
             if expired:
                 for o in expired:
                     del current[o.server]
-                self._write_overrides(current)
+                self._write_overrides(d, current)
             return sorted(expired, key=lambda o: o.server)
 
-    def _read_overrides(self) -> dict[ServerId, Override]:
-        path = self.dir / OVERRIDES
-        items = read_document(path, "overrides", list)
+    def _read_overrides(self, d: StateDir) -> dict[ServerId, Override]:
+        path = d.path / OVERRIDES
+        items = read_document(d, OVERRIDES, "overrides", list)
         result: dict[ServerId, Override] = {}
         for i, item in enumerate(items or []):
             try:
@@ -124,16 +131,17 @@ class Store:
             result[o.server] = o
         return result
 
-    def _write_overrides(self, overrides: Mapping[ServerId, Override]) -> None:
+    def _write_overrides(self, d: StateDir, overrides: Mapping[ServerId, Override]) -> None:
         items = [override_to_json(overrides[s]) for s in sorted(overrides)]
-        write_document(self.dir, OVERRIDES, "overrides", items)
+        write_document(d, OVERRIDES, "overrides", items)
 
     # -- ownership --------------------------------------------------------------------------
 
     def load_owned(self) -> dict[ServerId, OwnedEntry]:
         """What the daemon changed in the LB itself, by server; empty when nothing."""
         path = self.dir / OWNED
-        items = read_document(path, "owned", list)
+        with self._opened() as d:
+            items = read_document(d, OWNED, "owned", list)
         result: dict[ServerId, OwnedEntry] = {}
         for i, item in enumerate(items or []):
             try:
@@ -151,15 +159,16 @@ class Store:
             if key != entry.server:
                 raise ValueError(f"owned entry for {entry.server} filed under {key}")
         items = [owned_to_json(entries[s]) for s in sorted(entries)]
-        with self._locked():
-            write_document(self.dir, OWNED, "owned", items)
+        with self._locked() as d:
+            write_document(d, OWNED, "owned", items)
 
     # -- engine memory ----------------------------------------------------------------------
 
     def load_blob(self, name: str) -> dict[str, Any] | None:
         """The blob stored under ``name``, or None when there is none."""
         check_blob_name(name)
-        return self._read_blobs().get(name)
+        with self._opened() as d:
+            return self._read_blobs(d).get(name)
 
     def save_blob(self, name: str, data: Mapping[str, Any]) -> None:
         """Store ``data`` (JSON-serialisable) under ``name``, replacing what was there."""
@@ -174,14 +183,14 @@ class Store:
         """Store several blobs in one write, each replacing what was there under its name."""
         for name in named:
             check_blob_name(name)
-        with self._locked():
-            blobs = self._read_blobs()
+        with self._locked() as d:
+            blobs = self._read_blobs(d)
             blobs.update({name: dict(data) for name, data in named.items()})
-            write_document(self.dir, ENGINE, "blobs", dict(sorted(blobs.items())))
+            write_document(d, ENGINE, "blobs", dict(sorted(blobs.items())))
 
-    def _read_blobs(self) -> dict[str, dict[str, Any]]:
-        path = self.dir / ENGINE
-        blobs = read_document(path, "blobs", dict) or {}
+    def _read_blobs(self, d: StateDir) -> dict[str, dict[str, Any]]:
+        path = d.path / ENGINE
+        blobs = read_document(d, ENGINE, "blobs", dict) or {}
         for name, value in blobs.items():
             if BLOB_NAME.fullmatch(name) is None:
                 raise corrupt(path, f"blob name {name!r} is not of the form [a-z_]+")
@@ -207,23 +216,30 @@ class Store:
         if not records:
             return records
         data = encode_records(records)
-        with self._locked():
-            append_lines(self.dir, data)
+        with self._locked() as d:
+            append_lines(d, data)
         return records
 
     def read_actions(self, limit: int | None = None) -> ActionRecords:
         """The last ``limit`` records of the action log (all when None), oldest first.
 
-        Lines that are not JSON objects are skipped and counted in ``skipped_lines``; with a
-        limit, only the lines read to find those records are counted.
+        Lines that are not JSON objects (or longer than any record) are skipped and counted in
+        ``skipped_lines``; with a limit, only the lines read to find those records are counted.
         """
-        return read_records(self.dir, limit)
+        with self._opened() as d:
+            return read_records(d, limit)
 
     # -- the writers' lock ------------------------------------------------------------------
 
-    def _locked(self) -> AbstractContextManager[None]:
-        """Hold the writers' lock for a read-modify-write."""
-        return locked(self.dir / LOCK)
+    def _opened(self) -> contextlib.AbstractContextManager[StateDir]:
+        """state_dir, opened and checked, for one read."""
+        return opened_dir(self.dir)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[StateDir]:
+        """state_dir, opened and checked, with the writers' lock held, for a read-modify-write."""
+        with opened_dir(self.dir) as d, locked(d, LOCK):
+            yield d
 
 
 class Blob:
