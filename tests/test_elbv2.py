@@ -534,7 +534,13 @@ async def test_daemon_deregisters_overloaded_targets_and_registers_them_on_recov
             {
                 "name": "api",
                 **FAST,
-                "probe": {**FAST["probe"], "url": "http://127.0.0.1:{port}/health"},
+                # Fast confirmation off: the four streaks complete in one round, so the
+                # worst two are the ones drained (with it on, the first two to complete are).
+                "probe": {
+                    **FAST["probe"],
+                    "url": "http://127.0.0.1:{port}/health",
+                    "fast_interval": FAST["probe"]["interval"],
+                },
                 "expected_weights": {"default": 1},
             }
         ],

@@ -908,3 +908,19 @@ async def test_probe_targets_are_rebuilt_only_when_they_change(
     await h.tick(2)
     assert h.probes.syncs == 2
     assert {t.interval for t in h.probes.targets.values()} == {0.4}  # type: ignore[attr-defined]
+
+
+async def test_without_fast_confirmation_samples_wait_for_the_round(
+    make: Callable[..., Harness],
+) -> None:
+    """fast_interval equal to interval: no sample asks for a round (the control of the test
+    above, where the same sample does)."""
+    from lbhealthd.testing import ok
+
+    probe = {"interval": "200ms", "timeout": "150ms", "fast_interval": "200ms"}
+    h = make(probe={**probe, "load_fields": {"cpu": "cpu"}})
+    woken: list[bool] = []
+    h.reconciler.on_evidence = lambda: woken.append(True)
+    await h.tick()
+    assert h.reconciler.sample_arrived(sid("s1"), ok(sid("s1"), h.mono(), cpu=HOT)) is False
+    assert woken == []

@@ -91,6 +91,7 @@ class Reconciler:
         self.wall = wall
         self.config = config
         self.settings: Settings = config.engine_settings()
+        self._fast_pools = _fast_pools(config)
         self.journal = Journal(store, clock=store.clock)
         self.writer = LbWriter(
             driver,
@@ -141,6 +142,7 @@ class Reconciler:
         """Use a new, already validated config from the next round on."""
         self.config = config
         self.settings = config.engine_settings()
+        self._fast_pools = _fast_pools(config)
         self.writer.dry_run = config.daemon.dry_run
         self.watch.configure(config)
 
@@ -284,9 +286,11 @@ class Reconciler:
         soon, and ``on_evidence`` asks for a round now rather than at the next interval, so
         each such sample is judged, and the one that completes the streak acted on, at once.
         A sample that ends a streak under way asks for a round too (it is not confirmed
-        fast): a newer sample must not hide it."""
+        fast): a newer sample must not hide it. With fast confirmation off for the pool
+        (``fast_interval`` equal to ``interval``) samples wait for the next round, as the
+        servers' streaks then complete together and are drained worst first."""
         ps = self.settings.pools.get(sid.pool)
-        if ps is None:
+        if ps is None or sid.pool not in self._fast_pools:
             return False
         member = self.reader.members.get(sid.pool, {}).get(sid)
         merged = sample if member is None else merge(sample, member)
@@ -408,3 +412,8 @@ class Reconciler:
             state_since=dict(self.reader.state_since),
             applied=dict(self.writer.last_set),
         )
+
+
+def _fast_pools(config: Config) -> frozenset[str]:
+    """The pools where fast confirmation is on."""
+    return frozenset(p.name for p in config.pools if p.probe.confirm_interval < p.probe.interval)
