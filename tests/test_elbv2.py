@@ -574,3 +574,20 @@ async def test_daemon_deregisters_overloaded_targets_and_registers_them_on_recov
     finally:
         daemon.stopping.set()
         await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_planted_old_record_is_refused_not_followed(tmp_path: Path, kind: str) -> None:
+    """The old record's file is read without following a link or blocking on a FIFO: the
+    driver logs it as unreadable and starts with none (a regular file is read: see above)."""
+    path = tmp_path / "elbv2.json"
+    if kind == "symlink":
+        target = tmp_path / "elsewhere.json"
+        target.write_text('{"targets": {"api/i-1": {"id": "i-1", "admin": "drain"}}}')
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    with capture_logs() as logs:
+        driver = ELBv2Driver(REGION, "http://127.0.0.1:1", state_file=path)
+    assert driver.remembered == {}
+    assert [e["event"] for e in logs] == ["elbv2_state_unreadable"]

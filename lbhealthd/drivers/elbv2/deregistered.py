@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,9 +66,20 @@ class FileKeeper:
         self.path = path
 
     def load(self) -> Mapping[str, Any] | None:
-        if not self.path.exists():
+        # Never follows a link, never blocks on a FIFO, never reads without bound: the file
+        # may sit in a directory others could once write.
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
             return None
-        raw = json.loads(self.path.read_text(encoding="utf-8"))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{self.path} is not a regular file")
+            if info.st_size > _MAX_BYTES:
+                raise ValueError(f"{self.path} is {info.st_size} bytes, more than {_MAX_BYTES}")
+            text = f.read(_MAX_BYTES + 1).decode("utf-8")
+        raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError(f"{self.path} holds a {type(raw).__name__}, not an object")
         return raw
@@ -85,6 +97,8 @@ class FileKeeper:
             if os.path.exists(temp):
                 os.unlink(temp)
 
+
+_MAX_BYTES = 4 * 1024 * 1024
 
 _FAILURES = (LbhealthdError, OSError, ValueError, KeyError, TypeError)
 
