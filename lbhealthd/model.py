@@ -139,7 +139,7 @@ class Member:
     id: ServerId
     address: str
     port: int
-    admin: AdminState
+    admin: AdminState  # the state an admin set (the runtime API, the config's `disabled`)
     op: OpState
     weight: int  # the weight set now (user weight)
     initial_weight: int  # the weight from the LB's configuration
@@ -151,11 +151,19 @@ class Member:
     has_agent: bool = False  # an agent-check can undo admin states set by anyone else
     consistent: bool = True  # every endpoint of an HA pair agrees on admin state and weight
     checks_enabled: bool | None = None  # the LB's own health checks: None = not configured
+    # A state the LB imposes on top of ``admin``, which no admin set and no admin command
+    # clears: HAProxy's maint or drain inherited from a tracked server (`track`), or its maint
+    # while the server's address does not resolve. None when there is none.
+    imposed: AdminState | None = None
 
     @property
     def in_rotation(self) -> bool:
         """Whether the LB sends new traffic to this server (the one definition of it)."""
-        return self.admin is AdminState.READY and self.op not in (OpState.DOWN, OpState.STOPPING)
+        return (
+            self.admin is AdminState.READY
+            and self.imposed is None
+            and self.op not in (OpState.DOWN, OpState.STOPPING)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ def _lb_view(m: Member) -> dict[str, Any]:
         "address": m.address,
         "port": m.port,
         "lb_state": m.admin.value,
+        "lb_imposed": m.imposed.value if m.imposed is not None else None,
         "lb_op": m.op.value,
         "weight": m.weight,
         "initial_weight": m.initial_weight,
@@ -209,7 +210,9 @@ def render(doc: Mapping[str, Any]) -> str:
             rows.append(
                 (
                     s["server"].split("/", 1)[1],
-                    s["lb_state"] + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
+                    s["lb_state"]
+                    + (f"+{s['lb_imposed']}" if s.get("lb_imposed") else "")
+                    + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
                     f"{s['weight']}/{s['initial_weight']}",
                     s.get("desired") or "-",
                     s.get("owner") or "-",

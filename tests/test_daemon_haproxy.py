@@ -16,7 +16,7 @@ from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 from lbhealthd.drivers.haproxy.process import ServerSpec
 from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
 from lbhealthd.store import Store
-from tests.daemon_harness import LBView, make_config, running, wait_for
+from tests.daemon_harness import LBView, Stepped, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory, HAProxyHandle, api_backend
 
 pytestmark = pytest.mark.integration
@@ -131,3 +131,45 @@ async def test_the_heap_at_start_is_kept_out_of_full_collections(
         assert gc.get_freeze_count() >= len(ballast)
     assert gc.get_freeze_count() == 0
     del ballast
+
+
+async def test_maintenance_inherited_through_track_is_not_an_operators_change(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """lbhealthd drains s1 and s2. s1 tracks origin/o1, which an operator puts in maint for a
+    while: s1 inherits maint on top of lbhealthd's drain. Nobody changed s1: lbhealthd keeps
+    holding it (no release, no keep-in override), and restores it once o1 is back and s1 is
+    healthy. The same rounds, an operator puts s2 itself in maint: that is a hand change, and
+    s2 is let go of."""
+    servers = api_backend(api_servers)
+    servers[0] = replace(servers[0], extra="track origin/o1")
+    origin = [ServerSpec("o1", "127.0.0.1", api_servers.ports[0], 100, "check")]
+    lb = await haproxy_factory({"api": servers, "origin": origin})
+    view = LBView(lb.socket)
+    h = Stepped(make_config([lb.socket], tmp_path / "state"), HAProxyDriver([lb.socket], 2.0))
+    o1 = ServerId("origin", "o1")
+    try:
+        h.probes.set("s1", "s2", cpu=0.97)
+        await h.tick(3)
+        assert await view.drained() == {"s1", "s2"}
+        with capture_logs() as logs:
+            await view.driver.set_state(o1, AdminState.MAINT)
+            await view.set_state("s2", AdminState.MAINT)
+            await h.tick(3)
+            changed = [e["server"] for e in logs if e["event"] == "operator_changed_state"]
+            assert changed == ["api/s2"]
+            assert list(h.store.load_owned()) == [ServerId("api", "s1")]
+            assert list(h.store.load_overrides()) == []
+            await view.driver.set_state(o1, AdminState.READY)
+            h.probes.set("s1", "s2", cpu=0.1)
+            for _ in range(30):
+                await h.tick()
+                if (await view.states())["s1"] is AdminState.READY:
+                    break
+            assert (await view.states())["s1"] is AdminState.READY
+            restored = [e["server"] for e in logs if e["event"] == "server_restored"]
+            assert restored == ["api/s1"]
+            assert (await view.states())["s2"] is AdminState.MAINT  # the operator's, left alone
+    finally:
+        await h.close()
+        await view.driver.close()

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.drivers.haproxy.driver import Endpoint, HAProxyDriver
 from lbhealthd.drivers.haproxy.replies import pool_members
 from lbhealthd.errors import Rejected
 from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
-from lbhealthd.probes.scheduler import ProbeScheduler
-from lbhealthd.store import Store
-from lbhealthd.testing import FakeClock, FakeProbes
-from tests.daemon_harness import make_config
+from tests.daemon_harness import Stepped, make_config
 
 # `show servers state` columns, in HAProxy 2.6's order.
 STATE_COLUMNS = [
@@ -156,6 +152,32 @@ def test_empty_counters_read_as_zero() -> None:
     assert members["s1"].session_rate == 0
 
 
+@pytest.mark.parametrize(
+    ("bits", "admin", "imposed", "in_rotation"),
+    [
+        (0x00, AdminState.READY, None, True),
+        (0x01, AdminState.MAINT, None, False),  # `set server ... state maint`
+        (0x05, AdminState.MAINT, None, False),  # `disabled` in the config
+        (0x04, AdminState.READY, None, True),  # `disabled`, then `state ready`: in rotation
+        (0x08, AdminState.DRAIN, None, False),
+        (0x02, AdminState.READY, AdminState.MAINT, False),  # tracks a server in maint
+        (0x0A, AdminState.DRAIN, AdminState.MAINT, False),  # drained, tracks one in maint
+        (0x10, AdminState.READY, AdminState.DRAIN, False),  # tracks a drained server
+        (0x18, AdminState.DRAIN, AdminState.DRAIN, False),
+        (0x20, AdminState.READY, AdminState.MAINT, False),  # its address does not resolve
+        (0x40, AdminState.READY, None, True),  # FQDN set through the socket: no state
+    ],
+)
+def test_admin_bits_split_what_an_admin_set_from_what_haproxy_imposes(
+    bits: int, admin: AdminState, imposed: AdminState | None, in_rotation: bool
+) -> None:
+    """``admin`` is what `set server ... state` sets and reads back; a state inherited from a
+    tracked server (`track`) or forced by a failed resolution is ``imposed``: no admin set it,
+    and no admin command clears it. Both take a server out of rotation."""
+    (member,) = read(state_reply([state_row("s1", srv_admin_state=str(bits))])).values()
+    assert (member.admin, member.imposed, member.in_rotation) == (admin, imposed, in_rotation)
+
+
 # --- through the driver and the reconciler ----------------------------------------------------
 
 _BITS = {AdminState.READY: "0", AdminState.DRAIN: "8", AdminState.MAINT: "1"}
@@ -211,24 +233,13 @@ async def test_a_garbled_admin_state_does_not_end_an_operators_drain(
     the pool is skipped that round (logged once), the override stays and no keep-in is added.
     When the LB then really shows the server ready (an operator's hand), the override ends and
     a keep-in is recorded, as it should."""
-    mono, wall = FakeClock(1000.0), FakeClock(1_700_000_000.0)
-    config = make_config(["unix:/nonexistent/scripted.sock"], tmp_path / "state")
     driver = ScriptedHAProxy(["s1", "s2", "s3", "s4", "s5"])
-    store = Store.open(config.daemon.state_dir, clock=wall)
+    h = Stepped(make_config(["unix:/nonexistent/scripted.sock"], tmp_path / "state"), driver)
+    store = h.store
     s1 = ServerId("api", "s1")
-    store.put_override(
-        Override(s1, OverrideKind.DRAIN, "disk swap", "oncall", wall(), wall() + 3600)
-    )
-    probes = FakeProbes(mono, pool="api", marks={"cpu": (0.9, 0.6), "latency_ms": (1000, 500)})
-    reconciler = Reconciler(
-        config, driver, store, cast(ProbeScheduler, probes), mono=mono, wall=wall
-    )
-
-    async def rounds(n: int) -> None:
-        for _ in range(n):
-            mono.advance(0.2)
-            wall.advance(0.2)
-            await reconciler.tick()
+    wall = h.wall()
+    store.put_override(Override(s1, OverrideKind.DRAIN, "disk swap", "oncall", wall, wall + 3600))
+    rounds = h.tick
 
     await rounds(2)
     assert driver.rows["s1"]["srv_admin_state"] == "8"
@@ -251,4 +262,4 @@ async def test_a_garbled_admin_state_does_not_end_an_operators_drain(
     assert [e["server"] for e in logs if e["event"] == "operator_changed_state"] == ["api/s1"]
     (keep,) = store.load_overrides().values()
     assert keep.kind is OverrideKind.READY
-    await reconciler.close()
+    await h.close()

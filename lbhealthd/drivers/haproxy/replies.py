@@ -25,9 +25,17 @@ import structlog
 from lbhealthd.errors import InvalidName, Rejected
 from lbhealthd.model import AdminState, Member, OpState, ServerId
 
-# srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*).
-_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20  # forced, inherited, config, resolution
-_DRAIN_BITS = 0x08 | 0x10  # forced, inherited
+# srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*). What an
+# admin sets (FMAINT 0x01, FDRAIN 0x08; `disabled` sets FMAINT with CMAINT 0x04) is kept apart
+# from what HAProxy imposes (IMAINT 0x02 and IDRAIN 0x10 inherited from a tracked server,
+# RMAINT 0x20 while the address does not resolve): an inherited maint must not look like an
+# operator's change of a state lbhealthd set. CMAINT alone is not maintenance (HAProxy's
+# SRV_ADMF_MAINT mask leaves it out): it is what `disabled` leaves after `state ready`.
+_SET_MAINT = 0x01
+_SET_DRAIN = 0x08
+_IMPOSED_MAINT = 0x02 | 0x20
+_IMPOSED_DRAIN = 0x10
+_IMPOSED = _IMPOSED_MAINT | _IMPOSED_DRAIN
 _AGENT_ENABLED = 0x04
 _CHECK_CONFIGURED = 0x02
 _CHECK_ENABLED = 0x04
@@ -139,11 +147,19 @@ _STAT_NUMBERS = _STAT_COLUMNS[:4]
 
 
 def _admin(bits: int) -> AdminState:
-    if bits & _MAINT_BITS:
+    if bits & _SET_MAINT:
         return AdminState.MAINT
-    if bits & _DRAIN_BITS:
+    if bits & _SET_DRAIN:
         return AdminState.DRAIN
     return AdminState.READY
+
+
+def _imposed(bits: int) -> AdminState | None:
+    if bits & _IMPOSED_MAINT:
+        return AdminState.MAINT
+    if bits & _IMPOSED_DRAIN:
+        return AdminState.DRAIN
+    return None
 
 
 def _checks(bits: int) -> bool | None:
@@ -188,12 +204,13 @@ def pool_members(pool: str, endpoint: str, state_reply: str, stat_reply: str) ->
         digits = scur + qcur + rate + stot
         if digits and not (digits.isascii() and digits.isdigit()):
             raise _garbage(endpoint, name, _STAT_NUMBERS, counters[:4], empty_ok=True)
+        bits = int(admin)
         members.append(
             Member(
                 id=sid,
                 address=addr,
                 port=int(port),
-                admin=_admin(int(admin)),
+                admin=_admin(bits),
                 op=_OP_STATES.get(int(op), OpState.DOWN),
                 weight=int(uweight),
                 initial_weight=int(iweight),
@@ -204,6 +221,7 @@ def pool_members(pool: str, endpoint: str, state_reply: str, stat_reply: str) ->
                 check_status=check_status.removeprefix("* "),
                 has_agent=bool(int(agent) & _AGENT_ENABLED),
                 checks_enabled=_checks(int(check)),
+                imposed=_imposed(bits) if bits & _IMPOSED else None,
             )
         )
     return members
