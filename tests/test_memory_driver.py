@@ -121,6 +121,29 @@ async def test_merge_is_haproxys(
     assert (await driver.snapshot("api")).members == (await haproxy.snapshot("api")).members
 
 
+async def test_a_hidden_server_is_missing_from_reads_only() -> None:
+    """``hide`` leaves a server out of the next reads (of one endpoint, or all) while it still
+    takes commands; then it is listed again, as it was."""
+    driver = memory_pool()
+    await driver.set_state(S1, AdminState.DRAIN)
+    driver.hide("s1", reads=2)
+    for _ in range(2):
+        snap = await driver.snapshot("api")
+        assert [m.id.server for m in snap.members] == ["s2", "s3", "s4", "s5"]
+    await driver.set_weight(S1, 7)  # still there for commands
+    snap = await driver.snapshot("api")
+    assert (snap.members[0].id, snap.members[0].admin, snap.members[0].weight) == (
+        S1,
+        AdminState.DRAIN,
+        7,
+    )
+    pair = memory_pool(endpoints=2)
+    pair.hide("s1", endpoint=1)
+    snap = await pair.snapshot("api")
+    assert {m.id.server for m in snap.members if not m.consistent} == {"s1"}
+    assert all(m.consistent for m in (await pair.snapshot("api")).members)
+
+
 async def test_a_set_failing_on_one_endpoint_is_half_applied() -> None:
     """``fail_endpoint`` makes a set land on the other endpoint and raise Unavailable."""
     driver = memory_pool(endpoints=2)

@@ -404,6 +404,38 @@ async def test_drain_made_while_one_endpoint_is_down_reaches_it_when_it_returns(
     assert h.driver.weights(endpoint=1)["s1"] == 100
 
 
+# --- servers missing from a read -----------------------------------------------------------
+
+
+async def test_a_drained_server_missing_from_one_read_stays_drained(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """A drained, still overloaded server missing from one read of the LB is back drained the
+    next: no restore, no command. Once healthy, it returns as any drain does: through rise,
+    after its hold, at a slow-start weight. A server in service that stays missing is
+    forgotten after absent_grace."""
+    h = make(min_drain="2s", absent_grace="1s")
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    assert h.driver.drained() == {"s1"}
+    drained_at = h.mono()
+    h.driver.hide("s1")
+    h.driver.hide("s2", reads=100)
+    await h.tick()
+    assert [e["server"] for e in events(logs, "server_vanished")] == ["api/s1", "api/s2"]
+    assert sid("s2") in h.reconciler.state.servers
+    await h.tick(5)
+    assert sid("s2") not in h.reconciler.state.servers
+    assert h.driver.drained() == {"s1"}
+    assert h.driver.sent() == [("s1", "drain")]
+    assert not events(logs, "server_restored")
+    h.probes.set("s1", cpu=COOL)
+    await h.tick_until(lambda: h.driver.states()["s1"] is AdminState.READY)
+    assert h.mono() - drained_at >= 2.0
+    assert [e["rule"] for e in events(logs, "server_restored", "api/s1")] == ["rise"]
+    assert h.driver.weights()["s1"] < 100
+
+
 # --- restarts and crashes -------------------------------------------------------------------
 
 

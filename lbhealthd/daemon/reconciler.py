@@ -189,7 +189,8 @@ class Reconciler:
         )
         names = {p.name for p in read}
         kept = {sid: st for sid, st in self.state.servers.items() if sid.pool not in names}
-        self.state = EngineState({**kept, **state.servers})
+        absent = {sid: t for sid, t in self.state.absent.items() if sid.pool not in names}
+        self.state = EngineState({**kept, **state.servers}, {**absent, **state.absent})
         for name in names:
             self._desired[name] = {s: d for s, d in decision.desired.items() if s.pool == name}
         self.decisions.decision(decision, self.dry_run)

@@ -36,6 +36,8 @@ Knobs (all deterministic; nothing here sleeps or reads a clock):
   calls are waiting. A test stands in for a slow or hung LB, or for a daemon killed mid-command
   (cancel the waiting task), without real time.
 - ``restart(i)``: endpoint ``i`` (every endpoint when None) loses its runtime state.
+- ``hide(name, reads=, endpoint=)``: the next ``reads`` reads of endpoint ``endpoint`` (of every
+  endpoint when None) leave the server out, as a read that missed it; it still takes commands.
 - ``set_by_hand(name, admin=, weight=)``: an operator's change by other means, recorded in
   ``by_hand`` apart from lbhealthd's; ``agent_says(name, admin)``: the server's agent-check
   answered (only for a server with ``has_agent``).
@@ -134,7 +136,7 @@ class MemoryDriver:
                 )
                 views.append(None)
             else:
-                views.append([member_view(pool, live) for live in ep.pools[pool].values()])
+                views.append([member_view(pool, live) for live in ep.listed(pool)])
         if len(errors) == len(self._endpoints):
             raise combined_error(errors, len(self._endpoints), prefer=Rejected)
         self.reads += 1
@@ -245,6 +247,14 @@ class MemoryDriver:
         while self.waiting < count:
             self._arrived.clear()
             await self._arrived.wait()
+
+    def hide(self, name: str | ServerId, *, reads: int = 1, endpoint: int | None = None) -> None:
+        """The next ``reads`` reads of endpoint ``endpoint`` (every one when None) miss the
+        server; it is still there for commands, and listed again afterwards."""
+        sid = self._sid(name)
+        for ep in self._chosen(endpoint):
+            self._live(ep, sid)  # KeyError for a server the endpoint does not have
+            ep.hidden[(sid.pool, sid.server)] = reads
 
     def set_by_hand(
         self,

@@ -66,14 +66,16 @@ class PoolPass(WholePool):
         ok = ProbeOutcome.OK
         fall = self.ps.fall
         previous_get = previous.get
-        probed = failed = out = 0
+        probed = failed = out = new = 0
         # This loop runs for every server every round: the common case (in service, full
         # weight, no override, no hand change) takes no call it does not need.
         for sid in ids:
             obs = observations[sid]
             sample = obs.sample
-            prev = previous_get(sid)
-            st = fresh if prev is None else prev
+            st = previous_get(sid)
+            if st is None:
+                st = fresh
+                new += 1
             override = overrides.get(sid) if overrides else None
             hand = obs.hand
             if hand is not None:
@@ -117,7 +119,7 @@ class PoolPass(WholePool):
                 if st.phase is manual_phase:
                     manual.append(sid)
                 desired[sid] = out_desired(st)
-        self.probed, self.failed, self.out = probed, failed, out
+        self.probed, self.failed, self.out, self.new = probed, failed, out, new
         # The order of the servers must not show in the decision.
         self.actions.sort(key=_by_server)
         self.blocked.sort(key=_by_server)

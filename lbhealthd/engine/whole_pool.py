@@ -46,6 +46,7 @@ class WholePool:
         "failed",
         "frozen",
         "manual",
+        "new",
         "next_wake",
         "now",
         "out",
@@ -74,6 +75,7 @@ class WholePool:
         self.ramping: list[ServerId] = []  # in service below their full weight (rule 6)
         self.probed = self.failed = 0  # rule 1's count
         self.out = 0  # servers out of rotation, whatever took them out
+        self.new = 0  # servers the engine had no memory of
 
     def wake_at(self, when: float) -> None:
         if self.next_wake is None or when < self.next_wake:
