@@ -168,11 +168,14 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
-    """One read of a pool from the LB. ``epoch`` changes when the LB lost its runtime state."""
+    """One read of a pool from the LB. ``epoch`` changes when the LB lost its runtime state.
+    ``partial`` names the servers that some endpoints of an HA pair list and others do not
+    (among those that answered): the endpoints disagree on the pool's membership."""
 
     pool: str
     members: tuple[Member, ...]
     epoch: str = ""
+    partial: frozenset[str] = frozenset()
 
 
 class OverrideKind(enum.StrEnum):
@@ -235,6 +238,7 @@ class Rule(enum.StrEnum):
     STEP_DOWN = "step_down"  # overloaded while ramping up: its weight is halved, not drained
     STARVED = "starved"  # the daemon's event loop lagged: this round's samples are no evidence
     HAND_CHANGE = "hand_change"  # an operator changed by hand what lbhealthd had set
+    INCONSISTENT = "inconsistent"  # the LB's HA endpoints list different servers in the pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,3 +311,4 @@ class Decision:
     blind_pools: frozenset[str] = frozenset()
     next_wake: float | None = None  # mono; when a time-based rule may next change something
     released: tuple[Released, ...] = ()
+    inconsistent_pools: frozenset[str] = frozenset()  # the LB's endpoints list different servers

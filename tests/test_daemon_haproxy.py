@@ -15,6 +15,7 @@ from lbhealthd.daemon.loop import Daemon
 from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 from lbhealthd.drivers.haproxy.process import ServerSpec
 from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
+from lbhealthd.oncall import commands as oncall
 from lbhealthd.store import Store
 from tests.daemon_harness import LBView, Stepped, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory, HAProxyHandle, api_backend
@@ -173,3 +174,53 @@ async def test_maintenance_inherited_through_track_is_not_an_operators_change(
     finally:
         await h.close()
         await view.driver.close()
+
+
+async def test_an_ha_pair_listing_different_servers_is_inconsistent_not_a_union(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """Two HAProxy processes of a pair: A lists s1-s5, B lists t1-t5; s1-s4 are overloaded.
+    No drain and no command (each would have drawn `No such server` from B), one
+    `pool_inconsistent` event. Once B lists s1-s5 too (added at runtime, t1-t5 deleted), the
+    two worst are drained on both, as in a pool of five. `lbhealthd status` with the daemon
+    down shows the pool inconsistent and exits 1 meanwhile."""
+    a = await haproxy_factory({"api": api_backend(api_servers)})
+    others = [
+        ServerSpec(f"t{i}", "127.0.0.1", port, 100) for i, port in enumerate(api_servers.ports, 1)
+    ]
+    b = await haproxy_factory({"api": others})
+    config = make_config([a.socket, b.socket], tmp_path / "state")
+    h = Stepped(config, HAProxyDriver([a.socket, b.socket], 2.0))
+    raw = HAProxyDriver([b.socket], 2.0)
+    endpoint = raw.endpoints[0]
+    try:
+        for name, cpu in zip(("s1", "s2", "s3", "s4"), (0.91, 0.99, 0.92, 0.98), strict=True):
+            h.probes.set(name, cpu=cpu)
+        with capture_logs() as logs:
+            await h.tick(10)
+        assert [e["event"] for e in logs if e["event"] == "pool_inconsistent"] == [
+            "pool_inconsistent"
+        ]
+        assert not [e for e in logs if e["event"] in ("lb_command", "lb_command_failed")]
+        assert not [e for e in logs if "No such server" in str(e)]
+        assert await LBView(a.socket).drained() == set()
+        shown = await oncall.show_status(config)
+        assert shown.document is not None
+        (pool,) = shown.document["pools"]
+        assert shown.code == 1 and pool["inconsistent"] and pool["size"] == 0
+        assert "inconsistent" in [alert["rule"] for alert in pool["alerts"]]
+
+        for i, port in enumerate(api_servers.ports, 1):
+            added = await raw.command(endpoint, f"add server api/s{i} 127.0.0.1:{port} weight 100")
+            assert "New server registered" in added
+            assert (await raw.command(endpoint, f"set server api/s{i} state ready")).strip() == ""
+            await raw.command(endpoint, f"set server api/t{i} state maint")
+            assert "Server deleted" in await raw.command(endpoint, f"del server api/t{i}")
+        with capture_logs() as logs:
+            await h.tick()
+        assert await LBView(a.socket).drained() == await LBView(b.socket).drained() == {"s2", "s4"}
+        assert [e["event"] for e in logs if e["event"] == "pool_consistent"] == ["pool_consistent"]
+        assert not [e for e in logs if e["event"] == "lb_command_failed"]
+    finally:
+        await h.close()
+        await raw.close()

@@ -184,8 +184,16 @@ class Reconciler:
             for sid, member in self.reader.members[pool.name].items()
         }
         settings = Settings({p.name: self.settings.pools[p.name] for p in read})
+        partial = self.reader.partial
+        split = {p.name: partial[p.name] for p in read if partial.get(p.name)}
         state, decision = engine.decide(
-            self.state, observations, self.overrides, settings, now, frozen=frozen
+            self.state,
+            observations,
+            self.overrides,
+            settings,
+            now,
+            frozen=frozen,
+            inconsistent=split,
         )
         names = {p.name for p in read}
         kept = {sid: st for sid, st in self.state.servers.items() if sid.pool not in names}
@@ -195,7 +203,7 @@ class Reconciler:
             self._desired[name] = {s: d for s, d in decision.desired.items() if s.pool == name}
         self.decisions.decision(decision, self.dry_run)
         self._keep_in(decision)
-        await self._converge_all(decision)
+        await self._converge_all(decision, split)
         self._persist_engine_state(now, wall)
         await self.writer.flush()
         self.report = self._report(decision, self.report.rounds + 1, now)
@@ -290,13 +298,16 @@ class Reconciler:
             hand=hand,
         )
 
-    async def _converge_all(self, decision: Decision) -> None:
+    async def _converge_all(
+        self, decision: Decision, partial: Mapping[str, frozenset[ServerId]]
+    ) -> None:
         """Converge every server that may need a change, up to ``max_in_flight`` at a time.
 
         Servers that should be in rotation and that lbhealthd holds nothing of need nothing
         (the common case, skipped without a task). The others run concurrently: their intents
         are written together before their commands go out, and the commands share the
-        driver's connection.
+        driver's connection. A server that not every endpoint of an HA pair lists (``partial``,
+        by pool) gets no command: it would fail on the endpoints that lack it, every round.
         """
         actions: dict[ServerId, Action] = {}
         for a in decision.actions:
@@ -305,6 +316,8 @@ class Reconciler:
         work = []
         for sid, desired in decision.desired.items():
             if desired.admin is AdminState.READY and sid not in owned:
+                continue
+            if partial and sid in partial.get(sid.pool, ()):
                 continue
             member = self.reader.members[sid.pool].get(sid)
             if member is not None:
@@ -366,6 +379,7 @@ class Reconciler:
                     members=members,
                     lb_error=self.reader.unavailable.get(name),
                     blind=decision is not None and name in decision.blind_pools,
+                    partial=self.reader.partial.get(name, frozenset()),
                     warnings=warnings,
                     balance=None if watch is None else watch.report,
                     findings=() if watch is None else tuple(watch.findings),

@@ -31,6 +31,11 @@ Rules, per pool, in the order they apply each round:
    as long as the daemon holds it (drained, under an override, ramping up), else for
    ``absent_grace`` from the first read that missed it. Back, it resumes its drain, hold or
    ramp (which holds while it is missing: that is no healthy time).
+10. Inconsistent: when the endpoints of the LB's HA pair do not list the same servers
+    (``inconsistent``), the pool is frozen as a blind one is (no drains, no restores, a
+    warning), since its size is unknown: caps are never computed on the union, and the
+    warning for overrides beyond the caps counts only the servers every endpoint lists.
+    Samples still count, and overrides still apply.
 
 No asyncio, no I/O, no clock reads, no logging: same input, same output.
 """
@@ -47,6 +52,8 @@ from lbhealthd.engine.settings import Marks, PoolSettings, Settings
 from lbhealthd.engine.state import EngineState, Observation, ServerState
 from lbhealthd.engine.verdict import Verdict, judge
 from lbhealthd.model import Action, Blocked, Decision, Desired, Override, Reason, Released, ServerId
+
+_NONE: frozenset[ServerId] = frozenset()
 
 __all__ = [
     "EngineState",
@@ -72,11 +79,14 @@ def decide(
     now: float,
     *,
     frozen: bool = False,
+    inconsistent: Mapping[str, frozenset[ServerId]] | None = None,
 ) -> tuple[EngineState, Decision]:
     """Decide one round for every pool in ``settings``. See the module docstring for the rules.
 
     Servers absent from ``observations`` are remembered for a while (rule 9); servers of pools
     not in ``settings`` are ignored. ``frozen``: the daemon is starved (rule 8).
+    ``inconsistent``: by pool, the servers that not every endpoint of the LB's HA pair lists
+    (rule 10).
     """
     # Grouped in the caller's order, not sorted: sorting 10,000 ids costs more than the rest
     # of the round. What the caller sees does not depend on that order: actions, blocked
@@ -99,15 +109,19 @@ def decide(
     blind: set[str] = set()
     wakes: list[float] = []
     remembered = 0  # observed servers the engine had a memory of
+    split: set[str] = set()
     for pool in sorted(pools):
         ps, ids = known[pool], pools[pool]
-        done = PoolPass(ps, now, blind=False, frozen=frozen)
+        partial = inconsistent.get(pool, _NONE) if inconsistent else _NONE
+        done = PoolPass(ps, now, blind=False, frozen=frozen, partial=partial)
         done.each_server(ids, state.servers, observations, overrides)
         if is_blind(done.probed, done.failed, ps):
             # Rare: the whole pass is made again, blind, and the first one dropped.
-            done = PoolPass(ps, now, blind=True, frozen=frozen)
+            done = PoolPass(ps, now, blind=True, frozen=frozen, partial=partial)
             done.each_server(ids, state.servers, observations, overrides)
             blind.add(pool)
+        if partial:
+            split.add(pool)
         done.whole_pool(observations, overrides)
         servers.update(done.servers)
         desired.update(done.desired)
@@ -129,6 +143,7 @@ def decide(
         blind_pools=frozenset(blind),
         next_wake=min(wakes, default=None),
         released=tuple(released),
+        inconsistent_pools=frozenset(split),
     )
     return EngineState(servers=servers, absent=absent), decision
 

@@ -180,6 +180,10 @@ class PoolPass(WholePool):
                 sid, ActionKind.RESTORE, Rule.BLIND, f"pool {ps.name} is blind: not restoring"
             )
             return st
+        if self.partial:
+            reason = reasons.inconsistent("restoring", ps, self.partial, {"good": st.good})
+            self.blocked.append(Blocked(sid, ActionKind.RESTORE, reason))
+            return st
         drained_at = st.drained_at if st.drained_at is not None else self.now
         held = self.now - drained_at
         evidence: dict[str, object] = {

@@ -1,6 +1,7 @@
 """The pool as a whole, once each of its servers was decided alone (engine/pool.py): rule 5's
 drains within the governor's caps, worst first; rule 6's slow-start weights, which depend on
-the weights of the others; and the pool's warnings (blind, overrides beyond the caps).
+the weights of the others; and the pool's warnings (blind, inconsistent, overrides beyond the
+caps).
 
 :class:`WholePool` holds the state of a ``PoolPass`` and works on the pool; ``PoolPass`` walks
 the servers.
@@ -50,6 +51,7 @@ class WholePool:
         "next_wake",
         "now",
         "out",
+        "partial",
         "probed",
         "ps",
         "ramping",
@@ -58,11 +60,22 @@ class WholePool:
         "warnings",
     )
 
-    def __init__(self, ps: PoolSettings, now: float, *, blind: bool, frozen: bool) -> None:
+    def __init__(
+        self,
+        ps: PoolSettings,
+        now: float,
+        *,
+        blind: bool,
+        frozen: bool,
+        partial: frozenset[ServerId] = frozenset(),
+    ) -> None:
         self.ps = ps
         self.now = now
         self.blind = blind
         self.frozen = frozen
+        # Servers some endpoints of the LB's HA pair do not list: non-empty, the pool is
+        # inconsistent (rule 10).
+        self.partial = partial
         self.servers: dict[ServerId, ServerState] = {}
         self.desired: dict[ServerId, Desired] = {}
         self.actions: list[Action] = []
@@ -86,10 +99,12 @@ class WholePool:
         observations: Mapping[ServerId, Observation],
         overrides: Mapping[ServerId, Override],
     ) -> None:
-        """Rule 1's warning, rule 5 (drains within the caps), rule 6's weights, and the
-        warning for overrides beyond the caps."""
+        """Rule 1's and rule 10's warnings, rule 5 (drains within the caps), rule 6's weights,
+        and the warning for overrides beyond the caps."""
         if self.blind:
             self.warnings.append(reasons.blind_warning(self.ps, self.probed, self.failed))
+        if self.partial:
+            self.warnings.append(reasons.inconsistent_warning(self.ps, self.partial))
         self._drains(observations, overrides)
         waiting = [*self.candidates, *self.ramping]
         if waiting:
@@ -101,7 +116,7 @@ class WholePool:
                     if st.phase is not Phase.IN_SERVICE
                     else self._ramped(st, observations[sid].full_weight, reference)
                 )
-        self._check_caps()
+        self._check_caps(observations)
 
     def _drains(
         self,
@@ -126,6 +141,10 @@ class WholePool:
                 self.blocked.append(
                     Blocked(sid, ActionKind.DRAIN, Reason(Rule.BLIND, message, evidence))
                 )
+                continue
+            if self.partial:
+                reason = reasons.inconsistent("draining", ps, self.partial, evidence)
+                self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
                 continue
             if self.frozen:
                 self.blocked.append(
@@ -170,11 +189,15 @@ class WholePool:
         weight = slowstart.weight(st.fraction, full, reference, ps.slow_start_floor)
         return Desired(AdminState.READY, weight_fraction=st.fraction, weight=weight)
 
-    def _check_caps(self) -> None:
+    def _check_caps(self, observations: Mapping[ServerId, Observation]) -> None:
         ps = self.ps
         if not self.manual:
             return
         size, out = len(self.servers), self.out
+        for sid in self.partial:  # caps count only the servers every endpoint lists
+            size -= 1
+            if self.servers[sid].phase is not Phase.IN_SERVICE or observations[sid].external_out:
+                out -= 1
         pool_budget = budget(size, out - 1, ps)
         if pool_budget.check(ps) is None:
             return
