@@ -1,7 +1,7 @@
 """One log event per decision, with its rule and evidence; repeated states logged once.
 
 An action is logged every time it is decided (``server_drained``, ``server_restored``,
-``server_maint``, ``server_stepped_down``). A blocked change, a blind pool, an inconsistent pool, an
+``server_maint``, ``server_stepped_down``). A blocked change, a blind or inconsistent pool, an
 override beyond the caps and a starved daemon last for many rounds: each is logged when it
 starts (and, for blind and inconsistent pools and starvation, when it ends), not again every
 round it lasts.

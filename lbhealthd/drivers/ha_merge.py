@@ -32,8 +32,8 @@ def merge_members(
     everyone = len(answered) == len(views)
     partial: frozenset[str] = frozenset()
     if len(answered) > 1:
-        names = [view.keys() for view in answered]
-        partial = frozenset(set().union(*names).difference(set(names[0]).intersection(*names)))
+        first, *others = (set(view) for view in answered)
+        partial = frozenset(first.union(*others) - first.intersection(*others))
     merged: dict[str, Member] = {}
     for view in answered:
         for name, member in view.items():

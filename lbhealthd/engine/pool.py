@@ -1,4 +1,4 @@
-"""One pool decided for one round: rules 2 to 8 of the package docstring.
+"""One pool decided for one round: rules 2 to 8 and 10 of the package docstring.
 
 A :class:`PoolPass` walks the pool's servers once (each looks at that server alone: streaks,
 overrides, restores, slow start, hands off), then decides over the pool as a whole

@@ -195,8 +195,11 @@ class WholePool:
             return
         size, out = len(self.servers), self.out
         for sid in self.partial:  # caps count only the servers every endpoint lists
+            st = self.servers.get(sid)
+            if st is None:
+                continue
             size -= 1
-            if self.servers[sid].phase is not Phase.IN_SERVICE or observations[sid].external_out:
+            if st.phase is not Phase.IN_SERVICE or observations[sid].external_out:
                 out -= 1
         pool_budget = budget(size, out - 1, ps)
         if pool_budget.check(ps) is None:
