@@ -139,7 +139,7 @@ class Member:
     id: ServerId
     address: str
     port: int
-    admin: AdminState
+    admin: AdminState  # the state an admin set (the runtime API, the config's `disabled`)
     op: OpState
     weight: int  # the weight set now (user weight)
     initial_weight: int  # the weight from the LB's configuration
@@ -151,20 +151,31 @@ class Member:
     has_agent: bool = False  # an agent-check can undo admin states set by anyone else
     consistent: bool = True  # every endpoint of an HA pair agrees on admin state and weight
     checks_enabled: bool | None = None  # the LB's own health checks: None = not configured
+    # A state the LB imposes on top of ``admin``, which no admin set and no admin command
+    # clears: HAProxy's maint or drain inherited from a tracked server (`track`), or its maint
+    # while the server's address does not resolve. None when there is none.
+    imposed: AdminState | None = None
 
     @property
     def in_rotation(self) -> bool:
         """Whether the LB sends new traffic to this server (the one definition of it)."""
-        return self.admin is AdminState.READY and self.op not in (OpState.DOWN, OpState.STOPPING)
+        return (
+            self.admin is AdminState.READY
+            and self.imposed is None
+            and self.op not in (OpState.DOWN, OpState.STOPPING)
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
-    """One read of a pool from the LB. ``epoch`` changes when the LB lost its runtime state."""
+    """One read of a pool from the LB. ``epoch`` changes when the LB lost its runtime state.
+    ``partial`` names the servers that some endpoints of an HA pair list and others do not
+    (among those that answered): the endpoints disagree on the pool's membership."""
 
     pool: str
     members: tuple[Member, ...]
     epoch: str = ""
+    partial: frozenset[str] = frozenset()
 
 
 class OverrideKind(enum.StrEnum):
@@ -227,6 +238,7 @@ class Rule(enum.StrEnum):
     STEP_DOWN = "step_down"  # overloaded while ramping up: its weight is halved, not drained
     STARVED = "starved"  # the daemon's event loop lagged: this round's samples are no evidence
     HAND_CHANGE = "hand_change"  # an operator changed by hand what lbhealthd had set
+    INCONSISTENT = "inconsistent"  # the LB's HA endpoints list different servers in the pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,3 +311,4 @@ class Decision:
     blind_pools: frozenset[str] = frozenset()
     next_wake: float | None = None  # mono; when a time-based rule may next change something
     released: tuple[Released, ...] = ()
+    inconsistent_pools: frozenset[str] = frozenset()  # the LB's endpoints list different servers

@@ -25,6 +25,7 @@ from lbhealthd.model import (
     Member,
     Override,
     OverrideKind,
+    Rule,
     Sample,
     ServerId,
 )
@@ -55,11 +56,24 @@ class PoolReport:
     warnings: tuple[Mapping[str, object], ...] = ()  # the engine's, for this pool
     balance: BalanceReport | None = None
     findings: tuple[Finding, ...] = ()
+    # Members that not every endpoint of an HA pair lists: the pair disagrees on membership.
+    partial: frozenset[ServerId] = frozenset()
 
     @property
     def alerts(self) -> list[dict[str, object]]:
         """The pool's open alerts: the engine's warnings, the monitors', the LB's."""
         out: list[dict[str, object]] = [dict(w) for w in self.warnings]
+        if self.partial and not any(w.get("rule") == Rule.INCONSISTENT.value for w in out):
+            # Without the daemon's decision (status with the daemon down), from the read.
+            names = sorted(sid.server for sid in self.partial)
+            out.append(
+                {
+                    "rule": Rule.INCONSISTENT.value,
+                    "message": f"the load balancer's endpoints do not list the same servers "
+                    f"({len(names)} listed by only some: {', '.join(names[:20])}"
+                    f"{' ...' if len(names) > 20 else ''})",
+                }
+            )
         if self.balance is not None and self.balance.firing:
             out.append(
                 {

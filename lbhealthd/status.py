@@ -43,6 +43,7 @@ def _lb_view(m: Member) -> dict[str, Any]:
         "address": m.address,
         "port": m.port,
         "lb_state": m.admin.value,
+        "lb_imposed": m.imposed.value if m.imposed is not None else None,
         "lb_op": m.op.value,
         "weight": m.weight,
         "initial_weight": m.initial_weight,
@@ -60,8 +61,10 @@ def _lb_view(m: Member) -> dict[str, Any]:
 
 def _pool_summary(pool: PoolReport) -> dict[str, Any]:
     settings = pool.settings
-    size = len(pool.members)
-    out = sum(1 for m in pool.members.values() if not m.in_rotation)
+    # Counted, as the caps are, on the servers every endpoint of an HA pair lists.
+    listed = [m for sid, m in pool.members.items() if sid not in pool.partial]
+    size = len(listed)
+    out = sum(1 for m in listed if not m.in_rotation)
     budget = governor.budget(size, out, settings)
     return {
         "name": pool.name,
@@ -72,6 +75,8 @@ def _pool_summary(pool: PoolReport) -> dict[str, Any]:
         "max_drained": settings.max_drained,
         "min_in_service": settings.min_in_service,
         "at_cap": budget.check(settings) is not None,
+        "inconsistent": bool(pool.partial),
+        "not_on_every_endpoint": sorted(sid.server for sid in pool.partial),
     }
 
 
@@ -188,6 +193,8 @@ def render(doc: Mapping[str, Any]) -> str:
             )
         if pool.get("blind"):
             head += "  BLIND: not draining"
+        if pool.get("inconsistent"):
+            head += "  INCONSISTENT: not draining or restoring"
         lines.append(head)
         for alert in pool.get("alerts", []):
             lines.append(f"  ALERT {alert['rule']}: {alert['message']}")
@@ -212,7 +219,9 @@ def render(doc: Mapping[str, Any]) -> str:
                 why = f"{s['last_decision']['rule']}: {s['last_decision']['reason']}"
             row = (
                 s["server"].split("/", 1)[1],
-                s["lb_state"] + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
+                s["lb_state"]
+                + (f"+{s['lb_imposed']}" if s.get("lb_imposed") else "")
+                + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
                 f"{s['weight']}/{s['initial_weight']}",
                 s.get("desired") or "-",
                 s.get("owner") or "-",

@@ -1,4 +1,5 @@
-"""Runs the real daemon in-process against a real HAProxy, with fast timings for tests."""
+"""Runs the real daemon in-process against a real HAProxy, with fast timings for tests; or only
+its reconciler (``Stepped``), round by round on fake clocks, against any driver."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from lbhealthd.config import Config, parse_config
 from lbhealthd.daemon.loop import Daemon
+from lbhealthd.daemon.reconciler import Reconciler
+from lbhealthd.drivers import Driver
 from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 from lbhealthd.drivers.haproxy.process import free_port
 from lbhealthd.model import AdminState, Member, ServerId
+from lbhealthd.probes.scheduler import ProbeScheduler
+from lbhealthd.store import Store
+from lbhealthd.testing import FakeClock, FakeProbes
 
 FAST: dict[str, Any] = {
     "probe": {"interval": "200ms", "timeout": "150ms", "load_fields": {"cpu": "cpu"}},
@@ -93,3 +99,32 @@ class LBView:
 
     async def set_state(self, server: str, state: AdminState) -> None:
         await self.driver.set_state(ServerId("api", server), state)
+
+
+class Stepped:
+    """A Reconciler on ``driver`` (a real HAProxy's, say) with fake clocks and FakeProbes
+    for pool ``api``: each ``tick`` advances both clocks by ``step`` and runs one round, so a
+    test counts rounds instead of waiting for them."""
+
+    def __init__(self, config: Config, driver: Driver) -> None:
+        self.config = config
+        self.driver = driver
+        self.mono = FakeClock(1000.0)
+        self.wall = FakeClock(1_700_000_000.0)
+        marks = {k: (m.high, m.low) for k, m in config.pools[0].overload.items()}
+        self.probes = FakeProbes(self.mono, pool="api", marks=marks)
+        self.store = Store.open(config.daemon.state_dir, clock=self.wall)
+        scheduler = cast(ProbeScheduler, self.probes)  # FakeProbes has what it calls
+        self.reconciler = Reconciler(
+            config, driver, self.store, scheduler, mono=self.mono, wall=self.wall
+        )
+
+    async def tick(self, n: int = 1, step: float = 0.2) -> None:
+        for _ in range(n):
+            self.mono.advance(step)
+            self.wall.advance(step)
+            await self.reconciler.tick()
+
+    async def close(self) -> None:
+        await self.reconciler.close()
+        await self.driver.close()

@@ -40,8 +40,10 @@ class Sim:
         frozen: bool = False,
         hand: Mapping[str, ByHand] | None = None,
         weights: Mapping[str, tuple[int, int]] | None = None,
+        partial: frozenset[str] = frozenset(),
     ) -> Decision:
-        """One round. ``weights``: (weight in the LB, full weight) by server, default 1/1."""
+        """One round. ``weights``: (weight in the LB, full weight) by server, default 1/1;
+        ``partial``: the servers not every endpoint of an HA pair lists."""
         self.now += step
         observations = {}
         for name, code in codes.items():
@@ -61,6 +63,9 @@ class Sim:
             Settings({self.pool.name: self.pool}),
             self.now,
             frozen=frozen,
+            inconsistent={self.pool.name: frozenset(ServerId(self.pool.name, n) for n in partial)}
+            if partial
+            else None,
         )
         self.decisions.append(decision)
         return decision

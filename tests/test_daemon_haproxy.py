@@ -15,8 +15,9 @@ from lbhealthd.daemon.loop import Daemon
 from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 from lbhealthd.drivers.haproxy.process import ServerSpec
 from lbhealthd.model import AdminState, Override, OverrideKind, ServerId
+from lbhealthd.oncall import commands as oncall
 from lbhealthd.store import Store
-from tests.daemon_harness import LBView, make_config, running, wait_for
+from tests.daemon_harness import LBView, Stepped, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyFactory, HAProxyHandle, api_backend
 
 pytestmark = pytest.mark.integration
@@ -131,3 +132,95 @@ async def test_the_heap_at_start_is_kept_out_of_full_collections(
         assert gc.get_freeze_count() >= len(ballast)
     assert gc.get_freeze_count() == 0
     del ballast
+
+
+async def test_maintenance_inherited_through_track_is_not_an_operators_change(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """lbhealthd drains s1 and s2. s1 tracks origin/o1, which an operator puts in maint for a
+    while: s1 inherits maint on top of lbhealthd's drain. Nobody changed s1: lbhealthd keeps
+    holding it (no release, no keep-in override), and restores it once o1 is back and s1 is
+    healthy. The same rounds, an operator puts s2 itself in maint: that is a hand change, and
+    s2 is let go of."""
+    servers = api_backend(api_servers)
+    servers[0] = replace(servers[0], extra="track origin/o1")
+    origin = [ServerSpec("o1", "127.0.0.1", api_servers.ports[0], 100, "check")]
+    lb = await haproxy_factory({"api": servers, "origin": origin})
+    view = LBView(lb.socket)
+    h = Stepped(make_config([lb.socket], tmp_path / "state"), HAProxyDriver([lb.socket], 2.0))
+    o1 = ServerId("origin", "o1")
+    try:
+        h.probes.set("s1", "s2", cpu=0.97)
+        await h.tick(3)
+        assert await view.drained() == {"s1", "s2"}
+        with capture_logs() as logs:
+            await view.driver.set_state(o1, AdminState.MAINT)
+            await view.set_state("s2", AdminState.MAINT)
+            await h.tick(3)
+            changed = [e["server"] for e in logs if e["event"] == "operator_changed_state"]
+            assert changed == ["api/s2"]
+            assert list(h.store.load_owned()) == [ServerId("api", "s1")]
+            assert list(h.store.load_overrides()) == []
+            await view.driver.set_state(o1, AdminState.READY)
+            h.probes.set("s1", "s2", cpu=0.1)
+            for _ in range(30):
+                await h.tick()
+                if (await view.states())["s1"] is AdminState.READY:
+                    break
+            assert (await view.states())["s1"] is AdminState.READY
+            restored = [e["server"] for e in logs if e["event"] == "server_restored"]
+            assert restored == ["api/s1"]
+            assert (await view.states())["s2"] is AdminState.MAINT  # the operator's, left alone
+    finally:
+        await h.close()
+        await view.driver.close()
+
+
+async def test_an_ha_pair_listing_different_servers_is_inconsistent_not_a_union(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """Two HAProxy processes of a pair: A lists s1-s5, B lists t1-t5; s1-s4 are overloaded.
+    No drain and no command (each would have drawn `No such server` from B), one
+    `pool_inconsistent` event. Once B lists s1-s5 too (added at runtime, t1-t5 deleted), the
+    two worst are drained on both, as in a pool of five. `lbhealthd status` with the daemon
+    down shows the pool inconsistent and exits 1 meanwhile."""
+    a = await haproxy_factory({"api": api_backend(api_servers)})
+    others = [
+        ServerSpec(f"t{i}", "127.0.0.1", port, 100) for i, port in enumerate(api_servers.ports, 1)
+    ]
+    b = await haproxy_factory({"api": others})
+    config = make_config([a.socket, b.socket], tmp_path / "state")
+    h = Stepped(config, HAProxyDriver([a.socket, b.socket], 2.0))
+    raw = HAProxyDriver([b.socket], 2.0)
+    endpoint = raw.endpoints[0]
+    try:
+        for name, cpu in zip(("s1", "s2", "s3", "s4"), (0.91, 0.99, 0.92, 0.98), strict=True):
+            h.probes.set(name, cpu=cpu)
+        with capture_logs() as logs:
+            await h.tick(10)
+        assert [e["event"] for e in logs if e["event"] == "pool_inconsistent"] == [
+            "pool_inconsistent"
+        ]
+        assert not [e for e in logs if e["event"] in ("lb_command", "lb_command_failed")]
+        assert not [e for e in logs if "No such server" in str(e)]
+        assert await LBView(a.socket).drained() == set()
+        shown = await oncall.show_status(config)
+        assert shown.document is not None
+        (pool,) = shown.document["pools"]
+        assert shown.code == 1 and pool["inconsistent"] and pool["size"] == 0
+        assert "inconsistent" in [alert["rule"] for alert in pool["alerts"]]
+
+        for i, port in enumerate(api_servers.ports, 1):
+            added = await raw.command(endpoint, f"add server api/s{i} 127.0.0.1:{port} weight 100")
+            assert "New server registered" in added
+            assert (await raw.command(endpoint, f"set server api/s{i} state ready")).strip() == ""
+            await raw.command(endpoint, f"set server api/t{i} state maint")
+            assert "Server deleted" in await raw.command(endpoint, f"del server api/t{i}")
+        with capture_logs() as logs:
+            await h.tick()
+        assert await LBView(a.socket).drained() == await LBView(b.socket).drained() == {"s2", "s4"}
+        assert [e["event"] for e in logs if e["event"] == "pool_consistent"] == ["pool_consistent"]
+        assert not [e for e in logs if e["event"] == "lb_command_failed"]
+    finally:
+        await h.close()
+        await raw.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lbhealthd.engine import PoolSettings
+from lbhealthd.engine.hysteresis import Phase
 from lbhealthd.engine.settings import Marks
 from lbhealthd.engine.verdict import Verdict, judge
 from lbhealthd.model import (
@@ -336,12 +337,55 @@ def test_slow_start_ramps_weight() -> None:
     assert fractions == sorted(fractions)
 
 
-def test_vanished_server_is_forgotten() -> None:
-    """A server that left the LB is dropped from the engine's memory."""
-    sim = Sim(pool())
-    sim.round({"s1": "O", "s2": "H"})
-    sim.round({"s2": "H"})
-    assert S1 not in sim.state.servers
+OTHERS = {f"s{i}": "H" for i in range(2, 6)}
+
+
+def test_an_absent_server_in_service_is_remembered_for_the_grace_only() -> None:
+    """A server missing from the LB's reads for less than ``absent_grace`` keeps its streak (its
+    third bad sample drains it); missing that long, it is forgotten (its bad streak starts
+    again from the next sample)."""
+    sim = Sim(pool(absent_grace=3.0))
+    sim.run({"s1": "OO", **{k: "HH" for k in OTHERS}})
+    sim.run({k: "HH" for k in OTHERS})  # s1 missing for 2 s
+    assert sim.state.absent == {S1: sim.now - 1.0}
+    d = sim.round({"s1": "O", **OTHERS})
+    assert [(a.server, a.kind) for a in d.actions] == [(S1, ActionKind.DRAIN)]
+    assert sim.state.absent == {}
+
+    sim = Sim(pool(absent_grace=3.0))
+    sim.run({"s1": "OO", **{k: "HH" for k in OTHERS}})
+    sim.run({k: "HHHH" for k in OTHERS})  # missing from 4 reads, the first 3 s ago
+    assert S1 not in sim.state.servers and sim.state.absent == {}
+    d = sim.round({"s1": "O", **OTHERS})
+    assert not d.actions and sim.state.servers[S1].bad == 1
+
+
+def test_a_drained_server_missing_from_reads_resumes_its_drain() -> None:
+    """A server the daemon drained, left out of the LB's reads for longer than the grace, is
+    remembered as long as it is held: back and still overloaded, it stays drained; healthy, it
+    is restored by rise once its hold is over, as any drain."""
+    sim = Sim(pool(absent_grace=1.0, min_drain=10.0, rise=2))
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    assert sim.state.servers[S1].phase is Phase.DRAINED
+    d = sim.run({k: "HHHHH" for k in OTHERS})[-1]  # missing for 5 s
+    assert S1 not in d.desired and sim.state.servers[S1].phase is Phase.DRAINED
+    decisions = sim.run({"s1": "OO", **{k: "HH" for k in OTHERS}})
+    assert all(d.desired[S1].admin is AdminState.DRAIN and not d.actions for d in decisions)
+    decisions = sim.run({"s1": "HHHHH", **{k: "HHHHH" for k in OTHERS}})
+    assert acted(decisions) == [(2, "s1", "restore")]  # the hold ended 10 s after the drain
+    assert decisions[2].actions[0].reason.rule is Rule.RISE
+
+
+def test_a_ramping_server_missing_from_reads_resumes_its_ramp() -> None:
+    """A server ramping up when it went missing comes back at the share it had, not at full
+    weight: the time it was missing is not healthy time."""
+    sim = Sim(pool(absent_grace=1.0, slow_start=10.0, slow_start_floor=0.1, min_drain=1.0, rise=1))
+    _restored(sim, OTHERS)
+    share = sim.state.servers[S1].fraction
+    assert share < 0.2
+    sim.run({k: "HHHHHHHHHHHH" for k in OTHERS})  # missing for 12 s, longer than slow_start
+    d = sim.round({"s1": "H", **OTHERS})
+    assert share < d.desired[S1].weight_fraction < 0.3
 
 
 def test_same_sample_counts_once() -> None:

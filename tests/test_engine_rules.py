@@ -171,6 +171,51 @@ def test_overrides_apply_in_a_frozen_round() -> None:
     assert [(a.kind, a.reason.rule) for a in d.actions] == [(ActionKind.DRAIN, Rule.OVERRIDE)]
 
 
+# --- rule 10: an HA pair listing different servers ------------------------------------------
+
+
+def test_an_inconsistent_pool_drains_and_restores_nothing_and_says_why() -> None:
+    """s6 is listed by one endpoint only. Two of s2-s4 overloaded and s1 healthy after its
+    drain: nothing is drained or restored (rule inconsistent), with one warning naming s6.
+    Samples still count: once the endpoints agree, the drains due and s1's restore happen."""
+    sim = Sim(pool(min_drain=1.0, rise=1))
+    drained(sim)
+    script = {"s1": "HHH", "s2": "OOO", "s3": "OOO", "s4": "HHH", "s5": "HHH", "s6": "HHH"}
+    d = sim.run(script, partial=frozenset({"s6"}))[-1]
+    assert not d.actions and d.inconsistent_pools == {"api"}
+    assert sorted((b.server.server, b.kind.value, b.reason.rule) for b in d.blocked) == [
+        ("s1", "restore", Rule.INCONSISTENT),
+        ("s2", "drain", Rule.INCONSISTENT),
+        ("s3", "drain", Rule.INCONSISTENT),
+    ]
+    (warning,) = d.warnings
+    assert (warning.rule, warning.evidence["servers"]) == (Rule.INCONSISTENT, ["s6"])
+    d = sim.round({"s1": "H", "s2": "O", "s3": "O", "s4": "H", "s5": "H"})
+    assert not d.warnings and d.inconsistent_pools == frozenset()
+    assert sorted((a.server.server, a.kind.value) for a in d.actions) == [
+        ("s1", "restore"),
+        ("s2", "drain"),
+        ("s3", "drain"),
+    ]
+
+
+def test_overrides_apply_in_an_inconsistent_pool_and_caps_count_the_listed_servers() -> None:
+    """A drain override still takes a server out. The over-cap warning counts only what every
+    endpoint lists: three of five out is beyond 40 %, however many servers one endpoint adds
+    (three of ten would not be)."""
+    sim = Sim(pool(max_drained=0.4, min_in_service=1))
+    names = [f"s{i}" for i in range(1, 6)] + [f"t{i}" for i in range(1, 6)]
+    overrides = {
+        ServerId("api", n): Override(ServerId("api", n), OverrideKind.DRAIN, "x", "alice", 0.0)
+        for n in ("s1", "s2", "s3")
+    }
+    codes = dict.fromkeys(names, "H")
+    d = sim.round(codes, overrides, partial=frozenset(n for n in names if n.startswith("t")))
+    assert sorted(a.server.server for a in d.actions) == ["s1", "s2", "s3"]
+    over = [w for w in d.warnings if w.rule is Rule.OVERRIDE_OVER_CAP]
+    assert [(w.evidence["pool_size"], w.evidence["out"]) for w in over] == [(5, 3)]
+
+
 # --- memory across a restart ------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -427,3 +428,41 @@ async def test_agent_check_is_detected(
     finally:
         agent_server.close()
         await agent_server.wait_closed()
+
+
+@pytest.mark.integration
+async def test_a_state_inherited_through_track_is_imposed_not_set(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory
+) -> None:
+    """s1 tracks origin/o1. Drained, then o1 put in maint: HAProxy shows s1 with its own drain
+    and an inherited maint (0x0A); the driver reads the drain as s1's admin state and the maint
+    as imposed. A `disabled` server put back with `state ready` keeps the config's bit (0x04)
+    but is in rotation, and reads so."""
+    servers = api_backend(api_servers)
+    servers[0] = replace(servers[0], extra="track origin/o1")
+    servers[1] = replace(servers[1], extra="disabled")
+    origin = [ServerSpec("o1", "127.0.0.1", api_servers.ports[0], 100, "check")]
+    h = await haproxy_factory({"api": servers, "origin": origin})
+    driver = HAProxyDriver([h.socket], 2.0)
+    o1 = ServerId("origin", "o1")
+    try:
+        await driver.set_state(S1, AdminState.DRAIN)
+        await driver.set_state(o1, AdminState.MAINT)
+        assert await admin_bits(h.socket, "s1") == 0x0A
+        s1 = by_name(await driver.snapshot("api"))["s1"]
+        assert (s1.admin, s1.imposed, s1.in_rotation) == (AdminState.DRAIN, AdminState.MAINT, False)
+        await driver.set_state(S1, AdminState.READY)  # an admin command cannot clear it
+        s1 = by_name(await driver.snapshot("api"))["s1"]
+        assert (s1.admin, s1.imposed, s1.in_rotation) == (AdminState.READY, AdminState.MAINT, False)
+        await driver.set_state(o1, AdminState.READY)
+        s1 = by_name(await driver.snapshot("api"))["s1"]
+        assert (s1.admin, s1.imposed) == (AdminState.READY, None)
+
+        s2 = by_name(await driver.snapshot("api"))["s2"]
+        assert (s2.admin, s2.in_rotation) == (AdminState.MAINT, False)
+        await driver.set_state(S2, AdminState.READY)
+        assert await admin_bits(h.socket, "s2") == 0x04
+        s2 = by_name(await driver.snapshot("api"))["s2"]
+        assert (s2.admin, s2.imposed, s2.in_rotation) == (AdminState.READY, None, True)
+    finally:
+        await driver.close()

@@ -584,8 +584,9 @@ def test_server_id_parse_only_yields_safe_names(text: str) -> None:
 
 _REPLIES = {
     "show info": "Pid: 4242\nStart_time_sec: 1700000000\n",
-    "show stat": "# pxname,svname,scur\n",
-    "show servers state": "1\n# be_id be_name srv_id srv_name\n",
+    "show stat": "# pxname,svname,qcur,scur,stot,rate,check_status\n",
+    "show servers state": "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state "
+    "srv_admin_state srv_uweight srv_iweight srv_check_state srv_agent_state srv_port\n",
 }
 
 

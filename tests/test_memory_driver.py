@@ -96,9 +96,7 @@ async def test_merge_is_haproxys(
     two endpoints answer what the memory driver's endpoints hold reads the same members."""
     driver = memory_pool("api", 3, endpoints=2)
     if change == "missing":
-        # No knob removes a server from one endpoint (a real pair gets there by a hand-edited
-        # process): the test reaches into the endpoint's state.
-        del driver._endpoints[changed].pools["api"]["s1"]
+        driver.del_server("s1", endpoint=changed)
     elif change == "down":
         driver.stop_endpoint(changed)
     elif isinstance(change, dict):
@@ -118,7 +116,53 @@ async def test_merge_is_haproxys(
         return "1@1", view
 
     monkeypatch.setattr(haproxy, "_read", read)
-    assert (await driver.snapshot("api")).members == (await haproxy.snapshot("api")).members
+    ours, theirs = await driver.snapshot("api"), await haproxy.snapshot("api")
+    assert (ours.members, ours.partial) == (theirs.members, theirs.partial)
+    assert ours.partial == (frozenset({"s1"}) if change == "missing" else frozenset())
+
+
+async def test_a_deleted_server_is_gone_from_its_endpoint_until_a_restart() -> None:
+    """``del_server`` on one endpoint: reads of that endpoint no longer list it, a command
+    for it fails there with HAProxy's words (and lands on the other); a restart brings it
+    back from the configuration."""
+    driver = memory_pool(endpoints=2)
+    driver.del_server("s5", endpoint=1)
+    assert "s5" not in driver.states(endpoint=1)
+    assert {m.id.server for m in (await driver.snapshot("api")).members} == {
+        "s1",
+        "s2",
+        "s3",
+        "s4",
+        "s5",
+    }
+    with pytest.raises(Rejected, match="No such server"):
+        await driver.set_state(ServerId("api", "s5"), AdminState.DRAIN)
+    assert driver.commands[0].endpoints == (0,)
+    driver.restart(1)
+    assert "s5" in driver.states(endpoint=1)
+
+
+async def test_a_hidden_server_is_missing_from_reads_only() -> None:
+    """``hide`` leaves a server out of the next reads (of one endpoint, or all) while it still
+    takes commands; then it is listed again, as it was."""
+    driver = memory_pool()
+    await driver.set_state(S1, AdminState.DRAIN)
+    driver.hide("s1", reads=2)
+    for _ in range(2):
+        snap = await driver.snapshot("api")
+        assert [m.id.server for m in snap.members] == ["s2", "s3", "s4", "s5"]
+    await driver.set_weight(S1, 7)  # still there for commands
+    snap = await driver.snapshot("api")
+    assert (snap.members[0].id, snap.members[0].admin, snap.members[0].weight) == (
+        S1,
+        AdminState.DRAIN,
+        7,
+    )
+    pair = memory_pool(endpoints=2)
+    pair.hide("s1", endpoint=1)
+    snap = await pair.snapshot("api")
+    assert {m.id.server for m in snap.members if not m.consistent} == {"s1"}
+    assert all(m.consistent for m in (await pair.snapshot("api")).members)
 
 
 async def test_a_set_failing_on_one_endpoint_is_half_applied() -> None:

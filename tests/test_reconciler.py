@@ -19,11 +19,12 @@ from typing import Any, cast
 import pytest
 from structlog.testing import capture_logs
 
+from lbhealthd import status
 from lbhealthd.config import Config
 from lbhealthd.daemon.reconciler import Reconciler
-from lbhealthd.drivers.memory import MemoryDriver
+from lbhealthd.drivers.memory import MemoryDriver, MemoryServer
 from lbhealthd.errors import StateError
-from lbhealthd.model import AdminState, Decision, Override, OverrideKind, ServerId
+from lbhealthd.model import AdminState, Decision, Override, OverrideKind, Rule, ServerId
 from lbhealthd.oncall import commands as oncall
 from lbhealthd.oncall import direct
 from lbhealthd.probes.scheduler import ProbeScheduler
@@ -405,6 +406,104 @@ async def test_drain_made_while_one_endpoint_is_down_reaches_it_when_it_returns(
     await h.tick_until(lambda: h.store.load_owned() == {})
     assert h.driver.drained(endpoint=0) == h.driver.drained(endpoint=1) == set()
     assert h.driver.weights(endpoint=1)["s1"] == 100
+
+
+async def test_an_ha_pair_listing_different_servers_drains_nothing(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """One HAProxy of the pair lists s1-s5, the other t1-t5; four of s1-s4 are overloaded at
+    max_drained 40 %. The pool is inconsistent: nothing is drained (a cap on the union of ten
+    would let four of five go), no command is sent (none would reach a server on both), and
+    it is reported: a warning in the decision, `pool_inconsistent` logged once, an alert in
+    status, whose counts leave out what only one endpoint lists. Once both list s1-s5, the
+    worst two go out, as in any pool of five."""
+    servers = [MemoryServer(f"s{i}", port=8000 + i) for i in range(1, 6)]
+    servers += [MemoryServer(f"t{i}", port=9000 + i) for i in range(1, 6)]
+    driver = MemoryDriver({"api": servers}, endpoints=2)
+    for i in range(1, 6):
+        driver.del_server(f"t{i}", endpoint=0)
+        driver.del_server(f"s{i}", endpoint=1)
+    h = make(driver)
+    for name, cpu in zip(("s1", "s2", "s3", "s4"), (0.91, 0.99, 0.92, 0.98), strict=True):
+        h.probes.set(name, cpu=cpu)
+    decision = await h.tick(10)
+    assert driver.commands == []
+    assert not events(logs, "lb_command_failed") and not events(logs, "server_drained")
+    assert decision.inconsistent_pools == {"api"}
+    (warning,) = decision.warnings
+    assert warning.rule is Rule.INCONSISTENT
+    assert warning.evidence["servers"] == [f"{c}{i}" for c in "st" for i in range(1, 6)]
+    assert {(b.server.server, b.reason.rule) for b in decision.blocked} == {
+        (name, Rule.INCONSISTENT) for name in ("s1", "s2", "s3", "s4")
+    }
+    assert len(events(logs, "pool_inconsistent")) == 1
+    (pool,) = status.document(h.reconciler.report, h.wall(), h.mono())["pools"]
+    assert pool["inconsistent"] and "inconsistent" in [a["rule"] for a in pool["alerts"]]
+    assert (pool["size"], pool["out"], pool["max_out"]) == (0, 0, 0)
+
+    driver.restart(1)  # the second HAProxy reloaded with the first one's servers
+    for i in range(1, 6):
+        driver.del_server(f"t{i}", endpoint=1)
+    decision = await h.tick()
+    assert driver.drained(endpoint=0) == driver.drained(endpoint=1) == {"s2", "s4"}
+    assert decision.inconsistent_pools == frozenset()
+    assert len(events(logs, "pool_consistent")) == 1
+    (pool,) = status.document(h.reconciler.report, h.wall(), h.mono())["pools"]
+    assert not pool["inconsistent"] and (pool["size"], pool["max_out"]) == (5, 2)
+
+
+async def test_a_drain_made_before_the_pair_disagreed_is_kept_until_it_agrees(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """s1 is drained; then one HAProxy of the pair loses s5. s1, healthy again, is not
+    restored while the pair disagrees (rule inconsistent); once both lack s5, it is."""
+    h = make(memory_pool("api", 5, endpoints=2))
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    h.driver.del_server("s5", endpoint=1)
+    h.probes.set("s1", cpu=COOL)
+    decision = await h.tick(15)
+    assert h.driver.drained(endpoint=0) == h.driver.drained(endpoint=1) == {"s1"}
+    assert [(b.server.server, b.kind.value, b.reason.rule) for b in decision.blocked] == [
+        ("s1", "restore", Rule.INCONSISTENT)
+    ]
+    assert h.driver.sent("state") == [("s1", "drain")]
+    h.driver.del_server("s5", endpoint=0)
+    await h.tick_until(lambda: h.driver.states()["s1"] is AdminState.READY)
+    assert h.driver.states(endpoint=1)["s1"] is AdminState.READY
+    assert not events(logs, "lb_command_failed")
+
+
+# --- servers missing from a read -----------------------------------------------------------
+
+
+async def test_a_drained_server_missing_from_one_read_stays_drained(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """A drained, still overloaded server missing from one read of the LB is back drained the
+    next: no restore, no command. Once healthy, it returns as any drain does: through rise,
+    after its hold, at a slow-start weight. A server in service that stays missing is
+    forgotten after absent_grace."""
+    h = make(min_drain="2s", absent_grace="1s")
+    h.probes.set("s1", cpu=HOT)
+    await h.tick(3)
+    assert h.driver.drained() == {"s1"}
+    drained_at = h.mono()
+    h.driver.hide("s1")
+    h.driver.hide("s2", reads=100)
+    await h.tick()
+    assert [e["server"] for e in events(logs, "server_vanished")] == ["api/s1", "api/s2"]
+    assert sid("s2") in h.reconciler.state.servers
+    await h.tick(5)
+    assert sid("s2") not in h.reconciler.state.servers
+    assert h.driver.drained() == {"s1"}
+    assert h.driver.sent() == [("s1", "drain")]
+    assert not events(logs, "server_restored")
+    h.probes.set("s1", cpu=COOL)
+    await h.tick_until(lambda: h.driver.states()["s1"] is AdminState.READY)
+    assert h.mono() - drained_at >= 2.0
+    assert [e["rule"] for e in events(logs, "server_restored", "api/s1")] == ["rise"]
+    assert h.driver.weights()["s1"] < 100
 
 
 # --- restarts and crashes -------------------------------------------------------------------

@@ -205,6 +205,9 @@ class PoolConfig(_Strict):
     max_drained: Share = 0.4
     min_in_service: int = Field(default=2, ge=0)
     blind_threshold: Share = 0.8
+    # A server missing from the LB's reads is remembered this long (one lbhealthd holds out
+    # or ramps up: as long as it holds it).
+    absent_grace: Duration = 30.0
     expected_weights: dict[str, int] = Field(default_factory=dict)
     balance_alert: BalanceAlertConfig = Field(default_factory=BalanceAlertConfig)
 
@@ -289,4 +292,5 @@ def _pool_settings(pool: PoolConfig) -> PoolSettings:
         max_drained=pool.max_drained,
         min_in_service=pool.min_in_service,
         blind_threshold=pool.blind_threshold,
+        absent_grace=pool.absent_grace,
     )

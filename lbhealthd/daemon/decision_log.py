@@ -1,9 +1,10 @@
 """One log event per decision, with its rule and evidence; repeated states logged once.
 
 An action is logged every time it is decided (``server_drained``, ``server_restored``,
-``server_maint``, ``server_stepped_down``). A blocked change, a blind pool, an override beyond
-the caps and a starved daemon last for many rounds: each is logged when it starts (and, for
-blind pools and starvation, when it ends), not again every round it lasts.
+``server_maint``, ``server_stepped_down``). A blocked change, a blind or inconsistent pool, an
+override beyond the caps and a starved daemon last for many rounds: each is logged when it
+starts (and, for blind and inconsistent pools and starvation, when it ends), not again every
+round it lasts.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class DecisionLog:
         self.blocked: Mapping[ServerId, Blocked] = {}
         self._blocked: set[tuple[ServerId, str, str]] = set()
         self._blind: set[str] = set()
+        self._split: set[str] = set()
         self._over_cap: set[str] = set()
         self.starved = False
 
@@ -83,7 +85,14 @@ class DecisionLog:
                 )
         self._blocked = blocked
         for pool in sorted(decision.blind_pools - self._blind):
-            reason = next((w for w in decision.warnings if w.evidence.get("pool") == pool), None)
+            reason = next(
+                (
+                    w
+                    for w in decision.warnings
+                    if w.rule is Rule.BLIND and w.evidence.get("pool") == pool
+                ),
+                None,
+            )
             log.error(
                 "pool_blind",
                 pool=pool,
@@ -93,6 +102,24 @@ class DecisionLog:
         for pool in sorted(self._blind - decision.blind_pools):
             log.info("pool_sight_restored", pool=pool)
         self._blind = set(decision.blind_pools)
+        for pool in sorted(decision.inconsistent_pools - self._split):
+            reason = next(
+                (
+                    w
+                    for w in decision.warnings
+                    if w.rule is Rule.INCONSISTENT and w.evidence.get("pool") == pool
+                ),
+                None,
+            )
+            log.error(
+                "pool_inconsistent",
+                pool=pool,
+                reason=reason.message if reason else "",
+                evidence=dict(reason.evidence) if reason else {},
+            )
+        for pool in sorted(self._split - decision.inconsistent_pools):
+            log.info("pool_consistent", pool=pool)
+        self._split = set(decision.inconsistent_pools)
         over_cap = set()
         for w in decision.warnings:
             if w.rule is Rule.OVERRIDE_OVER_CAP:

@@ -201,6 +201,12 @@ class Metrics:
             "1 while too many probes fail at once: lbhealthd fails open and drains nothing.",
             ("pool",),
         )
+        self.pool_inconsistent = gauge(
+            "lbhealthd_pool_inconsistent_servers",
+            "Servers that not every endpoint of the LB's HA pair lists; above 0, the pool's "
+            "membership is unknown and lbhealthd drains and restores nothing there.",
+            ("pool",),
+        )
         self.pool_available = gauge(
             "lbhealthd_pool_lb_available",
             "1 when the pool was read from the LB in the last round, 0 when the read failed.",
@@ -276,6 +282,7 @@ class Metrics:
             del self._sample_at[sid]
         for series in (
             self.pool_blind,
+            self.pool_inconsistent,
             self.pool_available,
             self.pool_drained,
             self.pool_balance,
@@ -313,6 +320,7 @@ class Metrics:
     def _pool(self, pool: PoolReport) -> None:
         name = pool.name
         self.pool_blind(name).set(1 if pool.blind else 0)
+        self.pool_inconsistent(name).set(len(pool.partial))
         self.pool_available(name).set(0 if pool.lb_error is not None else 1)
         drained = sum(1 for m in pool.members.values() if m.admin is AdminState.DRAIN)
         self.pool_drained(name).set(drained)

@@ -1,10 +1,11 @@
 """Reading the pools from the load balancer, once per round, and what a read tells.
 
-Per pool it keeps the members of the last successful read, the error of the last failed one
-(logged when it starts and when it ends, not every round), the LB's *epoch* (a change means the
-LB lost its runtime state: lbhealthd's changes must be applied again), the server set recorded
-at the first read of a pool whose servers are discovered (the audit expects that set from then
-on) and since when each server has been in its LB admin state.
+Per pool it keeps the members of the last successful read and those of them that not every
+endpoint of an HA pair lists (the pair disagrees on the pool's membership), the error of the
+last failed one (logged when it starts and when it ends, not every round), the LB's *epoch* (a
+change means the LB lost its runtime state: lbhealthd's changes must be applied again), the
+server set recorded at the first read of a pool whose servers are discovered (the audit expects
+that set from then on) and since when each server has been in its LB admin state.
 
 Each member map is replaced at every read, never edited, so a round report can hold it.
 """
@@ -41,6 +42,7 @@ class PoolReader:
         self.wall = wall
         store = journal.store
         self.members: dict[str, Mapping[ServerId, Member]] = {}
+        self.partial: dict[str, frozenset[ServerId]] = {}  # listed by some endpoints only
         self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
         self.epochs: dict[str, str] = dict((store.load_blob("epochs") or {}).get("pools", {}))
         self.discovered: dict[str, list[str]] = dict(
@@ -73,6 +75,11 @@ class PoolReader:
             self.state_since.pop(sid, None)
             self._admin.pop(sid, None)
         self.members[pool.name] = members
+        self.partial[pool.name] = (
+            frozenset(sid for sid in members if sid.server in snap.partial)
+            if snap.partial
+            else frozenset()
+        )
         wall = self.wall()
         for sid, member in members.items():
             if self._admin.get(sid) != member.admin.value:

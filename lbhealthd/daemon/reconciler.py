@@ -33,11 +33,11 @@ from lbhealthd.config import Config, PoolConfig
 from lbhealthd.daemon.decision_log import DecisionLog
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.monitoring import Watch
+from lbhealthd.daemon.override_book import OverrideBook
 from lbhealthd.daemon.pool_reader import PoolReader
 from lbhealthd.daemon.probe_targets import ProbeTargets
 from lbhealthd.drivers import Driver
 from lbhealthd.engine import EngineState, Observation, Settings
-from lbhealthd.errors import LbhealthdError
 from lbhealthd.model import (
     Action,
     AdminState,
@@ -46,7 +46,6 @@ from lbhealthd.model import (
     Desired,
     Member,
     Override,
-    OverrideKind,
     Sample,
     ServerId,
 )
@@ -58,8 +57,6 @@ from lbhealthd.writer import LbWriter
 from lbhealthd.writer.journal import Journal
 
 log = structlog.get_logger("lbhealthd.daemon.reconciler")
-
-HAND = "lb (changed by hand)"
 
 
 class Probes(Protocol):
@@ -101,7 +98,7 @@ class Reconciler:
             on_command=self._on_command,
         )
         self.reader = PoolReader(driver, self.journal, wall, self._owned_in)
-        self.overrides: Mapping[ServerId, Override] = store.load_overrides()
+        self.book = OverrideBook(store, self.writer)
         self.watch = Watch(config)
         self.decisions = DecisionLog(wall)
         self.state, ignored, clamped = engine.from_persisted(
@@ -124,11 +121,15 @@ class Reconciler:
             )
         self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
-        self._state_error: str | None = None
         self.targets = ProbeTargets(scheduler)
         #: Called when a sample asks for a round now (see ``sample_arrived``).
         self.on_evidence: Callable[[], None] | None = None
         self.report = self._report(None, rounds=0, finished_at=None)
+
+    @property
+    def overrides(self) -> Mapping[ServerId, Override]:
+        """The operators' overrides as read last (what this round decides with)."""
+        return self.book.current
 
     @property
     def rounds(self) -> int:
@@ -163,7 +164,7 @@ class Reconciler:
         limit = self.config.daemon.max_loop_lag
         frozen = starved > limit
         self.decisions.starvation(starved, frozen, limit)
-        self._refresh_overrides(wall)
+        self.book.refresh(wall)
         read: list[PoolConfig] = []
         hands: dict[ServerId, ByHand] = {}
         forget: list[ServerId] = []
@@ -198,87 +199,38 @@ class Reconciler:
             for sid, member in self.reader.members[pool.name].items()
         }
         settings = Settings({p.name: self.settings.pools[p.name] for p in read})
+        partial = self.reader.partial
+        split = {p.name: partial[p.name] for p in read if partial.get(p.name)}
         state, decision = engine.decide(
-            self.state, observations, self.overrides, settings, now, frozen=frozen
+            self.state,
+            observations,
+            self.overrides,
+            settings,
+            now,
+            frozen=frozen,
+            inconsistent=split,
         )
         names = {p.name for p in read}
         kept = {sid: st for sid, st in self.state.servers.items() if sid.pool not in names}
-        self.state = EngineState({**kept, **state.servers})
+        absent = {sid: t for sid, t in self.state.absent.items() if sid.pool not in names}
+        self.state = EngineState({**kept, **state.servers}, {**absent, **state.absent})
         for name in names:
             self._desired[name] = {s: d for s, d in decision.desired.items() if s.pool == name}
         self.decisions.decision(decision, self.dry_run)
-        self._keep_in(decision)
-        await self._converge_all(decision)
+        self.book.keep_in(decision.released, self.config.daemon.manual_change_hold, self.wall())
+        await self._converge_all(decision, split)
         self._persist_engine_state(now, wall)
         await self.writer.flush()
         self.report = self._report(decision, self.report.rounds + 1, now)
         return decision
-
-    def _refresh_overrides(self, wall: float) -> None:
-        try:
-            for gone in self.store.prune_expired(wall):
-                log.info(
-                    "override_expired",
-                    server=str(gone.server),
-                    kind=gone.kind.value,
-                    who=gone.who,
-                    reason=gone.reason,
-                )
-                self.writer.record(
-                    gone.server, "override_expired", who=gone.who, reason=gone.reason
-                )
-            self.overrides = self.store.load_overrides()
-            self._state_error = None
-        except LbhealthdError as exc:
-            if str(exc) != self._state_error:
-                log.error(
-                    "state_unreadable",
-                    error=str(exc),
-                    note="keeping the overrides read last; fix or move the file aside",
-                )
-            self._state_error = str(exc)
 
     def _hand_change(self, sid: ServerId, member: Member) -> ByHand | None:
         """What an operator changed by hand of what lbhealthd set; an out-override of a
         server whose state was changed by hand ends with it."""
         hand = self.writer.notice_hand_change(sid, member)
         if hand is not None and hand.admin is not None:
-            override = self.overrides.get(sid)
-            if override is not None and override.kind is not OverrideKind.READY:
-                self._remove_override(sid)
+            self.book.end_out_override(sid)
         return hand
-
-    def _remove_override(self, sid: ServerId) -> None:
-        try:
-            self.store.remove_override(sid)
-        except LbhealthdError as exc:
-            log.error("state_write_failed", error=str(exc))
-        self.overrides = {k: v for k, v in self.overrides.items() if k != sid}
-
-    def _keep_in(self, decision: Decision) -> None:
-        """Record the keep-in overrides the engine asked for (servers put back by hand)."""
-        hold = self.config.daemon.manual_change_hold
-        wall = self.wall()
-        added = {}
-        for released in decision.released:
-            if not released.keep_in:
-                continue
-            sid = released.server
-            override = Override(
-                sid,
-                OverrideKind.READY,
-                "put back in rotation by hand",
-                HAND,
-                wall,
-                wall + hold if hold > 0 else None,
-            )
-            try:
-                self.store.put_override(override)
-            except LbhealthdError as exc:
-                log.error("state_write_failed", error=str(exc))
-            added[sid] = override
-        if added:
-            self.overrides = {**self.overrides, **added}
 
     def sample_arrived(self, sid: ServerId, sample: Sample) -> bool:
         """Told by the probe scheduler of every sample as it arrives. True when the sample
@@ -314,13 +266,16 @@ class Reconciler:
             hand=hand,
         )
 
-    async def _converge_all(self, decision: Decision) -> None:
+    async def _converge_all(
+        self, decision: Decision, partial: Mapping[str, frozenset[ServerId]]
+    ) -> None:
         """Converge every server that may need a change, up to ``max_in_flight`` at a time.
 
         Servers that should be in rotation and that lbhealthd holds nothing of need nothing
         (the common case, skipped without a task). The others run concurrently: their intents
         are written together before their commands go out, and the commands share the
-        driver's connection.
+        driver's connection. A server that not every endpoint of an HA pair lists (``partial``,
+        by pool) gets no command: it would fail on the endpoints that lack it, every round.
         """
         actions: dict[ServerId, Action] = {}
         for a in decision.actions:
@@ -329,6 +284,8 @@ class Reconciler:
         work = []
         for sid, desired in decision.desired.items():
             if desired.admin is AdminState.READY and sid not in owned:
+                continue
+            if partial and sid in partial.get(sid.pool, ()):
                 continue
             member = self.reader.members[sid.pool].get(sid)
             if member is not None:
@@ -390,6 +347,7 @@ class Reconciler:
                     members=members,
                     lb_error=self.reader.unavailable.get(name),
                     blind=decision is not None and name in decision.blind_pools,
+                    partial=self.reader.partial.get(name, frozenset()),
                     warnings=warnings,
                     balance=None if watch is None else watch.report,
                     findings=() if watch is None else tuple(watch.findings),

@@ -5,7 +5,8 @@ answers here, so the reconciler sees an HA pair the same way whichever driver it
 
 - ``merge_members``: the first answering endpoint's view of a pool, with ``consistent=False`` on
   a server whose admin state or weight differs between the endpoints (or that one of them
-  lacks), and on every server while an endpoint did not answer.
+  lacks), and on every server while an endpoint did not answer; and the servers that some
+  answering endpoints list and others do not (the pair disagrees on the pool's membership).
 - ``combined_error``: one error for the endpoints that failed a call.
 
 Pure: no I/O, no clock, no logging.
@@ -20,12 +21,19 @@ from lbhealthd.errors import DriverError
 from lbhealthd.model import Member
 
 
-def merge_members(per_endpoint: Iterable[Sequence[Member] | None]) -> list[Member]:
+def merge_members(
+    per_endpoint: Iterable[Sequence[Member] | None],
+) -> tuple[list[Member], frozenset[str]]:
     """One view of a pool from each endpoint's (None for an endpoint that did not answer): the
-    first answering endpoint's servers in its order, then those only a later one lists."""
+    first answering endpoint's servers in its order, then those only a later one lists; and
+    the names of the servers not every answering endpoint lists."""
     views = list(per_endpoint)
     answered = [{m.id.server: m for m in ms} for ms in views if ms is not None]
     everyone = len(answered) == len(views)
+    partial: frozenset[str] = frozenset()
+    if len(answered) > 1:
+        first, *others = (set(view) for view in answered)
+        partial = frozenset(first.union(*others) - first.intersection(*others))
     merged: dict[str, Member] = {}
     for view in answered:
         for name, member in view.items():
@@ -38,7 +46,7 @@ def merge_members(per_endpoint: Iterable[Sequence[Member] | None]) -> list[Membe
                 for other in answered
             )
             merged[name] = _with_consistent(member, everyone and same)
-    return list(merged.values())
+    return list(merged.values()), partial
 
 
 def _with_consistent(member: Member, consistent: bool) -> Member:

@@ -14,7 +14,8 @@ It behaves as ``HAProxyDriver`` does wherever the reconciler can tell:
 - ``snapshot`` reads every endpoint and merges them with the code ``HAProxyDriver`` uses
   (``lbhealthd.drivers.ha_merge``): the first answering endpoint's view, with
   ``consistent=False`` on a server whose admin state or weight differs between endpoints, or on
-  every server while an endpoint does not answer. The epoch is the endpoints' epochs joined
+  every server while an endpoint does not answer; ``partial`` names the servers some answering
+  endpoints do not list. The epoch is the endpoints' epochs joined
   with ``,`` (``-`` for one that did not answer). It raises only when no endpoint answered.
 - ``set_state`` and ``set_weight`` go to every endpoint; the change stays where it landed and
   the call fails if any endpoint failed (``Unavailable`` preferred over ``Rejected``).
@@ -36,6 +37,12 @@ Knobs (all deterministic; nothing here sleeps or reads a clock):
   calls are waiting. A test stands in for a slow or hung LB, or for a daemon killed mid-command
   (cancel the waiting task), without real time.
 - ``restart(i)``: endpoint ``i`` (every endpoint when None) loses its runtime state.
+- ``del_server(name, endpoint=)``: the server is deleted from endpoint ``endpoint`` (every one
+  when None), as HAProxy's ``del server`` does: reads no longer list it and commands for it are
+  "No such server.", until the endpoint restarts from the configuration. An HA pair whose
+  endpoints list different servers is made so.
+- ``hide(name, reads=, endpoint=)``: the next ``reads`` reads of endpoint ``endpoint`` (of every
+  endpoint when None) leave the server out, as a read that missed it; it still takes commands.
 - ``set_by_hand(name, admin=, weight=)``: an operator's change by other means, recorded in
   ``by_hand`` apart from lbhealthd's; ``agent_says(name, admin)``: the server's agent-check
   answered (only for a server with ``has_agent``).
@@ -134,13 +141,13 @@ class MemoryDriver:
                 )
                 views.append(None)
             else:
-                views.append([member_view(pool, live) for live in ep.pools[pool].values()])
+                views.append([member_view(pool, live) for live in ep.listed(pool)])
         if len(errors) == len(self._endpoints):
             raise combined_error(errors, len(self._endpoints), prefer=Rejected)
         self.reads += 1
-        snap = PoolSnapshot(
-            pool, tuple(merge_members(views)), epoch=",".join(ep.epoch for ep in self._endpoints)
-        )
+        members, partial = merge_members(views)
+        epoch = ",".join(ep.epoch for ep in self._endpoints)
+        snap = PoolSnapshot(pool, tuple(members), epoch=epoch, partial=partial)
         await self._at_gate("snapshot", after=True)
         return snap
 
@@ -245,6 +252,21 @@ class MemoryDriver:
         while self.waiting < count:
             self._arrived.clear()
             await self._arrived.wait()
+
+    def del_server(self, name: str | ServerId, endpoint: int | None = None) -> None:
+        """The server is gone from endpoint ``endpoint`` (every one when None) until it
+        restarts, as after HAProxy's ``del server``."""
+        sid = self._sid(name)
+        for ep in self._chosen(endpoint):
+            del ep.pools[sid.pool][sid.server]
+
+    def hide(self, name: str | ServerId, *, reads: int = 1, endpoint: int | None = None) -> None:
+        """The next ``reads`` reads of endpoint ``endpoint`` (every one when None) miss the
+        server; it is still there for commands, and listed again afterwards."""
+        sid = self._sid(name)
+        for ep in self._chosen(endpoint):
+            self._live(ep, sid)  # KeyError for a server the endpoint does not have
+            ep.hidden[(sid.pool, sid.server)] = reads
 
     def set_by_hand(
         self,

@@ -53,6 +53,24 @@ class MemoryEndpoint:
     generation: int = 0
     running: bool = True
     failing: int | None = 0  # set commands still to fail here; None = every one
+    hidden: dict[tuple[str, str], int] = field(default_factory=dict)  # reads still to miss
+
+    def listed(self, pool: str) -> list[LiveServer]:
+        """The servers of ``pool`` this read lists: all but those hidden from it."""
+        servers = self.pools[pool]
+        if not self.hidden:
+            return list(servers.values())
+        shown = []
+        for name, live in servers.items():
+            left = self.hidden.get((pool, name), 0)
+            if left:
+                if left == 1:
+                    del self.hidden[(pool, name)]
+                else:
+                    self.hidden[(pool, name)] = left - 1
+                continue
+            shown.append(live)
+        return shown
 
     @property
     def name(self) -> str:
@@ -65,6 +83,7 @@ class MemoryEndpoint:
     def boot(self, config: Mapping[str, Sequence[MemoryServer]]) -> None:
         """Start afresh from the configuration: every server as configured, a new epoch."""
         self.generation += 1
+        self.hidden = {}
         self.pools = {
             pool: {s.name: LiveServer(s, admin=s.admin, weight=s.weight) for s in servers}
             for pool, servers in config.items()

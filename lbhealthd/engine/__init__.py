@@ -27,6 +27,15 @@ Rules, per pool, in the order they apply each round:
    ``released`` asks for a keep-in override). A slow-start weight changed by hand ends the ramp.
 8. Starved (``frozen``): the round's samples are no evidence; drains and restores the rules
    would make are blocked with rule ``starved``. Overrides still apply.
+9. Absent: a server the LB's read did not list gets no desired state, and its memory is kept:
+   as long as the daemon holds it (drained, under an override, ramping up), else for
+   ``absent_grace`` from the first read that missed it. Back, it resumes its drain, hold or
+   ramp (which holds while it is missing: that is no healthy time).
+10. Inconsistent: when the endpoints of the LB's HA pair do not list the same servers
+    (``inconsistent``), the pool is frozen as a blind one is (no drains, no restores, a
+    warning), since its size is unknown: caps are never computed on the union, and the
+    warning for overrides beyond the caps counts only the servers every endpoint lists.
+    Samples still count, and overrides still apply.
 
 No asyncio, no I/O, no clock reads, no logging: same input, same output.
 """
@@ -53,6 +62,8 @@ from lbhealthd.model import (
     Sample,
     ServerId,
 )
+
+_NONE: frozenset[ServerId] = frozenset()
 
 __all__ = [
     "Clamped",
@@ -81,11 +92,14 @@ def decide(
     now: float,
     *,
     frozen: bool = False,
+    inconsistent: Mapping[str, frozenset[ServerId]] | None = None,
 ) -> tuple[EngineState, Decision]:
     """Decide one round for every pool in ``settings``. See the module docstring for the rules.
 
-    Servers absent from ``observations`` are forgotten (they left the LB); servers of pools not
-    in ``settings`` are ignored. ``frozen``: the daemon is starved (rule 8).
+    Servers absent from ``observations`` are remembered for a while (rule 9); servers of pools
+    not in ``settings`` are ignored. ``frozen``: the daemon is starved (rule 8).
+    ``inconsistent``: by pool, the servers that not every endpoint of the LB's HA pair lists
+    (rule 10).
     """
     # Grouped in the caller's order, not sorted: sorting 10,000 ids costs more than the rest
     # of the round. What the caller sees does not depend on that order: actions, blocked
@@ -107,15 +121,20 @@ def decide(
     warnings: list[Reason] = []
     blind: set[str] = set()
     wakes: list[float] = []
+    remembered = 0  # observed servers the engine had a memory of
+    split: set[str] = set()
     for pool in sorted(pools):
         ps, ids = known[pool], pools[pool]
-        done = PoolPass(ps, now, blind=False, frozen=frozen)
+        partial = inconsistent.get(pool, _NONE) if inconsistent else _NONE
+        done = PoolPass(ps, now, blind=False, frozen=frozen, partial=partial)
         done.each_server(ids, state.servers, observations, overrides)
         if is_blind(done.probed, done.failed, ps):
             # Rare: the whole pass is made again, blind, and the first one dropped.
-            done = PoolPass(ps, now, blind=True, frozen=frozen)
+            done = PoolPass(ps, now, blind=True, frozen=frozen, partial=partial)
             done.each_server(ids, state.servers, observations, overrides)
             blind.add(pool)
+        if partial:
+            split.add(pool)
         done.whole_pool(observations, overrides)
         servers.update(done.servers)
         desired.update(done.desired)
@@ -125,6 +144,10 @@ def decide(
         warnings += done.warnings
         if done.next_wake is not None:
             wakes.append(done.next_wake)
+        remembered += len(ids) - done.new
+    # Rare: a server remembered but not observed (missing from the read, or in a pool not
+    # decided this round). The common round compares two counts instead of looking it up.
+    absent = _absent(state, known, servers, now) if remembered < len(state.servers) else {}
     decision = Decision(
         desired=desired,
         actions=tuple(actions),
@@ -133,8 +156,34 @@ def decide(
         blind_pools=frozenset(blind),
         next_wake=min(wakes, default=None),
         released=tuple(released),
+        inconsistent_pools=frozenset(split),
     )
-    return EngineState(servers=servers), decision
+    return EngineState(servers=servers, absent=absent), decision
+
+
+def _absent(
+    state: EngineState,
+    known: Mapping[str, PoolSettings],
+    servers: dict[ServerId, ServerState],
+    now: float,
+) -> dict[ServerId, float]:
+    """Rule 9: keep (in ``servers``) the memory of the servers of the decided pools that were
+    not observed; return since when each kept one is missing."""
+    absent: dict[ServerId, float] = {}
+    missing_since = state.absent
+    in_service = Phase.IN_SERVICE
+    for sid, st in state.servers.items():
+        if sid in servers:
+            continue
+        ps = known.get(sid[0])
+        if ps is None:
+            continue  # its pool was not decided: the caller keeps it
+        since = missing_since.get(sid, now)
+        held = st.phase is not in_service or st.fraction < 1.0
+        if held or now - since < ps.absent_grace:
+            servers[sid] = st if st.fraction >= 1.0 else st._replace(ramp_at=now)
+            absent[sid] = since
+    return absent
 
 
 def toward_transition(st: ServerState | None, sample: Sample, ps: PoolSettings) -> bool:

@@ -1,10 +1,11 @@
-"""One pool decided for one round: rules 2 to 8 of the package docstring.
+"""One pool decided for one round: rules 2 to 8 and 10 of the package docstring.
 
 A :class:`PoolPass` walks the pool's servers once (each looks at that server alone: streaks,
-overrides, restores, slow start, hands off), then decides the drains over the pool as a whole
-(the governor's caps, worst first) and the slow-start weights (which depend on the weights of
-the others). A pool found blind is decided again by a second pass, blind; the first pass is
-dropped whole, so nothing it found leaks into the decision.
+overrides, restores, slow start, hands off), then decides over the pool as a whole
+(engine/whole_pool.py): the drains within the governor's caps, worst first, and the slow-start
+weights, which depend on the weights of the others. A pool found blind is decided again by a
+second pass, blind; the first pass is dropped whole, so nothing it found leaks into the
+decision.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from lbhealthd.engine import reasons, slowstart
-from lbhealthd.engine.governor import budget, hold_time
 from lbhealthd.engine.hysteresis import Event, Phase, step
-from lbhealthd.engine.settings import PoolSettings
 from lbhealthd.engine.state import Observation, ServerState
 from lbhealthd.engine.verdict import MarkItems, Verdict, assess, judge_sorted, sorted_marks
+from lbhealthd.engine.whole_pool import WholePool, out_desired
 from lbhealthd.model import (
     Action,
     ActionKind,
@@ -37,56 +37,15 @@ from lbhealthd.model import (
 _STREAK_CAP = 1_000_000
 _READY = AdminState.READY
 _IN_SERVICE = Desired(AdminState.READY)
-_DRAINED = Desired(AdminState.DRAIN)
 _OUT_KINDS = (OverrideKind.DRAIN, OverrideKind.MAINT)
 _FRESH = ServerState()
 _V_FAILED, _V_OVERLOADED, _V_HEALTHY = Verdict.FAILED, Verdict.OVERLOADED, Verdict.HEALTHY
 
 
-class PoolPass:
+class PoolPass(WholePool):
     """What one pass over a pool decided: new states, desired states, actions, refusals."""
 
-    __slots__ = (
-        "actions",
-        "blind",
-        "blocked",
-        "candidates",
-        "desired",
-        "failed",
-        "frozen",
-        "manual",
-        "next_wake",
-        "now",
-        "out",
-        "probed",
-        "ps",
-        "ramping",
-        "released",
-        "servers",
-        "warnings",
-    )
-
-    def __init__(self, ps: PoolSettings, now: float, *, blind: bool, frozen: bool) -> None:
-        self.ps = ps
-        self.now = now
-        self.blind = blind
-        self.frozen = frozen
-        self.servers: dict[ServerId, ServerState] = {}
-        self.desired: dict[ServerId, Desired] = {}
-        self.actions: list[Action] = []
-        self.blocked: list[Blocked] = []
-        self.released: list[Released] = []
-        self.warnings: list[Reason] = []
-        self.next_wake: float | None = None
-        self.candidates: list[ServerId] = []  # in service with ``fall`` bad samples (rule 5)
-        self.manual: list[ServerId] = []  # out by an operator's override
-        self.ramping: list[ServerId] = []  # in service below their full weight (rule 6)
-        self.probed = self.failed = 0  # rule 1's count
-        self.out = 0  # servers out of rotation, whatever took them out
-
-    def wake_at(self, when: float) -> None:
-        if self.next_wake is None or when < self.next_wake:
-            self.next_wake = when
+    __slots__ = ()
 
     # --- each server alone --------------------------------------------------------------------
 
@@ -107,14 +66,16 @@ class PoolPass:
         ok = ProbeOutcome.OK
         fall = self.ps.fall
         previous_get = previous.get
-        probed = failed = out = 0
+        probed = failed = out = new = 0
         # This loop runs for every server every round: the common case (in service, full
         # weight, no override, no hand change) takes no call it does not need.
         for sid in ids:
             obs = observations[sid]
             sample = obs.sample
-            prev = previous_get(sid)
-            st = fresh if prev is None else prev
+            st = previous_get(sid)
+            if st is None:
+                st = fresh
+                new += 1
             override = overrides.get(sid) if overrides else None
             hand = obs.hand
             if hand is not None:
@@ -157,8 +118,8 @@ class PoolPass:
                 out += 1
                 if st.phase is manual_phase:
                     manual.append(sid)
-                desired[sid] = _out(st)
-        self.probed, self.failed, self.out = probed, failed, out
+                desired[sid] = out_desired(st)
+        self.probed, self.failed, self.out, self.new = probed, failed, out, new
         # The order of the servers must not show in the decision.
         self.actions.sort(key=_by_server)
         self.blocked.sort(key=_by_server)
@@ -219,6 +180,10 @@ class PoolPass:
                 sid, ActionKind.RESTORE, Rule.BLIND, f"pool {ps.name} is blind: not restoring"
             )
             return st
+        if self.partial:
+            reason = reasons.inconsistent("restoring", ps, self.partial, {"good": st.good})
+            self.blocked.append(Blocked(sid, ActionKind.RESTORE, reason))
+            return st
         drained_at = st.drained_at if st.drained_at is not None else self.now
         held = self.now - drained_at
         evidence: dict[str, object] = {
@@ -278,115 +243,6 @@ class PoolPass:
     def _refuse(self, sid: ServerId, kind: ActionKind, rule: Rule, message: str) -> None:
         self.blocked.append(Blocked(sid, kind, Reason(rule, message, {})))
 
-    # --- the pool as a whole ------------------------------------------------------------------
-
-    def whole_pool(
-        self,
-        observations: Mapping[ServerId, Observation],
-        overrides: Mapping[ServerId, Override],
-    ) -> None:
-        """Rule 1's warning, rule 5 (drains within the caps), rule 6's weights, and the
-        warning for overrides beyond the caps."""
-        if self.blind:
-            self.warnings.append(reasons.blind_warning(self.ps, self.probed, self.failed))
-        self._drains(observations, overrides)
-        waiting = [*self.candidates, *self.ramping]
-        if waiting:
-            reference = self._reference(observations)
-            for sid in waiting:
-                st = self.servers[sid]
-                self.desired[sid] = (
-                    _out(st)
-                    if st.phase is not Phase.IN_SERVICE
-                    else self._ramped(st, observations[sid].full_weight, reference)
-                )
-        self._check_caps()
-
-    def _drains(
-        self,
-        observations: Mapping[ServerId, Observation],
-        overrides: Mapping[ServerId, Override],
-    ) -> None:
-        """Rule 5 over the candidates (in service, ``fall`` bad samples), worst first."""
-        ps, cur = self.ps, self.servers
-        size = len(cur)
-        self.candidates.sort(key=lambda sid: (-cur[sid].ratio, -cur[sid].bad, sid))
-        for sid in self.candidates:
-            st = cur[sid]
-            evidence = reasons.drain_evidence(st, observations[sid].sample, ps)
-            override = overrides.get(sid)
-            if override is not None and override.kind is OverrideKind.READY:
-                self.blocked.append(
-                    Blocked(sid, ActionKind.DRAIN, reasons.override_reason(override))
-                )
-                continue
-            if self.blind:
-                message = f"pool {ps.name} is blind: not draining"
-                self.blocked.append(
-                    Blocked(sid, ActionKind.DRAIN, Reason(Rule.BLIND, message, evidence))
-                )
-                continue
-            if self.frozen:
-                self.blocked.append(
-                    Blocked(sid, ActionKind.DRAIN, reasons.starved("draining", evidence))
-                )
-                continue
-            pool_budget = budget(size, self.out, ps)
-            rule = pool_budget.check(ps)
-            if rule is not None:
-                evidence.update(pool_budget.evidence(ps))
-                reason = Reason(rule, reasons.cap_message(rule, ps), evidence)
-                self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
-                continue
-            level = _flap_level(st, ps, self.now)
-            hold = hold_time(level, ps)
-            evidence.update({"flap_level": level, "hold_s": hold})
-            cur[sid] = st._replace(
-                phase=step(st.phase, Event.FALL),
-                drained_at=self.now,
-                hold=hold,
-                flap_level=level,
-                good=0,
-            )
-            self.out += 1
-            reason = Reason(Rule.FALL, reasons.fall_message(st, ps, evidence), evidence)
-            self.actions.append(Action(sid, ActionKind.DRAIN, reason))
-
-    def _reference(self, observations: Mapping[ServerId, Observation]) -> float | None:
-        """The median weight of the pool's servers in rotation at their full weight."""
-        in_service = Phase.IN_SERVICE
-        return slowstart.reference_weight(
-            observations[sid].weight
-            for sid, st in self.servers.items()
-            if st.phase is in_service and st.fraction >= 1.0 and not observations[sid].external_out
-        )
-
-    def _ramped(self, st: ServerState, full: int, reference: float | None) -> Desired:
-        ps = self.ps
-        if st.fraction >= 1.0:
-            return _IN_SERVICE
-        self.wake_at(self.now + ps.slow_start * (1.0 - st.fraction))
-        weight = slowstart.weight(st.fraction, full, reference, ps.slow_start_floor)
-        return Desired(AdminState.READY, weight_fraction=st.fraction, weight=weight)
-
-    def _check_caps(self) -> None:
-        ps = self.ps
-        if not self.manual:
-            return
-        size, out = len(self.servers), self.out
-        pool_budget = budget(size, out - 1, ps)
-        if pool_budget.check(ps) is None:
-            return
-        names = sorted(str(sid) for sid in self.manual)
-        self.warnings.append(
-            Reason(
-                Rule.OVERRIDE_OVER_CAP,
-                f"pool {ps.name}: {out} of {size} servers out, beyond its caps, because of "
-                f"manual overrides on {', '.join(names)}",
-                {**pool_budget.evidence(ps), "pool": ps.name, "out": out, "manual": names},
-            )
-        )
-
 
 def _observe(st: ServerState, sample: Sample, marks: MarkItems, blind: bool) -> ServerState:
     """The state after judging ``sample``, a sample newer than any ``st`` has seen."""
@@ -400,21 +256,5 @@ def _observe(st: ServerState, sample: Sample, marks: MarkItems, blind: bool) -> 
     return st.judged(bad, good, sample.at, verdict, ratio)
 
 
-def _out(st: ServerState) -> Desired:
-    if st.phase is Phase.MANUAL:
-        admin = AdminState.MAINT if st.manual is OverrideKind.MAINT else AdminState.DRAIN
-        return Desired(admin, manual=True)
-    return _DRAINED
-
-
 def _by_server(item: Action | Blocked | Released) -> ServerId:
     return item.server
-
-
-def _flap_level(st: ServerState, ps: PoolSettings, now: float) -> int:
-    if st.restored_at is None:
-        return st.flap_level
-    since = now - st.restored_at
-    if since < ps.flap_window:
-        return st.flap_level + 1
-    return max(0, st.flap_level - int(since // ps.flap_window))

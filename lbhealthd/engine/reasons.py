@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from lbhealthd.engine.settings import Marks, PoolSettings
 from lbhealthd.engine.state import ServerState
 from lbhealthd.engine.verdict import Judgement, Verdict
-from lbhealthd.model import AdminState, Override, Reason, Rule, Sample
+from lbhealthd.model import AdminState, Override, Reason, Rule, Sample, ServerId
 
 
 def override_reason(override: Override) -> Reason:
@@ -34,6 +34,33 @@ def blind_warning(ps: PoolSettings, probed: int, failed: int) -> Reason:
             "probed": probed,
             "blind_threshold": ps.blind_threshold,
         },
+    )
+
+
+# A pair may disagree on thousands of servers: the words name a few, the evidence more.
+_NAMES_SHOWN = 20
+_NAMES_KEPT = 200
+
+
+def inconsistent_warning(ps: PoolSettings, partial: Collection[ServerId]) -> Reason:
+    names = sorted(sid.server for sid in partial)
+    shown = ", ".join(names[:_NAMES_SHOWN]) + (" ..." if len(names) > _NAMES_SHOWN else "")
+    return Reason(
+        Rule.INCONSISTENT,
+        f"pool {ps.name}: the load balancer's endpoints do not list the same servers "
+        f"({len(names)} listed by only some: {shown}); nothing is drained or restored there "
+        "until they agree",
+        {"pool": ps.name, "count": len(names), "servers": names[:_NAMES_KEPT]},
+    )
+
+
+def inconsistent(
+    what: str, ps: PoolSettings, partial: Collection[ServerId], evidence: Mapping[str, object]
+) -> Reason:
+    return Reason(
+        Rule.INCONSISTENT,
+        f"pool {ps.name}: the load balancer's endpoints do not list the same servers: not {what}",
+        {**evidence, "not_on_every_endpoint": len(partial)},
     )
 
 

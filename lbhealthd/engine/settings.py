@@ -33,6 +33,7 @@ class PoolSettings:
     max_drained: float = 0.4
     min_in_service: int = 2
     blind_threshold: float = 0.8
+    absent_grace: float = 30.0  # how long a server missing from the LB's reads is remembered
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,9 +66,12 @@ _new = tuple.__new__
 
 @dataclass(frozen=True, slots=True)
 class EngineState:
-    """Every server's memory, by server."""
+    """Every server's memory, by server; ``absent``: the servers the LB's last read did not
+    list, each with the time of the first read that missed it (their memory is in
+    ``servers`` while it is kept)."""
 
     servers: Mapping[ServerId, ServerState] = field(default_factory=dict)
+    absent: Mapping[ServerId, float] = field(default_factory=dict)
 
 
 class Observation(NamedTuple):

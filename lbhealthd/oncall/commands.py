@@ -125,7 +125,10 @@ async def show_status(config: Config) -> Outcome:
         doc = answer[1]
     else:
         doc = await direct.status_document(config)
-    unhealthy = any(not p.get("lb_available", True) or p.get("blind") for p in doc["pools"])
+    unhealthy = any(
+        not p.get("lb_available", True) or p.get("blind") or p.get("inconsistent")
+        for p in doc["pools"]
+    )
     return Outcome(1 if unhealthy else 0, tuple(status.render(doc).split("\n")), doc)
 
 

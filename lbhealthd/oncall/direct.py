@@ -129,7 +129,8 @@ async def status_document(config: Config) -> dict[str, Any]:
                 pools.append(PoolReport(pool.name, settings.pools[pool.name], {}, str(exc)))
                 continue
             members = {m.id: m for m in snap.members}
-            pools.append(PoolReport(pool.name, settings.pools[pool.name], members))
+            partial = frozenset(sid for sid in members if sid.server in snap.partial)
+            pools.append(PoolReport(pool.name, settings.pools[pool.name], members, partial=partial))
     finally:
         await driver.close()
     try:

@@ -17,8 +17,9 @@ to a ``set`` command, or an unexpected reply to a ``show`` command -> ``Rejected
 retried).
 
 Several endpoints form an HA pair: reads merge them (``consistent=False`` on disagreement or
-when an endpoint is down, see ``lbhealthd.drivers.ha_merge``), writes go to every endpoint and
-fail if any of them failed. Replies are read by ``lbhealthd.drivers.haproxy.replies``.
+when an endpoint is down, ``partial`` for the servers some endpoints do not list, see
+``lbhealthd.drivers.ha_merge``), writes go to every endpoint and fail if any of them failed.
+Replies are read by ``lbhealthd.drivers.haproxy.replies``.
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ class HAProxyDriver:
         self.last_errors = errors
         if len(errors) == len(self.endpoints):
             raise combined_error(list(errors.values()), len(self.endpoints), prefer=Rejected)
-        return PoolSnapshot(pool, tuple(merge_members(views)), epoch=",".join(epochs))
+        members, partial = merge_members(views)
+        return PoolSnapshot(pool, tuple(members), epoch=",".join(epochs), partial=partial)
 
     async def _set(self, server: ServerId, what: str) -> None:
         check_name(server.pool, "pool name")

@@ -6,7 +6,11 @@
 - ``info_fields``: the ``show info`` reply as a dict.
 - ``first_line``: the line of a reply quoted in errors.
 
-A reply that does not have the expected shape is ``Rejected`` naming the endpoint. A server whose
+A reply that does not have the expected shape is ``Rejected`` naming the endpoint: a header
+without a column lbhealthd reads, a row cut short, a state, weight or counter that is not a
+plain decimal number. Such a read is unreadable, never a state: read as 0, a garbled
+``srv_admin_state`` would be "ready", and a server held out would look put back by hand. (An
+empty counter in `show stat` is HAProxy's way of saying none, and reads as 0.) A server whose
 name lbhealthd would refuse to send back is left out of the view (logged once).
 """
 
@@ -21,20 +25,21 @@ import structlog
 from lbhealthd.errors import InvalidName, Rejected
 from lbhealthd.model import AdminState, Member, OpState, ServerId
 
-# srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*).
-_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20  # forced, inherited, config, resolution
-_DRAIN_BITS = 0x08 | 0x10  # forced, inherited
+# srv_admin_state bits (HAProxy's SRV_ADMF_*) and srv_agent_state bits (CHK_ST_*). What an
+# admin sets (FMAINT 0x01, FDRAIN 0x08; `disabled` sets FMAINT with CMAINT 0x04) is kept apart
+# from what HAProxy imposes (IMAINT 0x02 and IDRAIN 0x10 inherited from a tracked server,
+# RMAINT 0x20 while the address does not resolve): an inherited maint must not look like an
+# operator's change of a state lbhealthd set. CMAINT alone is not maintenance (HAProxy's
+# SRV_ADMF_MAINT mask leaves it out): it is what `disabled` leaves after `state ready`.
+_SET_MAINT = 0x01
+_SET_DRAIN = 0x08
+_IMPOSED_MAINT = 0x02 | 0x20
+_IMPOSED_DRAIN = 0x10
+_IMPOSED = _IMPOSED_MAINT | _IMPOSED_DRAIN
 _AGENT_ENABLED = 0x04
 _CHECK_CONFIGURED = 0x02
 _CHECK_ENABLED = 0x04
 _OP_STATES = {0: OpState.DOWN, 1: OpState.STARTING, 2: OpState.UP, 3: OpState.STOPPING}
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value) if value else 0
-    except ValueError:
-        return 0
 
 
 def first_line(reply: str) -> str:
@@ -73,19 +78,26 @@ _NO_STAT = ("",) * len(_STAT_COLUMNS)
 
 
 def _picker(header: list[str], columns: tuple[str, ...]) -> Callable[[list[str]], tuple[str, ...]]:
-    """A function taking ``columns`` out of a row laid out as ``header`` ("" when absent)."""
-    at = [header.index(c) if c in header else -1 for c in columns]
-    if -1 not in at:
-        fast = operator.itemgetter(*at)
+    """A function taking ``columns`` (all in ``header``) out of a row laid out as ``header``;
+    a cell a short row lacks is ""."""
+    at = [header.index(c) for c in columns]
+    fast = operator.itemgetter(*at)
 
-        def pick(row: list[str]) -> tuple[str, ...]:
-            try:
-                return fast(row)  # type: ignore[no-any-return]
-            except IndexError:  # a short row
-                return tuple(row[i] if i < len(row) else "" for i in at)
+    def pick(row: list[str]) -> tuple[str, ...]:
+        try:
+            return fast(row)  # type: ignore[no-any-return]
+        except IndexError:  # a short row
+            return tuple(row[i] if i < len(row) else "" for i in at)
 
-        return pick
-    return lambda row: tuple(row[i] if 0 <= i < len(row) else "" for i in at)
+    return pick
+
+
+def _require(endpoint: str, what: str, header: list[str], columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise Rejected(
+            f"HAProxy's {what} has no column {', '.join(missing)}: unreadable", endpoint=endpoint
+        )
 
 
 def _table(
@@ -96,7 +108,9 @@ def _table(
     lines = reply.splitlines()
     if len(lines) <= header_at or not lines[header_at].startswith("# "):
         raise Rejected(f"HAProxy answered {first_line(reply)!r}", endpoint=endpoint)
-    pick = _picker(lines[header_at][2:].split(), columns)
+    header = lines[header_at][2:].split()
+    _require(endpoint, "show servers state", header, columns)
+    pick = _picker(header, columns)
     return [pick(words) for ln in lines[header_at + 1 :] if (words := ln.split())]
 
 
@@ -106,17 +120,46 @@ def _stat_rows(endpoint: str, reply: str) -> dict[str, tuple[str, ...]]:
         raise Rejected(f"HAProxy answered {first_line(reply)!r}", endpoint=endpoint)
     rows = csv.reader(reply[2:].splitlines())
     header = next(rows)
-    name_at = header.index("svname") if "svname" in header else -1
+    _require(endpoint, "show stat", header, ("svname", *_STAT_COLUMNS))
+    name_at = header.index("svname")
     pick = _picker(header, _STAT_COLUMNS)
-    return {row[name_at] if 0 <= name_at < len(row) else "": pick(row) for row in rows if row}
+    return {row[name_at] if name_at < len(row) else "": pick(row) for row in rows if row}
+
+
+def _garbage(
+    endpoint: str, server: str, columns: tuple[str, ...], values: tuple[str, ...], empty_ok: bool
+) -> Rejected:
+    """The error for a row whose numeric ``columns`` are not all plain decimal numbers."""
+    bad = next(
+        (
+            f"{c} {v[:40]!r}, not a number"
+            for c, v in zip(columns, values, strict=True)
+            if not (v.isascii() and v.isdigit()) and not (empty_ok and v == "")
+        ),
+        "a row cut short",
+    )
+    message = f"HAProxy's answer for {server[:80]!r} has {bad}: unreadable"
+    return Rejected(message, endpoint=endpoint)
+
+
+_STATE_NUMBERS = _STATE_COLUMNS[2:]
+_STAT_NUMBERS = _STAT_COLUMNS[:4]
 
 
 def _admin(bits: int) -> AdminState:
-    if bits & _MAINT_BITS:
+    if bits & _SET_MAINT:
         return AdminState.MAINT
-    if bits & _DRAIN_BITS:
+    if bits & _SET_DRAIN:
         return AdminState.DRAIN
     return AdminState.READY
+
+
+def _imposed(bits: int) -> AdminState | None:
+    if bits & _IMPOSED_MAINT:
+        return AdminState.MAINT
+    if bits & _IMPOSED_DRAIN:
+        return AdminState.DRAIN
+    return None
 
 
 def _checks(bits: int) -> bool | None:
@@ -141,7 +184,14 @@ def pool_members(pool: str, endpoint: str, state_reply: str, stat_reply: str) ->
     state = _table(endpoint, state_reply, 1, _STATE_COLUMNS)
     stat = _stat_rows(endpoint, stat_reply)
     members = []
-    for name, addr, port, admin, op, uweight, iweight, agent, check in state:
+    for row in state:
+        name, addr, port, admin, op, uweight, iweight, agent, check = row
+        # One test of the row's numbers at once keeps 10,000-server reads cheap; a row cut
+        # short has "" for its missing cells. (``int`` alone would take "+8", "1_0" and
+        # non-ASCII digits.)
+        digits = port + admin + op + uweight + iweight + agent + check
+        if not (digits.isascii() and digits.isdigit()) or "" in row:
+            raise _garbage(endpoint, name, _STATE_NUMBERS, row[2:], empty_ok=False)
         try:
             sid = ServerId(pool, name)
         except InvalidName as exc:
@@ -149,23 +199,29 @@ def pool_members(pool: str, endpoint: str, state_reply: str, stat_reply: str) ->
             # such a server is left alone, never driven.
             _warn_once(f"{pool}/{name}", str(exc))
             continue
-        scur, qcur, rate, stot, check_status = stat.get(name, _NO_STAT)
+        counters = stat.get(name, _NO_STAT)
+        scur, qcur, rate, stot, check_status = counters
+        digits = scur + qcur + rate + stot
+        if digits and not (digits.isascii() and digits.isdigit()):
+            raise _garbage(endpoint, name, _STAT_NUMBERS, counters[:4], empty_ok=True)
+        bits = int(admin)
         members.append(
             Member(
                 id=sid,
                 address=addr,
-                port=_int(port),
-                admin=_admin(_int(admin)),
-                op=_OP_STATES.get(_int(op), OpState.DOWN),
-                weight=_int(uweight),
-                initial_weight=_int(iweight),
-                sessions=_int(scur),
-                queue=_int(qcur),
-                session_rate=_int(rate),
-                sessions_total=_int(stot),
+                port=int(port),
+                admin=_admin(bits),
+                op=_OP_STATES.get(int(op), OpState.DOWN),
+                weight=int(uweight),
+                initial_weight=int(iweight),
+                sessions=int(scur) if scur else 0,
+                queue=int(qcur) if qcur else 0,
+                session_rate=int(rate) if rate else 0,
+                sessions_total=int(stot) if stot else 0,
                 check_status=check_status.removeprefix("* "),
-                has_agent=bool(_int(agent) & _AGENT_ENABLED),
-                checks_enabled=_checks(_int(check)),
+                has_agent=bool(int(agent) & _AGENT_ENABLED),
+                checks_enabled=_checks(int(check)),
+                imposed=_imposed(bits) if bits & _IMPOSED else None,
             )
         )
     return members

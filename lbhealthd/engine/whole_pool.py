@@ -1,0 +1,231 @@
+"""The pool as a whole, once each of its servers was decided alone (engine/pool.py): rule 5's
+drains within the governor's caps, worst first; rule 6's slow-start weights, which depend on
+the weights of the others; and the pool's warnings (blind, inconsistent, overrides beyond the
+caps).
+
+:class:`WholePool` holds the state of a ``PoolPass`` and works on the pool; ``PoolPass`` walks
+the servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lbhealthd.engine import reasons, slowstart
+from lbhealthd.engine.governor import budget, hold_time
+from lbhealthd.engine.hysteresis import Event, Phase, step
+from lbhealthd.engine.settings import PoolSettings
+from lbhealthd.engine.state import Observation, ServerState
+from lbhealthd.model import (
+    Action,
+    ActionKind,
+    AdminState,
+    Blocked,
+    Desired,
+    Override,
+    OverrideKind,
+    Reason,
+    Released,
+    Rule,
+    ServerId,
+)
+
+_IN_SERVICE = Desired(AdminState.READY)
+_DRAINED = Desired(AdminState.DRAIN)
+
+
+class WholePool:
+    """The state of one pass over a pool, and the rules over the pool as a whole; ``PoolPass``
+    (engine/pool.py) adds the rules that look at one server at a time."""
+
+    __slots__ = (
+        "actions",
+        "blind",
+        "blocked",
+        "candidates",
+        "desired",
+        "failed",
+        "frozen",
+        "manual",
+        "new",
+        "next_wake",
+        "now",
+        "out",
+        "partial",
+        "probed",
+        "ps",
+        "ramping",
+        "released",
+        "servers",
+        "warnings",
+    )
+
+    def __init__(
+        self,
+        ps: PoolSettings,
+        now: float,
+        *,
+        blind: bool,
+        frozen: bool,
+        partial: frozenset[ServerId] = frozenset(),
+    ) -> None:
+        self.ps = ps
+        self.now = now
+        self.blind = blind
+        self.frozen = frozen
+        # Servers some endpoints of the LB's HA pair do not list: non-empty, the pool is
+        # inconsistent (rule 10).
+        self.partial = partial
+        self.servers: dict[ServerId, ServerState] = {}
+        self.desired: dict[ServerId, Desired] = {}
+        self.actions: list[Action] = []
+        self.blocked: list[Blocked] = []
+        self.released: list[Released] = []
+        self.warnings: list[Reason] = []
+        self.next_wake: float | None = None
+        self.candidates: list[ServerId] = []  # in service with ``fall`` bad samples (rule 5)
+        self.manual: list[ServerId] = []  # out by an operator's override
+        self.ramping: list[ServerId] = []  # in service below their full weight (rule 6)
+        self.probed = self.failed = 0  # rule 1's count
+        self.out = 0  # servers out of rotation, whatever took them out
+        self.new = 0  # servers the engine had no memory of
+
+    def wake_at(self, when: float) -> None:
+        if self.next_wake is None or when < self.next_wake:
+            self.next_wake = when
+
+    def whole_pool(
+        self,
+        observations: Mapping[ServerId, Observation],
+        overrides: Mapping[ServerId, Override],
+    ) -> None:
+        """Rule 1's and rule 10's warnings, rule 5 (drains within the caps), rule 6's weights,
+        and the warning for overrides beyond the caps."""
+        if self.blind:
+            self.warnings.append(reasons.blind_warning(self.ps, self.probed, self.failed))
+        if self.partial:
+            self.warnings.append(reasons.inconsistent_warning(self.ps, self.partial))
+        self._drains(observations, overrides)
+        waiting = [*self.candidates, *self.ramping]
+        if waiting:
+            reference = self._reference(observations)
+            for sid in waiting:
+                st = self.servers[sid]
+                self.desired[sid] = (
+                    out_desired(st)
+                    if st.phase is not Phase.IN_SERVICE
+                    else self._ramped(st, observations[sid].full_weight, reference)
+                )
+        self._check_caps(observations)
+
+    def _drains(
+        self,
+        observations: Mapping[ServerId, Observation],
+        overrides: Mapping[ServerId, Override],
+    ) -> None:
+        """Rule 5 over the candidates (in service, ``fall`` bad samples), worst first."""
+        ps, cur = self.ps, self.servers
+        size = len(cur)
+        self.candidates.sort(key=lambda sid: (-cur[sid].ratio, -cur[sid].bad, sid))
+        for sid in self.candidates:
+            st = cur[sid]
+            evidence = reasons.drain_evidence(st, observations[sid].sample, ps)
+            override = overrides.get(sid)
+            if override is not None and override.kind is OverrideKind.READY:
+                self.blocked.append(
+                    Blocked(sid, ActionKind.DRAIN, reasons.override_reason(override))
+                )
+                continue
+            if self.blind:
+                message = f"pool {ps.name} is blind: not draining"
+                self.blocked.append(
+                    Blocked(sid, ActionKind.DRAIN, Reason(Rule.BLIND, message, evidence))
+                )
+                continue
+            if self.partial:
+                reason = reasons.inconsistent("draining", ps, self.partial, evidence)
+                self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
+                continue
+            if self.frozen:
+                self.blocked.append(
+                    Blocked(sid, ActionKind.DRAIN, reasons.starved("draining", evidence))
+                )
+                continue
+            pool_budget = budget(size, self.out, ps)
+            rule = pool_budget.check(ps)
+            if rule is not None:
+                evidence.update(pool_budget.evidence(ps))
+                reason = Reason(rule, reasons.cap_message(rule, ps), evidence)
+                self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
+                continue
+            level = _flap_level(st, ps, self.now)
+            hold = hold_time(level, ps)
+            evidence.update({"flap_level": level, "hold_s": hold})
+            cur[sid] = st._replace(
+                phase=step(st.phase, Event.FALL),
+                drained_at=self.now,
+                hold=hold,
+                flap_level=level,
+                good=0,
+            )
+            self.out += 1
+            reason = Reason(Rule.FALL, reasons.fall_message(st, ps, evidence), evidence)
+            self.actions.append(Action(sid, ActionKind.DRAIN, reason))
+
+    def _reference(self, observations: Mapping[ServerId, Observation]) -> float | None:
+        """The median weight of the pool's servers in rotation at their full weight."""
+        in_service = Phase.IN_SERVICE
+        return slowstart.reference_weight(
+            observations[sid].weight
+            for sid, st in self.servers.items()
+            if st.phase is in_service and st.fraction >= 1.0 and not observations[sid].external_out
+        )
+
+    def _ramped(self, st: ServerState, full: int, reference: float | None) -> Desired:
+        ps = self.ps
+        if st.fraction >= 1.0:
+            return _IN_SERVICE
+        self.wake_at(self.now + ps.slow_start * (1.0 - st.fraction))
+        weight = slowstart.weight(st.fraction, full, reference, ps.slow_start_floor)
+        return Desired(AdminState.READY, weight_fraction=st.fraction, weight=weight)
+
+    def _check_caps(self, observations: Mapping[ServerId, Observation]) -> None:
+        ps = self.ps
+        if not self.manual:
+            return
+        size, out = len(self.servers), self.out
+        for sid in self.partial:  # caps count only the servers every endpoint lists
+            st = self.servers.get(sid)
+            if st is None:
+                continue
+            size -= 1
+            if st.phase is not Phase.IN_SERVICE or observations[sid].external_out:
+                out -= 1
+        pool_budget = budget(size, out - 1, ps)
+        if pool_budget.check(ps) is None:
+            return
+        names = sorted(str(sid) for sid in self.manual)
+        self.warnings.append(
+            Reason(
+                Rule.OVERRIDE_OVER_CAP,
+                f"pool {ps.name}: {out} of {size} servers out, beyond its caps, because of "
+                f"manual overrides on {', '.join(names)}",
+                {**pool_budget.evidence(ps), "pool": ps.name, "out": out, "manual": names},
+            )
+        )
+
+
+def out_desired(st: ServerState) -> Desired:
+    if st.phase is Phase.MANUAL:
+        admin = AdminState.MAINT if st.manual is OverrideKind.MAINT else AdminState.DRAIN
+        return Desired(admin, manual=True)
+    return _DRAINED
+
+
+def _flap_level(st: ServerState, ps: PoolSettings, now: float) -> int:
+    if st.restored_at is None:
+        return st.flap_level
+    since = now - st.restored_at
+    if since < ps.flap_window:
+        return st.flap_level + 1
+    return max(0, st.flap_level - int(since // ps.flap_window))
