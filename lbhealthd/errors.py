@@ -11,6 +11,7 @@
      ├── ControlError           the daemon's control socket could not be created
      ├── ControlRefused         a caller may not use the control socket (not its owner or group)
      ├── UnknownServer          a server or pool named by an operator is not in the pool/config
+     ├── InvalidDuration        an override's duration is not a number of seconds in range
      └── CapRefused             a manual drain would break max_drained or min_in_service
 
 A bad probe is data (a failed Sample), never an exception. Lower-library errors are mapped to
@@ -87,6 +88,10 @@ class ControlRefused(LbhealthdError):
 
 class UnknownServer(LbhealthdError):
     """The server is not in the pool (or the pool not in the config)."""
+
+
+class InvalidDuration(LbhealthdError, ValueError):
+    """An override's duration is infinite, negative, not a number, or beyond the maximum."""
 
 
 class CapRefused(LbhealthdError):

@@ -11,6 +11,10 @@ Semantics, whichever path:
 - A drain (or maint) names a reason; it is refused (:class:`CapRefused`, naming the cap) if
   taking a server in rotation out would break ``max_drained`` or ``min_in_service``, unless
   forced. ``for_s`` makes it expire.
+- ``for_s`` is a number of seconds from 0 to :data:`MAX_FOR` (365 days); 0 or None means no
+  expiry. Anything else (infinite, NaN, negative, longer, not a number) is refused with
+  :class:`InvalidDuration` before anything is recorded: an expiry must be a time the state
+  files, the logs and the on-call commands can all write.
 - A restore removes any override. A server lbhealthd holds out gets a keep-in override for
   ``for_s`` (default ``daemon.manual_change_hold``) so it is not drained again at once; a server
   out by someone else's hand is set ready (the operator asked for exactly that).
@@ -18,6 +22,7 @@ Semantics, whichever path:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,7 +30,7 @@ import structlog
 
 from lbhealthd.config import Config
 from lbhealthd.engine import governor
-from lbhealthd.errors import CapRefused, UnknownServer
+from lbhealthd.errors import CapRefused, InvalidDuration, UnknownServer
 from lbhealthd.model import (
     Action,
     ActionKind,
@@ -43,7 +48,19 @@ from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.overrides")
 
-__all__ = ["Done", "check_caps", "drain", "find_member", "restore"]
+__all__ = [
+    "MAX_FOR",
+    "MAX_FOR_TEXT",
+    "Done",
+    "check_caps",
+    "drain",
+    "find_member",
+    "restore",
+    "seconds",
+]
+
+MAX_FOR = 365 * 86400.0  # the longest override with an expiry; without one it lasts until restored
+MAX_FOR_TEXT = "365d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +70,23 @@ class Done:
     override: Override | None
     notes: tuple[str, ...] = ()
     lb_error: str | None = None  # the LB refused the change (direct path only)
+
+
+def seconds(value: object, name: str = "for_s") -> float | None:
+    """``value`` as an override's duration: None for no expiry (None or 0), else seconds up
+    to MAX_FOR; InvalidDuration naming ``name`` for anything else."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and 0 <= value <= MAX_FOR)
+    ):
+        raise InvalidDuration(
+            f"{name} must be a number of seconds from 0 to {MAX_FOR:.0f} ({MAX_FOR_TEXT}), "
+            f"got {value!r}; leave it out for an override that lasts until restored"
+        )
+    return float(value) if value else None
 
 
 def find_member(config: Config, sid: ServerId, members: Mapping[ServerId, Member]) -> Member:
@@ -104,6 +138,7 @@ async def drain(
     apply: bool,
 ) -> Done:
     """Record a drain (or maint) override; with ``apply``, take the server out now."""
+    for_s = seconds(for_s)
     member = find_member(config, sid, members)
     kind = OverrideKind.MAINT if maint else OverrideKind.DRAIN
     if member.in_rotation and not force:
@@ -155,6 +190,7 @@ async def restore(
 ) -> Done:
     """End any override; keep a server lbhealthd held out in rotation for a while; set a
     server out by someone else's hand ready. With ``apply``, the LB is changed now."""
+    for_s = seconds(for_s)
     member = find_member(config, sid, members)
     notes = []
     removed = store.remove_override(sid)
@@ -193,5 +229,5 @@ async def _apply(
     return writer.last_error.get(sid)
 
 
-def _until(now: float, seconds: float | None) -> float | None:
-    return now + seconds if seconds is not None and seconds > 0 else None
+def _until(now: float, duration: float | None) -> float | None:
+    return now + duration if duration is not None and duration > 0 else None

@@ -29,7 +29,14 @@ from aiohttp import web
 
 from lbhealthd import overrides, status
 from lbhealthd.config import Config
-from lbhealthd.errors import CapRefused, ControlError, InvalidName, LbhealthdError, UnknownServer
+from lbhealthd.errors import (
+    CapRefused,
+    ControlError,
+    InvalidDuration,
+    InvalidName,
+    LbhealthdError,
+    UnknownServer,
+)
 from lbhealthd.model import Member, ServerId
 from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
@@ -131,6 +138,8 @@ class ControlServer:
         """lbhealthd's own errors (a corrupt state file, the LB refusing) as JSON answers."""
         try:
             return await handler(request)
+        except InvalidDuration as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         except LbhealthdError as exc:
             log.error("control_request_failed", path=request.path, error=str(exc))
             return web.json_response({"error": str(exc)}, status=500)
@@ -190,7 +199,7 @@ class ControlServer:
                 reason=reason,
                 who=_who(request),
                 now=time.time(),
-                for_s=_seconds(body.get("for_s")),
+                for_s=overrides.seconds(body.get("for_s")),
                 force=bool(body.get("force")),
                 maint=bool(body.get("maint")),
                 apply=False,
@@ -212,7 +221,7 @@ class ControlServer:
             sid,
             who=_who(request),
             now=time.time(),
-            for_s=_seconds(body.get("for_s")),
+            for_s=overrides.seconds(body.get("for_s")),
             apply=False,
         )
         if done.lb_error is not None:
@@ -244,10 +253,6 @@ class ControlServer:
             "until": done.override.expires_at if done.override else None,
             "notes": list(done.notes),
         }
-
-
-def _seconds(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _json(doc: dict[str, Any]) -> str:

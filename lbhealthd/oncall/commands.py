@@ -64,7 +64,10 @@ async def call_daemon(
 def _until(ts: object) -> str:
     if not isinstance(ts, int | float):
         return "until restored"
-    return "until " + datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return "until " + datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds: say it as it is
+        return f"until {ts!r} (Unix time)"
 
 
 async def drain(

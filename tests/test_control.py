@@ -1,0 +1,130 @@
+"""The control API on its unix socket, over the in-memory LB: what it accepts, what it refuses
+before recording anything, and how concurrent requests are kept within the caps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from lbhealthd.config import Config
+from lbhealthd.daemon.control import ControlServer
+from lbhealthd.model import OverrideKind
+from lbhealthd.report import RoundReport
+from lbhealthd.store import Store
+from lbhealthd.writer import LbWriter
+from tests.test_reconciler import Harness, make, sid  # noqa: F401  (make: the fixture)
+
+
+class Daemon:
+    """The daemon as the control API sees it: a Harness whose rounds run only when a test says.
+
+    ``next_round`` waits at ``gate`` (open unless a test closes it); ``waiting`` counts the
+    requests held there."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+
+    @property
+    def config(self) -> Config:
+        return self.h.config
+
+    @property
+    def report(self) -> RoundReport:
+        return self.h.reconciler.report
+
+    @property
+    def store(self) -> Store:
+        return self.h.store
+
+    @property
+    def writer(self) -> LbWriter:
+        return self.h.reconciler.writer
+
+    async def next_round(self) -> bool:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return True
+
+
+class Control:
+    """A ControlServer on a socket in tmp_path, and a client for it."""
+
+    def __init__(self, h: Harness, path: Path) -> None:
+        self.h = h
+        self.daemon = Daemon(h)
+        self.path = path
+        self.server = ControlServer(self.daemon, str(path))
+
+    async def post(self, route: str, body: str | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST ``body`` (a dict, or raw text sent as it is) and return (status, JSON)."""
+        data = body if isinstance(body, str) else json.dumps(body)
+        connector = aiohttp.UnixConnector(path=str(self.path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(
+                f"http://lbhealthd{route}",
+                data=data,
+                headers={"Content-Type": "application/json"},
+            ) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+
+
+@pytest.fixture
+async def control(make: Callable[..., Harness], tmp_path: Path) -> AsyncIterator[Control]:  # noqa: F811
+    """A control server over a harness that has run one round (the pool is known)."""
+    h = make()
+    await h.tick()
+    c = Control(h, tmp_path / "run" / "control.sock")
+    await c.server.start()
+    try:
+        yield c
+    finally:
+        await c.server.close()
+
+
+# --- durations ------------------------------------------------------------------------------
+
+YEAR = 365 * 86400
+OUT_OF_RANGE = ["Infinity", "-Infinity", "NaN", "-5", "1e30", str(YEAR + 1), '"10m"', "true"]
+
+
+@pytest.mark.parametrize("for_s", OUT_OF_RANGE)
+@pytest.mark.parametrize("route", ["/drain", "/restore"])
+async def test_a_duration_out_of_range_is_refused_before_anything_is_recorded(
+    control: Control, route: str, for_s: str
+) -> None:
+    """An infinite, NaN, negative, too long or non-numeric for_s is a 400 naming for_s and the
+    maximum; the override in place stays as it was and the LB is untouched."""
+    control.h.override("s1", OverrideKind.DRAIN)
+    before = control.h.store.load_overrides()
+    body = f'{{"server": "api/s1", "reason": "disk full", "for_s": {for_s}}}'
+    status, doc = await control.post(route, body)
+    assert status == 400, doc
+    assert "for_s" in doc["error"] and "365d" in doc["error"]
+    assert control.h.store.load_overrides() == before
+    assert control.h.driver.sent() == []
+
+
+@pytest.mark.parametrize("for_s", [60, YEAR])
+async def test_a_duration_in_range_sets_the_expiry(control: Control, for_s: int) -> None:
+    """A for_s up to the maximum is accepted and the override expires that long after."""
+    status, doc = await control.post(
+        "/drain", {"server": "api/s1", "reason": "disk full", "for_s": for_s}
+    )
+    assert status == 200, doc
+    override = control.h.store.load_overrides()[sid("s1")]
+    assert override.expires_at is not None
+    assert override.expires_at - override.created_at == pytest.approx(for_s)
