@@ -10,7 +10,9 @@
 Semantics, whichever path:
 - A drain (or maint) names a reason; it is refused (:class:`CapRefused`, naming the cap) if
   taking a server in rotation out would break ``max_drained`` or ``min_in_service``, unless
-  forced. ``for_s`` makes it expire.
+  forced. Out counts the drains and maints recorded but not yet carried out, and the check and
+  the record happen under state_dir's writers' lock, so concurrent drains (in one daemon or in
+  several on-call commands) cannot each see room for one more. ``for_s`` makes it expire.
 - ``for_s`` is a number of seconds from 0 to :data:`MAX_FOR` (365 days); 0 or None means no
   expiry. Anything else (infinite, NaN, negative, longer, not a number) is refused with
   :class:`InvalidDuration` before anything is recorded: an expiry must be a time the state
@@ -101,10 +103,27 @@ def find_member(config: Config, sid: ServerId, members: Mapping[ServerId, Member
     raise UnknownServer(f"no server {sid.server!r} in pool {sid.pool} (servers: {listed})")
 
 
-def check_caps(config: Config, sid: ServerId, members: Mapping[ServerId, Member]) -> None:
-    """Raise CapRefused, naming the cap, if taking ``sid`` out breaks the pool's caps."""
+def check_caps(
+    config: Config,
+    sid: ServerId,
+    members: Mapping[ServerId, Member],
+    recorded: Mapping[ServerId, Override] | None = None,
+    now: float = 0.0,
+) -> None:
+    """Raise CapRefused, naming the cap, if taking ``sid`` out breaks the pool's caps.
+
+    Out counts the servers out of rotation in the LB and those with a drain or maint override
+    in ``recorded`` not expired at wall time ``now``: recorded, they go out at the next round
+    (or the next command), whatever the LB showed when ``members`` was read."""
     settings = config.engine_settings().pools[sid.pool]
-    others_out = sum(1 for m in members.values() if m.id != sid and not m.in_rotation)
+    leaving = {
+        s
+        for s, o in (recorded or {}).items()
+        if o.kind is not OverrideKind.READY and not o.expired(now)
+    }
+    others_out = sum(
+        1 for m in members.values() if m.id != sid and (not m.in_rotation or m.id in leaving)
+    )
     size = len(members)
     budget = governor.budget(size, others_out, settings)
     rule = budget.check(settings)
@@ -141,14 +160,15 @@ async def drain(
     for_s = seconds(for_s)
     member = find_member(config, sid, members)
     kind = OverrideKind.MAINT if maint else OverrideKind.DRAIN
-    if member.in_rotation and not force:
-        try:
-            check_caps(config, sid, members)
-        except CapRefused as exc:
-            log.warning("manual_drain_refused", server=str(sid), who=who, reason=str(exc))
-            raise
     override = Override(sid, kind, reason, who, now, _until(now, for_s))
-    store.put_override(override)
+    with store.serialised():  # no other process records a drain between check and record
+        if member.in_rotation and not force:
+            try:
+                check_caps(config, sid, members, store.load_overrides(), now)
+            except CapRefused as exc:
+                log.warning("manual_drain_refused", server=str(sid), who=who, reason=str(exc))
+                raise
+        store.put_override(override)
     writer.record(
         sid,
         "override_set",

@@ -18,6 +18,7 @@ from lbhealthd.model import OverrideKind
 from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
+from tests.daemon_harness import wait_for
 from tests.test_reconciler import Harness, make, sid  # noqa: F401  (make: the fixture)
 
 
@@ -128,3 +129,38 @@ async def test_a_duration_in_range_sets_the_expiry(control: Control, for_s: int)
     override = control.h.store.load_overrides()[sid("s1")]
     assert override.expires_at is not None
     assert override.expires_at - override.created_at == pytest.approx(for_s)
+
+
+# --- caps -----------------------------------------------------------------------------------
+
+
+async def test_concurrent_drains_stay_within_max_drained(control: Control) -> None:
+    """Three drains sent at once, before any round applies them, to a pool that lets two out:
+    two are recorded, the third is refused naming max_drained (409); the next round drains
+    exactly the two."""
+    control.daemon.gate.clear()  # no round runs until every answer is in
+    tasks = [
+        asyncio.create_task(control.post("/drain", {"server": f"api/{name}", "reason": "x"}))
+        for name in ("s1", "s2", "s3")
+    ]
+    await wait_for(
+        lambda: control.daemon.waiting + sum(t.done() for t in tasks) == 3, 5, "three answers"
+    )
+    control.daemon.gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert sorted(status for status, _ in answers) == [200, 200, 409]
+    (refusal,) = [doc for status, doc in answers if status == 409]
+    assert "max_drained 40%" in refusal["error"]
+    assert len(control.h.store.load_overrides()) == 2
+    await control.h.tick()
+    assert len(control.h.driver.drained()) == 2
+
+
+async def test_a_forced_drain_goes_beyond_the_overrides_recorded(control: Control) -> None:
+    """With two drains recorded and not yet applied, a third is refused; --force records it."""
+    for name in ("s1", "s2"):
+        assert (await control.post("/drain", {"server": f"api/{name}", "reason": "x"}))[0] == 200
+    body = {"server": "api/s3", "reason": "x"}
+    assert (await control.post("/drain", body))[0] == 409
+    assert (await control.post("/drain", {**body, "force": True}))[0] == 200
+    assert len(control.h.store.load_overrides()) == 3

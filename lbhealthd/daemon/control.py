@@ -13,6 +13,7 @@ daemon is running, and this one refuses to start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -103,6 +104,7 @@ class ControlServer:
         self.path = path
         self.runner: web.AppRunner | None = None
         self._gid = os.getgid()
+        self._drains = asyncio.Lock()
 
     async def start(self) -> None:
         _prepare(self.path)
@@ -190,20 +192,21 @@ class ControlServer:
         members = self._members(sid)
         d = self.daemon
         try:
-            done = await overrides.drain(
-                d.config,
-                d.store,
-                d.writer,
-                members,
-                sid,
-                reason=reason,
-                who=_who(request),
-                now=time.time(),
-                for_s=overrides.seconds(body.get("for_s")),
-                force=bool(body.get("force")),
-                maint=bool(body.get("maint")),
-                apply=False,
-            )
+            async with self._drains:  # one check-and-record at a time, whatever is awaited
+                done = await overrides.drain(
+                    d.config,
+                    d.store,
+                    d.writer,
+                    members,
+                    sid,
+                    reason=reason,
+                    who=_who(request),
+                    now=time.time(),
+                    for_s=overrides.seconds(body.get("for_s")),
+                    force=bool(body.get("force")),
+                    maint=bool(body.get("maint")),
+                    apply=False,
+                )
         except CapRefused as exc:
             return web.json_response({"error": str(exc)}, status=409)
         await d.next_round()

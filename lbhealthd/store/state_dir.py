@@ -8,9 +8,10 @@ a crashed writer left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class Store:
     def __init__(self, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.dir = Path(state_dir)
         self._clock = clock
+        self._held = False  # inside serialised(): the lock is this Store's already
         try:
             if not self.dir.is_dir():
                 self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -221,9 +223,25 @@ class Store:
 
     # -- the writers' lock ------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def serialised(self) -> Iterator[None]:
+        """Hold the writers' lock across several reads and writes of this Store, so that what
+        is decided from a read (a cap checked against the overrides) is written before any
+        other process reads. Blocks while another process holds it; the Store's own writes
+        inside the block do not take it again."""
+        if self._held:
+            yield
+            return
+        with locked(self.dir / LOCK):
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+
     def _locked(self) -> AbstractContextManager[None]:
-        """Hold the writers' lock for a read-modify-write."""
-        return locked(self.dir / LOCK)
+        """Hold the writers' lock for a read-modify-write (held already inside ``serialised``)."""
+        return contextlib.nullcontext() if self._held else locked(self.dir / LOCK)
 
 
 class Blob:
