@@ -4,10 +4,16 @@ before recording anything, and how concurrent requests are kept within the caps.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
-from collections.abc import AsyncIterator, Callable
+import multiprocessing
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -164,3 +170,128 @@ async def test_a_forced_drain_goes_beyond_the_overrides_recorded(control: Contro
     assert (await control.post("/drain", body))[0] == 409
     assert (await control.post("/drain", {**body, "force": True}))[0] == 200
     assert len(control.h.store.load_overrides()) == 3
+
+
+# --- who may use the socket -----------------------------------------------------------------
+
+DAEMON_UID = 65532  # the daemon's user and group in the tests below (no name needed)
+NOBODY = 65534
+
+_SPAWN = multiprocessing.get_context("spawn")
+_FORK = multiprocessing.get_context("fork")
+
+
+class _StatusOnly:
+    """A daemon with no pool: enough for GET /status."""
+
+    report = RoundReport(())
+
+
+def _hide_other_processes() -> str | None:
+    """Mount a /proc that shows other users' processes to no one (systemd's
+    ProtectProc=invisible), in a mount namespace of this process alone; why not, if it cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 0x40000
+    steps = [
+        ("unshare", lambda: libc.unshare(clone_newns)),
+        ("make / private", lambda: libc.mount(b"none", b"/", None, ms_rec | ms_private, None)),
+        ("mount /proc", lambda: libc.mount(b"proc", b"/proc", b"proc", 0, b"hidepid=invisible")),
+    ]
+    for what, step in steps:
+        if step() != 0:
+            return f"{what}: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
+def _serve_with_proc_hidden(path: str, said: Any, stop: Any) -> None:
+    """The control server as the shipped unit runs it: its own user, other processes hidden."""
+    problem = _hide_other_processes()
+    if problem is not None:
+        said.put(problem)
+        return
+    # What the server imports on demand, imported while the interpreter's files are readable.
+    import concurrent.futures.thread  # noqa: F401
+
+    os.setgroups([])
+    os.setgid(DAEMON_UID)
+    os.setuid(DAEMON_UID)
+
+    async def serve() -> None:
+        server = ControlServer(cast(Any, _StatusOnly()), path)
+        try:
+            await server.start()
+        except Exception as exc:
+            said.put(f"start failed: {exc!r}")
+            return
+        said.put("listening")
+        await asyncio.to_thread(stop.wait, 30)
+        await server.close()
+
+    asyncio.run(serve())
+
+
+def _status_as(path: str, groups: list[int], said: Any) -> None:
+    """GET /status as user nobody with ``groups``; puts the status code or the error's name."""
+    os.setgroups(groups)
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        s.sendall(b"GET /status HTTP/1.0\r\n\r\n")
+        said.put(s.recv(100).decode(errors="replace").split(" ")[1])  # the status code
+    except OSError as exc:
+        said.put(type(exc).__name__)
+    finally:
+        s.close()
+
+
+async def _status_from_nobody(path: str, groups: list[int]) -> str:
+    said = _FORK.Queue()
+    child = _FORK.Process(target=_status_as, args=(path, groups, said))
+    child.start()
+    try:
+        return str(await asyncio.to_thread(said.get, True, 10))
+    finally:
+        await asyncio.to_thread(child.join, 10)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may traverse (the test's own tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="lbhealthd-test-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two other users")
+async def test_a_member_of_the_socket_group_is_let_in_with_other_processes_hidden(
+    shared_dir: Path,
+) -> None:
+    """With /proc hiding other users' processes from the daemon (ProtectProc=invisible), a
+    member of the socket's group gets 200, by its supplementary groups as the socket gives
+    them; a non-member who could connect (socket loosened to 0666) still gets 403."""
+    base = shared_dir
+    os.chown(base, DAEMON_UID, DAEMON_UID)
+    os.chmod(base, 0o755)
+    path = str(base / "run" / "control.sock")
+    said, stop = _SPAWN.Queue(), _SPAWN.Event()
+    daemon = _SPAWN.Process(target=_serve_with_proc_hidden, args=(path, said, stop))
+    daemon.start()
+    try:
+        started = await asyncio.to_thread(said.get, True, 20)
+        if str(started).startswith(("unshare", "make / private", "mount /proc")):
+            pytest.skip(f"cannot hide /proc here ({started})")
+        assert started == "listening"
+        assert os.stat(path).st_gid == DAEMON_UID
+        assert await _status_from_nobody(path, [DAEMON_UID]) == "200"
+        os.chmod(base / "run", 0o755)
+        os.chmod(path, 0o666)  # an operator's mistake: the daemon still says no to others
+        assert await _status_from_nobody(path, []) == "403"
+    finally:
+        stop.set()
+        await asyncio.to_thread(daemon.join, 10)

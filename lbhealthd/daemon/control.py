@@ -1,10 +1,11 @@
 """The control API: JSON over HTTP on the unix socket ``daemon.control_socket``.
 
 State-changing operations exist only here (never on the TCP listener). The socket is created
-with mode 0660 in a directory of mode 0750, so only its owner and group can connect; the
-caller's identity comes from the socket's peer credentials (SO_PEERCRED) and is recorded with
-every override. A stale socket file left by a crash is replaced; a live one means another
-daemon is running, and this one refuses to start.
+with mode 0660 in a directory of mode 0750, so only its owner and group can connect. Each
+request is checked again with the caller's credentials as the socket gives them (uid, primary
+and supplementary groups: lbhealthd.peercred), never from /proc, which ``ProtectProc=invisible``
+hides; the caller's identity is recorded with every override. A stale socket file left by a
+crash is replaced; a live one means another daemon is running, and this one refuses to start.
 
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
@@ -19,7 +20,6 @@ import os
 import pwd
 import socket
 import stat
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -39,6 +39,7 @@ from lbhealthd.errors import (
     UnknownServer,
 )
 from lbhealthd.model import Member, ServerId
+from lbhealthd.peercred import Peer, peer_of
 from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
@@ -63,29 +64,30 @@ class Operations(Protocol):
 SOCKET_MODE = 0o660
 
 
-def peer(request: web.Request) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of the unix socket."""
+def peer(request: web.Request) -> Peer | None:
+    """The process at the other end of the unix socket, as the kernel saw it at connect."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None:
-        return (0, -1, -1)
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
+    return None if sock is None else peer_of(sock)
 
 
-def _groups_of(pid: int) -> set[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+def allowed(who: Peer, daemon_uid: int, socket_gid: int, socket_mode: int | None) -> bool:
+    """Root, the daemon's own user and members of the socket's group may use the socket.
+
+    Membership is the peer's primary group or its supplementary groups as the socket reports
+    them (SO_PEERGROUPS). Where the kernel cannot tell the groups, the file's mode has
+    decided already: a socket that grants others nothing could only be connected to by its
+    owner, its group, or a process allowed to override file permissions."""
+    if who.uid in (0, daemon_uid):
+        return True
+    member = who.in_group(socket_gid)
+    if member is None:
+        return socket_mode is not None and socket_mode & 0o007 == 0
+    return member
 
 
 def _who(request: web.Request) -> str:
-    pid, uid, _ = peer(request)
-    return describe(pid, uid)
+    who = peer(request)
+    return "unknown" if who is None else describe(who.pid, who.uid)
 
 
 def describe(pid: int, uid: int) -> str:
@@ -152,10 +154,14 @@ class ControlServer:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        pid, uid, gid = peer(request)
-        allowed = uid in (0, os.getuid()) or gid == self._gid or self._gid in _groups_of(pid)
-        if not allowed:
-            log.warning("control_refused", peer=describe(pid, uid), path=request.path)
+        who = peer(request)
+        try:
+            mode: int | None = os.stat(self.path).st_mode
+        except OSError:
+            mode = None
+        if who is None or not allowed(who, os.geteuid(), self._gid, mode):
+            shown = "unknown" if who is None else describe(who.pid, who.uid)
+            log.warning("control_refused", peer=shown, path=request.path)
             return web.json_response({"error": "permission denied"}, status=403)
         return await handler(request)
 
