@@ -9,6 +9,7 @@
      │    └── Rejected          terminal: the LB understood and refused (unknown server, bad value)
      ├── ListenerError          the daemon's HTTP listener could not be started
      ├── ControlError           the daemon's control socket could not be created
+     │    └── UntrustedDaemon   the process answering on it is not one the commands trust
      ├── ControlRefused         a caller may not use the control socket (not its owner or group)
      ├── UnknownServer          a server or pool named by an operator is not in the pool/config
      ├── InvalidDuration        an override's duration is not a number of seconds in range
@@ -80,6 +81,10 @@ class ListenerError(LbhealthdError):
 
 class ControlError(LbhealthdError):
     """The control socket could not be created."""
+
+
+class UntrustedDaemon(ControlError):
+    """The process on the control socket runs as a user the on-call commands do not trust."""
 
 
 class ControlRefused(LbhealthdError):

@@ -17,9 +17,12 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+import yaml
 
+from lbhealthd.cli import main as cli_main
 from lbhealthd.config import Config
 from lbhealthd.daemon.control import ControlServer
+from lbhealthd.errors import ControlError
 from lbhealthd.model import OverrideKind
 from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
@@ -295,3 +298,158 @@ async def test_a_member_of_the_socket_group_is_let_in_with_other_processes_hidde
     finally:
         stop.set()
         await asyncio.to_thread(daemon.join, 10)
+
+
+# --- the socket's directory, and the daemon at the other end ---------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777, 0o730])
+async def test_the_socket_is_not_made_in_a_directory_others_may_write(
+    make: Callable[..., Harness],  # noqa: F811
+    tmp_path: Path,
+    mode: int,
+) -> None:
+    """A socket directory writable by its group or by everyone is refused at start (another
+    user could replace the socket); nothing is created in it."""
+    h = make()
+    directory = tmp_path / "run"
+    directory.mkdir()
+    os.chmod(directory, mode)
+    server = ControlServer(Daemon(h), str(directory / "control.sock"))
+    with pytest.raises(ControlError, match=f"{directory}.*writable by"):
+        await server.start()
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory to another user")
+async def test_the_socket_is_not_made_in_a_directory_of_another_user(
+    make: Callable[..., Harness],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A socket directory owned by another user (who could replace the socket) is refused."""
+    h = make()
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o755)
+    os.chown(directory, NOBODY, NOBODY)
+    server = ControlServer(Daemon(h), str(directory / "control.sock"))
+    with pytest.raises(ControlError, match=f"{directory}.*owned by uid {NOBODY}"):
+        await server.start()
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o700, 0o755])
+async def test_the_socket_is_made_in_a_directory_only_its_owner_writes(
+    make: Callable[..., Harness],  # noqa: F811
+    tmp_path: Path,
+    mode: int,
+) -> None:
+    """A directory only the daemon's user (or root) may write is used as it is."""
+    h = make()
+    directory = tmp_path / "run"
+    directory.mkdir()
+    os.chmod(directory, mode)
+    server = ControlServer(Daemon(h), str(directory / "control.sock"))
+    await server.start()
+    try:
+        assert (directory / "control.sock").is_socket()
+    finally:
+        await server.close()
+
+
+DRAINED = json.dumps(
+    {
+        "result": "drained",
+        "server": "api/s1",
+        "path": "daemon",
+        "applied": True,
+        "lb_error": None,
+        "lb_state": "drain",
+        "until": None,
+        "notes": [],
+    }
+).encode()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """One whole HTTP request (head and Content-Length body) from ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(v)
+            for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+            if k.strip().lower() == b"content-length"
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _impostor(path: str, said: Any) -> None:
+    """As user nobody, answer the next request on ``path`` as a daemon that drained api/s1."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(20)
+    said.put("listening")
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:
+        return
+    with conn:
+        conn.settimeout(5)
+        _read_request(conn)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(DRAINED)}\r\nConnection: close\r\n\r\n"
+        conn.sendall(head.encode() + DRAINED)
+    listener.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.parametrize(("state_owner", "trusted"), [(0, False), (NOBODY, True)])
+def test_the_command_trusts_only_root_or_the_owner_of_state_dir_on_the_socket(
+    shared_dir: Path, capsys: pytest.CaptureFixture[str], state_owner: int, trusted: bool
+) -> None:
+    """A process of user nobody answering on the control socket (planted through a directory
+    everyone may write) is believed only when nobody owns state_dir, i.e. is the daemon's
+    user; otherwise `drain` exits 2 naming the uid, and does not take the direct path."""
+    run = shared_dir / "run"
+    run.mkdir()
+    os.chmod(run, 0o777)
+    state = shared_dir / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, state_owner, state_owner)
+    config = shared_dir / "lbhealthd.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "daemon": {"state_dir": str(state), "control_socket": str(run / "control.sock")},
+                "load_balancer": {"haproxy": {"sockets": ["unix:/nonexistent/haproxy.sock"]}},
+                "pools": [{"name": "api"}],
+            }
+        )
+    )
+    said = _FORK.Queue()
+    child = _FORK.Process(target=_impostor, args=(str(run / "control.sock"), said))
+    child.start()
+    try:
+        assert said.get(True, 10) == "listening"
+        code = cli_main(["drain", "api/s1", "-c", str(config), "--reason", "x"])
+    finally:
+        child.join(25)
+    out, err = capsys.readouterr()
+    if trusted:
+        assert code == 0 and "via the running daemon" in out, err
+    else:
+        assert code == 2
+        assert f"uid {NOBODY}" in err and "not trusted" in err
+        assert "drain: api/s1 is now" not in out + err and "daemon not running" not in err

@@ -703,14 +703,18 @@ def test_sidecar_containers_are_locked_down(sidecar_pod: dict[str, Any]) -> None
 def test_lbhealthd_writable_paths_are_volumes(
     sidecar_pod: dict[str, Any], lbhealthd_config_text: str, tmp_path: Path
 ) -> None:
-    """With a read-only root, state_dir and the control socket's directory are mounted volumes,
-    and the config file is the ConfigMap's mounted at the path of ``-c``."""
+    """With a read-only root, state_dir is a mounted volume and the control socket's directory
+    a subdirectory of one (an emptyDir is writable by everyone: the daemon would refuse it as
+    the socket's directory, and creates its own 0750 inside); the config file is the
+    ConfigMap's mounted at the path of ``-c``."""
     container = _container(sidecar_pod, "lbhealthd")
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     (tmp_path / "config.yaml").write_text(lbhealthd_config_text)
     daemon = load_config(str(tmp_path / "config.yaml")).daemon
-    for path in (daemon.state_dir, str(Path(daemon.control_socket).parent)):
-        assert path in mounts and not mounts[path].get("readOnly"), path
+    assert daemon.state_dir in mounts and not mounts[daemon.state_dir].get("readOnly")
+    socket_dir = Path(daemon.control_socket).parent
+    assert str(socket_dir) not in mounts
+    assert str(socket_dir.parent) in mounts and not mounts[str(socket_dir.parent)].get("readOnly")
     config_path = build_parser().parse_args(container["args"]).config
     config_mount = mounts[str(Path(config_path).parent)]
     volume = next(v for v in sidecar_pod["volumes"] if v["name"] == config_mount["name"])

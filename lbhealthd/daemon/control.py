@@ -4,8 +4,8 @@ State-changing operations exist only here (never on the TCP listener). The socke
 with mode 0660 in a directory of mode 0750, so only its owner and group can connect. Each
 request is checked again with the caller's credentials as the socket gives them (uid, primary
 and supplementary groups: lbhealthd.peercred), never from /proc, which ``ProtectProc=invisible``
-hides; the caller's identity is recorded with every override. A stale socket file left by a
-crash is replaced; a live one means another daemon is running, and this one refuses to start.
+hides; the caller's identity is recorded with every override. Where the socket file goes is
+checked first (lbhealthd.daemon.socket_file).
 
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
@@ -18,11 +18,8 @@ import asyncio
 import contextlib
 import os
 import pwd
-import socket
-import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -30,9 +27,9 @@ from aiohttp import web
 
 from lbhealthd import overrides, status
 from lbhealthd.config import Config
+from lbhealthd.daemon.socket_file import prepare
 from lbhealthd.errors import (
     CapRefused,
-    ControlError,
     InvalidDuration,
     InvalidName,
     LbhealthdError,
@@ -109,7 +106,7 @@ class ControlServer:
         self._drains = asyncio.Lock()
 
     async def start(self) -> None:
-        _prepare(self.path)
+        prepare(self.path)
         app = web.Application(middlewares=[self._errors, self._authorize])
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
@@ -268,27 +265,3 @@ def _json(doc: dict[str, Any]) -> str:
     import json
 
     return json.dumps(doc)
-
-
-def _prepare(path: str) -> None:
-    """Make the socket's directory; replace a stale socket; refuse if a daemon answers."""
-    directory = Path(path).parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"{path} exists and is not a socket; move it away")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # stale: left by a daemon that died
-        return
-    except OSError as exc:
-        raise ControlError(f"cannot check {path}: {exc}") from exc
-    finally:
-        probe.close()
-    raise ControlError(f"another lbhealthd answers on {path}; refusing to start a second one")
