@@ -38,6 +38,7 @@ from lbhealthd.errors import (
 from lbhealthd.model import Member, ServerId
 from lbhealthd.peercred import Peer, peer_of
 from lbhealthd.report import RoundReport
+from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
 
@@ -98,35 +99,54 @@ def describe(pid: int, uid: int) -> str:
 class ControlServer:
     """Serves the control API for a running daemon."""
 
-    def __init__(self, daemon: Operations, path: str) -> None:
+    def __init__(self, daemon: Operations, path: str, limits: Limits | None = None) -> None:
         self.daemon = daemon
         self.path = path
+        self.guard = ConnectionGuard("control", limits or Limits())
         self.runner: web.AppRunner | None = None
+        self.listener: Listener | None = None
         self._gid = os.getgid()
         self._drains = asyncio.Lock()
 
+    @property
+    def addresses(self) -> list[Any]:
+        """The socket's path once listening."""
+        return [] if self.listener is None else self.listener.addresses
+
     async def start(self) -> None:
         prepare(self.path)
-        app = web.Application(middlewares=[self._errors, self._authorize])
+        app = web.Application(middlewares=[self.guard.middleware, self._errors, self._authorize])
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
+        assert self.runner.server is not None  # set up above
         old = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
         try:
-            await web.UnixSite(self.runner, self.path).start()
+            sock = unix_socket(self.path)
         finally:
             os.umask(old)
+        self.listener = Listener(self.guard, self.runner.server, [sock])
+        self.listener.start()
         os.chmod(self.path, SOCKET_MODE)
         self._gid = os.stat(self.path).st_gid
-        log.info("control_listening", socket=self.path, mode=oct(SOCKET_MODE))
+        log.info(
+            "control_listening",
+            socket=self.path,
+            mode=oct(SOCKET_MODE),
+            max_connections=self.guard.limits.connections,
+        )
 
     async def close(self) -> None:
         if self.runner is None:
             return  # never started: the socket, if any, belongs to someone else
+        if self.listener is not None:
+            await self.listener.close()
+            self.listener = None
         await self.runner.cleanup()
         self.runner = None
+        self.guard.abort_all()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -167,10 +187,16 @@ class ControlServer:
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], ServerId]:
         try:
-            body = await request.json()
+            async with asyncio.timeout(self.guard.limits.idle_timeout):
+                body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
             return body, ServerId.parse(str(body.get("server", "")))
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(
+                text=_json({"error": "the request body did not arrive in time"}),
+                content_type="application/json",
+            ) from None
         except (ValueError, InvalidName) as exc:
             raise web.HTTPBadRequest(
                 text=_json({"error": str(exc)}), content_type="application/json"
