@@ -17,6 +17,7 @@ from lbhealthd.errors import (
     ConfigError,
     ControlError,
     ControlRefused,
+    DaemonNotAnswering,
     DriverError,
     InvalidDuration,
     InvalidName,
@@ -113,7 +114,7 @@ def _on_call(coro: Any) -> oncall.Outcome:
         result: oncall.Outcome = asyncio.run(coro)
     except (UnknownServer, ControlRefused, InvalidDuration) as exc:
         return oncall.Outcome(EXIT_USAGE, (str(exc),))
-    except CapRefused as exc:
+    except (CapRefused, DaemonNotAnswering) as exc:
         return oncall.Outcome(EXIT_PROBLEM, (str(exc),))
     except DriverError as exc:
         return oncall.Outcome(EXIT_PROBLEM, (f"load balancer: {exc}",))

@@ -11,6 +11,7 @@
      ├── ControlError           the daemon's control socket could not be created
      │    └── UntrustedDaemon   the process answering on it is not one the commands trust
      ├── ControlRefused         a caller may not use the control socket (not its owner or group)
+     ├── DaemonNotAnswering     the daemon is there but does not answer on the control socket
      ├── UnknownServer          a server or pool named by an operator is not in the pool/config
      ├── InvalidDuration        an override's duration is not a number of seconds in range
      └── CapRefused             a manual drain would break max_drained or min_in_service
@@ -89,6 +90,10 @@ class UntrustedDaemon(ControlError):
 
 class ControlRefused(LbhealthdError):
     """The control socket exists but this user may not use it."""
+
+
+class DaemonNotAnswering(LbhealthdError):
+    """A daemon listens on the control socket but gives no answer (flooded, stuck)."""
 
 
 class UnknownServer(LbhealthdError):

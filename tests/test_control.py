@@ -4,6 +4,7 @@ before recording anything, and how concurrent requests are kept within the caps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import multiprocessing
@@ -11,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +26,7 @@ from lbhealthd.config import Config
 from lbhealthd.daemon.control import ControlServer
 from lbhealthd.errors import ControlError
 from lbhealthd.model import OverrideKind
+from lbhealthd.oncall import client
 from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
@@ -453,3 +456,94 @@ def test_the_command_trusts_only_root_or_the_owner_of_state_dir_on_the_socket(
         assert code == 2
         assert f"uid {NOBODY}" in err and "not trusted" in err
         assert "drain: api/s1 is now" not in out + err and "daemon not running" not in err
+
+
+def _config_file(directory: Path) -> Path:
+    """A config whose control socket is ``directory``/control.sock and whose LB is nowhere."""
+    path = directory / "lbhealthd.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "daemon": {
+                    "state_dir": str(directory / "state"),
+                    "control_socket": str(directory / "control.sock"),
+                },
+                "load_balancer": {"haproxy": {"sockets": ["unix:/nonexistent/haproxy.sock"]}},
+                "pools": [{"name": "api"}],
+            }
+        )
+    )
+    return path
+
+
+def _silent(sock: socket.socket) -> Iterator[None]:
+    """Connections wait in the listen queue and are never answered."""
+    yield
+
+
+def _full(sock: socket.socket) -> Iterator[None]:
+    """The listen queue is full: connecting fails at once with EAGAIN."""
+    queued = []
+    for _ in range(64):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        try:
+            c.connect(sock.getsockname())
+        except BlockingIOError:
+            c.close()
+            break
+        queued.append(c)
+    try:
+        yield
+    finally:
+        for c in queued:
+            c.close()
+
+
+def _hangs_up(sock: socket.socket) -> Iterator[None]:
+    """Every connection is accepted, its request read, and closed without an answer."""
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                _read_request(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "words"),
+    [
+        (_silent, "did not answer within 0.5s"),
+        (_full, "is not accepting connections"),
+        (_hangs_up, "closed the connection without an answer"),
+    ],
+    ids=["silent", "queue full", "hangs up"],
+)
+def test_a_daemon_that_does_not_answer_is_a_clear_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    behaviour: Callable[[socket.socket], Iterator[None]],
+    words: str,
+) -> None:
+    """A control socket that is flooded, stuck or drops the request makes `drain` exit 1 with
+    what happened and what to check, no traceback, and no switch to the direct path (the
+    daemon is running)."""
+    monkeypatch.setattr(client, "TIMEOUT", 0.5)
+    config = _config_file(tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "control.sock"))
+    listener.listen(0)
+    with listener, contextlib.contextmanager(behaviour)(listener):
+        code = cli_main(["drain", "api/s1", "-c", str(config), "--reason", "x"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert words in err and "lbhealthd status" in err
+    assert "Traceback" not in err and "daemon not running" not in out + err

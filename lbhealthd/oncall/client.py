@@ -8,6 +8,9 @@ never happened: the command stops with :class:`UntrustedDaemon` and never takes 
 path, since a daemon may well be running.
 
 "No daemon" (the file missing, nothing listening) is None: the caller may then act directly.
+A daemon that is there but does not answer (its listen queue full, no answer within
+``TIMEOUT``, the connection closed without one) is :class:`DaemonNotAnswering`, also without
+the direct path: two writers of the LB would undo each other.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import json
 import os
 import pwd
 import socket
+import time
 from typing import Any
 
 from lbhealthd.config import Config
-from lbhealthd.errors import ControlRefused, UntrustedDaemon
+from lbhealthd.errors import ControlRefused, DaemonNotAnswering, UntrustedDaemon
 from lbhealthd.peercred import Peer, peer_of
 
 __all__ = ["TIMEOUT", "call_daemon", "trusted_uids"]
 
 TIMEOUT = 15.0  # seconds for each step of the exchange; a drain waits for one round (≤ 10 s)
+QUEUE_FULL_RETRY = 0.05  # seconds between two connects while the daemon's queue is full
 
 
 def trusted_uids(state_dir: str) -> frozenset[int]:
@@ -57,6 +62,10 @@ def _call(
         conn.request(method, route, body=payload, headers=headers)
         resp = conn.getresponse()
         text = resp.read().decode("utf-8", errors="replace")
+    except TimeoutError:
+        raise _not_answering(path, method, f"did not answer within {TIMEOUT:g}s") from None
+    except (http.client.HTTPException, ConnectionResetError, BrokenPipeError):
+        raise _not_answering(path, method, "closed the connection without an answer") from None
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise ControlRefused(
@@ -84,15 +93,41 @@ class _Connection(http.client.HTTPConnection):
         self.state_dir = state_dir
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(TIMEOUT)
+                sock.connect(self.socket_path)
+                break
+            except BlockingIOError:  # the listen queue is full: the daemon is flooded or stuck
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise _not_answering(
+                        self.socket_path, "", f"is not accepting connections ({TIMEOUT:g}s)"
+                    ) from None
+                time.sleep(QUEUE_FULL_RETRY)
+            except BaseException:
+                sock.close()
+                raise
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
             _check(peer_of(sock), self.trusted, self.socket_path, self.state_dir)
         except BaseException:
             sock.close()
             raise
         self.sock = sock
+
+
+def _not_answering(path: str, method: str, what: str) -> DaemonNotAnswering:
+    sent = (
+        " A change asked for may or may not have been recorded: check with `lbhealthd status`."
+        if method == "POST"
+        else " Retry, or check with `lbhealthd status` once it answers."
+    )
+    return DaemonNotAnswering(
+        f"the daemon on {path} {what}: it runs but is flooded with connections or stuck "
+        f"(see its log and /healthz). Nothing was done through the direct path.{sent}"
+    )
 
 
 def _check(peer: Peer, trusted: frozenset[int], path: str, state_dir: str) -> None:
