@@ -30,6 +30,7 @@ from lbhealthd.cli import build_parser, cmd_run
 from lbhealthd.config import DaemonConfig, HAProxyConfig, load_config, parse_duration
 from lbhealthd.daemon.sdnotify import Notifier
 from lbhealthd.drivers.haproxy.process import find_haproxy
+from lbhealthd.serving import fd_limit
 from tests.fixtures_haproxy import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,6 +338,15 @@ def test_unit_directories_match_the_config_defaults(service: dict[str, str]) -> 
     assert "/run/" + service["RuntimeDirectory"] == str(Path(defaults.control_socket).parent)
     # The control server makes its socket 0660: the directory lets the group in, no one else.
     assert service["RuntimeDirectoryMode"] == "0750"
+
+
+def test_unit_gives_the_descriptors_the_daemon_wants(service: dict[str, str]) -> None:
+    """LimitNOFILE is what the daemon would raise its soft limit to (it cannot under the unit's
+    system call filter), and leaves both listeners their full default connection cap."""
+    soft, _, hard = service["LimitNOFILE"].partition(":")
+    assert int(soft) == int(hard or soft) == fd_limit.TARGET
+    assert fd_limit.listener_cap(int(soft), 2, DaemonConfig().max_connections) == 64
+    assert "@resources" in service["SystemCallFilter"]  # hence the limit is set here
 
 
 def test_unit_user_and_haproxy_group(service: dict[str, str]) -> None:
