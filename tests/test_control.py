@@ -1,5 +1,7 @@
 """The control API on its unix socket, over the in-memory LB: what it accepts, what it refuses
-before recording anything, and how concurrent requests are kept within the caps."""
+before recording anything, how concurrent drains are kept within the caps, who may use it,
+where the socket may live; and the on-call commands' side: whom they trust, and what they say
+when the daemon does not answer."""
 
 from __future__ import annotations
 
