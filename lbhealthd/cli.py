@@ -17,7 +17,9 @@ from lbhealthd.errors import (
     ConfigError,
     ControlError,
     ControlRefused,
+    DaemonNotAnswering,
     DriverError,
+    InvalidDuration,
     InvalidName,
     ListenerError,
     StateError,
@@ -79,10 +81,18 @@ def _server(text: str) -> ServerId:
 
 
 def _duration(text: str) -> float:
+    from lbhealthd.overrides import MAX_FOR, MAX_FOR_TEXT
+
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds > MAX_FOR:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_FOR_TEXT} (got {text}); leave --for out for an override that lasts "
+            "until restored"
+        )
+    return seconds
 
 
 def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False) -> int:
@@ -105,9 +115,9 @@ def _on_call(coro: Any) -> oncall.Outcome:
 
     try:
         result: oncall.Outcome = asyncio.run(coro)
-    except (UnknownServer, ControlRefused) as exc:
+    except (UnknownServer, ControlRefused, InvalidDuration) as exc:
         return oncall.Outcome(EXIT_USAGE, (str(exc),))
-    except CapRefused as exc:
+    except (CapRefused, DaemonNotAnswering) as exc:
         return oncall.Outcome(EXIT_PROBLEM, (str(exc),))
     except DriverError as exc:
         return oncall.Outcome(EXIT_PROBLEM, (f"load balancer: {exc}",))
@@ -243,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="for_",
         type=_duration,
         metavar="DURATION",
-        help="expire after this long (500ms, 30m, 2h); the daemon then takes over",
+        help="expire after this long (500ms, 30m, 2h; at most 365d); the daemon then takes over",
     )
     p.add_argument(
         "--force", action="store_true", help="drain even beyond max_drained / min_in_service"
@@ -259,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="for_",
         type=_duration,
         metavar="DURATION",
-        help="keep it in for this long if lbhealthd had drained it "
+        help="keep it in for this long if lbhealthd had drained it, at most 365d "
         "(default: daemon.manual_change_hold)",
     )
     p.set_defaults(func=cmd_restore)

@@ -11,8 +11,11 @@
      │    └── Rejected          terminal: the LB understood and refused (unknown server, bad value)
      ├── ListenerError          the daemon's HTTP listener could not be started
      ├── ControlError           the daemon's control socket could not be created
+     │    └── UntrustedDaemon   the process answering on it is not one the commands trust
      ├── ControlRefused         a caller may not use the control socket (not its owner or group)
+     ├── DaemonNotAnswering     the daemon is there but does not answer on the control socket
      ├── UnknownServer          a server or pool named by an operator is not in the pool/config
+     ├── InvalidDuration        an override's duration is not a number of seconds in range
      └── CapRefused             a manual drain would break max_drained or min_in_service
 
 A bad probe is data (a failed Sample), never an exception. Lower-library errors are mapped to
@@ -107,12 +110,24 @@ class ControlError(LbhealthdError):
     """The control socket could not be created."""
 
 
+class UntrustedDaemon(ControlError):
+    """The process on the control socket runs as a user the on-call commands do not trust."""
+
+
 class ControlRefused(LbhealthdError):
     """The control socket exists but this user may not use it."""
 
 
+class DaemonNotAnswering(LbhealthdError):
+    """A daemon listens on the control socket but gives no answer (flooded, stuck)."""
+
+
 class UnknownServer(LbhealthdError):
     """The server is not in the pool (or the pool not in the config)."""
+
+
+class InvalidDuration(LbhealthdError, ValueError):
+    """An override's duration is infinite, negative, not a number, or beyond the maximum."""
 
 
 class CapRefused(LbhealthdError):

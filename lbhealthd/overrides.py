@@ -10,7 +10,13 @@
 Semantics, whichever path:
 - A drain (or maint) names a reason; it is refused (:class:`CapRefused`, naming the cap) if
   taking a server in rotation out would break ``max_drained`` or ``min_in_service``, unless
-  forced. ``for_s`` makes it expire.
+  forced. Out counts the drains and maints recorded but not yet carried out, and the check and
+  the record happen under state_dir's writers' lock, so concurrent drains (in one daemon or in
+  several on-call commands) cannot each see room for one more. ``for_s`` makes it expire.
+- ``for_s`` is a number of seconds from 0 to :data:`MAX_FOR` (365 days); 0 or None means no
+  expiry. Anything else (infinite, NaN, negative, longer, not a number) is refused with
+  :class:`InvalidDuration` before anything is recorded: an expiry must be a time the state
+  files, the logs and the on-call commands can all write.
 - A restore removes any override. A server lbhealthd holds out gets a keep-in override for
   ``for_s`` (default ``daemon.manual_change_hold``) so it is not drained again at once; a server
   out by someone else's hand is set ready (the operator asked for exactly that).
@@ -18,6 +24,7 @@ Semantics, whichever path:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,7 +32,7 @@ import structlog
 
 from lbhealthd.config import Config
 from lbhealthd.engine import governor
-from lbhealthd.errors import CapRefused, UnknownServer
+from lbhealthd.errors import CapRefused, InvalidDuration, UnknownServer
 from lbhealthd.model import (
     Action,
     ActionKind,
@@ -43,7 +50,19 @@ from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.overrides")
 
-__all__ = ["Done", "check_caps", "drain", "find_member", "restore"]
+__all__ = [
+    "MAX_FOR",
+    "MAX_FOR_TEXT",
+    "Done",
+    "check_caps",
+    "drain",
+    "find_member",
+    "restore",
+    "seconds",
+]
+
+MAX_FOR = 365 * 86400.0  # the longest override with an expiry; without one it lasts until restored
+MAX_FOR_TEXT = "365d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,23 @@ class Done:
     override: Override | None
     notes: tuple[str, ...] = ()
     lb_error: str | None = None  # the LB refused the change (direct path only)
+
+
+def seconds(value: object, name: str = "for_s") -> float | None:
+    """``value`` as an override's duration: None for no expiry (None or 0), else seconds up
+    to MAX_FOR; InvalidDuration naming ``name`` for anything else."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and 0 <= value <= MAX_FOR)
+    ):
+        raise InvalidDuration(
+            f"{name} must be a number of seconds from 0 to {MAX_FOR:.0f} ({MAX_FOR_TEXT}), "
+            f"got {value!r}; leave it out for an override that lasts until restored"
+        )
+    return float(value) if value else None
 
 
 def find_member(config: Config, sid: ServerId, members: Mapping[ServerId, Member]) -> Member:
@@ -67,10 +103,27 @@ def find_member(config: Config, sid: ServerId, members: Mapping[ServerId, Member
     raise UnknownServer(f"no server {sid.server!r} in pool {sid.pool} (servers: {listed})")
 
 
-def check_caps(config: Config, sid: ServerId, members: Mapping[ServerId, Member]) -> None:
-    """Raise CapRefused, naming the cap, if taking ``sid`` out breaks the pool's caps."""
+def check_caps(
+    config: Config,
+    sid: ServerId,
+    members: Mapping[ServerId, Member],
+    recorded: Mapping[ServerId, Override] | None = None,
+    now: float = 0.0,
+) -> None:
+    """Raise CapRefused, naming the cap, if taking ``sid`` out breaks the pool's caps.
+
+    Out counts the servers out of rotation in the LB and those with a drain or maint override
+    in ``recorded`` not expired at wall time ``now``: recorded, they go out at the next round
+    (or the next command), whatever the LB showed when ``members`` was read."""
     settings = config.engine_settings().pools[sid.pool]
-    others_out = sum(1 for m in members.values() if m.id != sid and not m.in_rotation)
+    leaving = {
+        s
+        for s, o in (recorded or {}).items()
+        if o.kind is not OverrideKind.READY and not o.expired(now)
+    }
+    others_out = sum(
+        1 for m in members.values() if m.id != sid and (not m.in_rotation or m.id in leaving)
+    )
     size = len(members)
     budget = governor.budget(size, others_out, settings)
     rule = budget.check(settings)
@@ -104,16 +157,18 @@ async def drain(
     apply: bool,
 ) -> Done:
     """Record a drain (or maint) override; with ``apply``, take the server out now."""
+    for_s = seconds(for_s)
     member = find_member(config, sid, members)
     kind = OverrideKind.MAINT if maint else OverrideKind.DRAIN
-    if member.in_rotation and not force:
-        try:
-            check_caps(config, sid, members)
-        except CapRefused as exc:
-            log.warning("manual_drain_refused", server=str(sid), who=who, reason=str(exc))
-            raise
     override = Override(sid, kind, reason, who, now, _until(now, for_s))
-    store.put_override(override)
+    with store.serialised():  # no other process records a drain between check and record
+        if member.in_rotation and not force:
+            try:
+                check_caps(config, sid, members, store.load_overrides(), now)
+            except CapRefused as exc:
+                log.warning("manual_drain_refused", server=str(sid), who=who, reason=str(exc))
+                raise
+        store.put_override(override)
     writer.record(
         sid,
         "override_set",
@@ -155,6 +210,7 @@ async def restore(
 ) -> Done:
     """End any override; keep a server lbhealthd held out in rotation for a while; set a
     server out by someone else's hand ready. With ``apply``, the LB is changed now."""
+    for_s = seconds(for_s)
     member = find_member(config, sid, members)
     notes = []
     removed = store.remove_override(sid)
@@ -193,5 +249,5 @@ async def _apply(
     return writer.last_error.get(sid)
 
 
-def _until(now: float, seconds: float | None) -> float | None:
-    return now + seconds if seconds is not None and seconds > 0 else None
+def _until(now: float, duration: float | None) -> float | None:
+    return now + duration if duration is not None and duration > 0 else None

@@ -7,10 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lbhealthd.cli import main
+from lbhealthd.drivers.memory import MemoryDriver
+from lbhealthd.oncall import direct
+from lbhealthd.store import Store
+from lbhealthd.testing import memory_pool
+from tests.daemon_harness import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
+SOCKET = "unix:/nonexistent/haproxy.sock"  # the driver is injected: never opened
 
 
 def test_check_config_example_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,3 +99,52 @@ def test_agent_keeps_its_drain_flag_which_no_longer_drains(
     assert (args.drain_at, args.min_weight) == (0.9, 20)
     assert main(["agent", "--help"]) == 0
     assert "never replies drain" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def daemon_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, MemoryDriver]:
+    """A config file whose daemon is not running and whose LB is an in-memory pool."""
+    driver = memory_pool("api", 5)
+    monkeypatch.setattr(direct, "make_driver", lambda config, **kw: driver)
+    doc = {
+        "daemon": {
+            "state_dir": str(tmp_path / "state"),
+            "control_socket": str(tmp_path / "run" / "control.sock"),
+        },
+        "load_balancer": {"haproxy": {"sockets": [SOCKET]}},
+        "pools": [{"name": "api", **FAST}],
+    }
+    path = tmp_path / "lbhealthd.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path, driver
+
+
+@pytest.mark.parametrize("command", ["drain", "restore"])
+@pytest.mark.parametrize("duration", ["99999999999999d", "366d", "31536001s"])
+def test_for_beyond_the_maximum_is_refused_before_anything_is_recorded(
+    daemon_down: tuple[Path, MemoryDriver],
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    duration: str,
+) -> None:
+    """`--for` above 365d exits 2 naming the maximum; nothing is recorded, the LB untouched."""
+    path, driver = daemon_down
+    reason = ["--reason", "x"] if command == "drain" else []
+    assert main([command, "api/s1", "-c", str(path), *reason, "--for", duration]) == 2
+    err = capsys.readouterr().err
+    assert "--for" in err and "365d" in err and "Traceback" not in err
+    assert Store(path.parent / "state").load_overrides() == {}
+    assert driver.sent() == []
+
+
+def test_for_at_the_maximum_is_accepted(
+    daemon_down: tuple[Path, MemoryDriver], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--for 365d` drains with that expiry, and says until when."""
+    path, driver = daemon_down
+    assert main(["drain", "api/s1", "-c", str(path), "--reason", "x", "--for", "365d"]) == 0
+    assert "until 20" in capsys.readouterr().out
+    (override,) = Store(path.parent / "state").load_overrides().values()
+    assert override.expires_at is not None
+    assert override.expires_at - override.created_at == 365 * 86400
+    assert driver.sent() == [("s1", "drain")]

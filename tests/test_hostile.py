@@ -906,7 +906,7 @@ async def test_http_listener_is_read_only_and_loopback(
         await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "two rounds")
         assert daemon.http is not None and daemon.http.runner is not None
         assert daemon.control is not None and daemon.control.runner is not None
-        assert all(_is_loopback(str(a[0])) for a in daemon.http.runner.addresses)
+        assert all(_is_loopback(str(a[0])) for a in daemon.http.addresses)
         http_routes = {
             (r.method, r.resource.canonical)
             for r in daemon.http.runner.app.router.routes()
@@ -948,7 +948,7 @@ async def test_control_socket_is_unix_only(
     async with running(config) as daemon:
         await wait_for(lambda: daemon.reconciler.rounds >= 1, 5, "a round")
         assert daemon.control is not None and daemon.control.runner is not None
-        addresses = daemon.control.runner.addresses
+        addresses = daemon.control.addresses
         assert addresses == [config.daemon.control_socket]
         listening = {
             c.laddr.port

@@ -30,6 +30,7 @@ from lbhealthd.cli import build_parser, cmd_run
 from lbhealthd.config import DaemonConfig, HAProxyConfig, load_config, parse_duration
 from lbhealthd.daemon.sdnotify import Notifier
 from lbhealthd.drivers.haproxy.process import find_haproxy
+from lbhealthd.serving import fd_limit
 from lbhealthd.store import Store
 from tests.fixtures_haproxy import free_port
 from tests.other_user import in_child, needs_root, shared_dir
@@ -339,6 +340,15 @@ def test_unit_directories_match_the_config_defaults(service: dict[str, str]) -> 
     assert "/run/" + service["RuntimeDirectory"] == str(Path(defaults.control_socket).parent)
     # The control server makes its socket 0660: the directory lets the group in, no one else.
     assert service["RuntimeDirectoryMode"] == "0750"
+
+
+def test_unit_gives_the_descriptors_the_daemon_wants(service: dict[str, str]) -> None:
+    """LimitNOFILE is what the daemon would raise its soft limit to (it cannot under the unit's
+    system call filter), and leaves both listeners their full default connection cap."""
+    soft, _, hard = service["LimitNOFILE"].partition(":")
+    assert int(soft) == int(hard or soft) == fd_limit.TARGET
+    assert fd_limit.listener_cap(int(soft), 2, DaemonConfig().max_connections) == 64
+    assert "@resources" in service["SystemCallFilter"]  # hence the limit is set here
 
 
 def test_unit_user_and_haproxy_group(service: dict[str, str]) -> None:
@@ -705,16 +715,20 @@ def test_sidecar_containers_are_locked_down(sidecar_pod: dict[str, Any]) -> None
 def test_lbhealthd_writable_paths_are_volumes(
     sidecar_pod: dict[str, Any], lbhealthd_config_text: str, tmp_path: Path
 ) -> None:
-    """With a read-only root, state_dir and the control socket's directory are mounted volumes
-    (state_dir a directory of its own in one: an emptyDir is writable by every user, which
-    the daemon refuses), and the config file is the ConfigMap's mounted at the path of ``-c``."""
+    """With a read-only root, state_dir is a directory of its own in a mounted volume (an
+    emptyDir is writable by every user, which the daemon refuses as a state_dir) and the
+    control socket's directory a subdirectory of one (refused too as the socket's directory:
+    the daemon creates its own 0750 inside); the config file is the ConfigMap's mounted at the
+    path of ``-c``."""
     container = _container(sidecar_pod, "lbhealthd")
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     (tmp_path / "config.yaml").write_text(lbhealthd_config_text)
     daemon = load_config(str(tmp_path / "config.yaml")).daemon
     state_mount = str(Path(daemon.state_dir).parent)
-    for path in (state_mount, str(Path(daemon.control_socket).parent)):
-        assert path in mounts and not mounts[path].get("readOnly"), path
+    assert state_mount in mounts and not mounts[state_mount].get("readOnly")
+    socket_dir = Path(daemon.control_socket).parent
+    assert str(socket_dir) not in mounts
+    assert str(socket_dir.parent) in mounts and not mounts[str(socket_dir.parent)].get("readOnly")
     config_path = build_parser().parse_args(container["args"]).config
     config_mount = mounts[str(Path(config_path).parent)]
     volume = next(v for v in sidecar_pod["volumes"] if v["name"] == config_mount["name"])

@@ -12,8 +12,12 @@ from lbhealthd.agent.load import LoadSource
 from lbhealthd.agent.reader import DEFAULT_CGROUP_ROOT
 from lbhealthd.agent.reply import Thresholds
 from lbhealthd.agent.server import DEFAULT_AGENT_HOST, DEFAULT_LISTEN, Agent
+from lbhealthd.serving import Limits, listener_cap, raise_soft_limit
 
 log = structlog.get_logger("lbhealthd.agent")  # one logger name for all of the agent's events
+
+MAX_CONNECTIONS = 64  # per listener, lowered to fit half the descriptor limit
+IDLE_TIMEOUT = 10.0  # seconds a connection may stay open with no request being served
 
 
 async def run_agent(
@@ -38,6 +42,9 @@ async def run_agent(
         log.info("agent_stopping", signal=sig.name)
         stopping.set()
 
+    soft, _ = raise_soft_limit()
+    listeners = 1 if agent_port is None else 2
+    limits = Limits(listener_cap(soft, listeners, MAX_CONNECTIONS), IDLE_TIMEOUT)
     agent = Agent(
         listen,
         agent_port,
@@ -45,6 +52,7 @@ async def run_agent(
         agent_host=agent_host,
         source=source,
         cgroup_root=cgroup_root,
+        limits=limits,
     )
     if own_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,6 +71,7 @@ async def run_agent(
             full_below=t.full_below,
             drain_at=t.drain_at,
             min_weight=t.min_weight,
+            max_connections=limits.connections,
         )
         await stopping.wait()
     finally:

@@ -1,12 +1,16 @@
 """The agent's servers: the HTTP ``/health`` endpoint and the HAProxy agent-check port.
 
 Both serve the same reading; a load source that fails gives an empty reading, never an error.
+Each holds at most ``limits.connections`` connections and closes one idle for
+``limits.idle_timeout`` (lbhealthd.serving), so a local user opening connections cannot keep
+the daemon's probes or HAProxy's checks from an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -15,6 +19,7 @@ from aiohttp import web
 from lbhealthd.agent.load import Load, LoadSource
 from lbhealthd.agent.reader import DEFAULT_CGROUP_ROOT, SAMPLE_INTERVAL, LoadReader
 from lbhealthd.agent.reply import Thresholds, agent_reply
+from lbhealthd.serving import ConnectionGuard, Limits, Listener, tcp_sockets
 
 DEFAULT_LISTEN = "127.0.0.1:9111"
 DEFAULT_AGENT_HOST = "127.0.0.1"
@@ -48,6 +53,7 @@ class Agent:
         source: LoadSource | None = None,
         cgroup_root: Path | str = DEFAULT_CGROUP_ROOT,
         sample_interval: float = SAMPLE_INTERVAL,
+        limits: Limits | None = None,
     ) -> None:
         self.http_host, self._http_port = parse_listen(listen)
         if agent_port is not None and not 0 <= agent_port < 65536:
@@ -61,8 +67,11 @@ class Agent:
             self.source = self._reader = LoadReader(cgroup_root, sample_interval)
         else:
             self.source = source
+        self.limits = limits or Limits()
+        self._http_guard = ConnectionGuard("agent http", self.limits)
+        self._agent_guard = ConnectionGuard("agent-check", self.limits)
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._listeners: list[Listener] = []
         self._connections: set[asyncio.Task[object]] = set()
         self._last_reply = ""
 
@@ -96,35 +105,46 @@ class Agent:
         try:
             if self._reader is not None:
                 await self._reader.start()
-            app = web.Application()
+            app = web.Application(middlewares=[self._http_guard.middleware])
             app.router.add_get("/health", self._health)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            await web.TCPSite(self._runner, self.http_host, self._http_port).start()
-            self._http_port = int(self._runner.addresses[0][1])
+            assert self._runner.server is not None  # set up above
+            self._serve(self._http_guard, self._runner.server, self.http_host, self._http_port)
+            self._http_port = int(self._listeners[0].addresses[0][1])
             if self._agent_port is not None:
-                self._server = await asyncio.start_server(
-                    self._on_agent, self.agent_host, self._agent_port
+                self._serve(
+                    self._agent_guard, self._agent_protocol, self.agent_host, self._agent_port
                 )
-                self._agent_port = int(self._server.sockets[0].getsockname()[1])
+                self._agent_port = int(self._listeners[1].addresses[0][1])
         except BaseException:
             await self.close()
             raise
 
+    def _serve(
+        self, guard: ConnectionGuard, inner: Callable[[], asyncio.Protocol], host: str, port: int
+    ) -> None:
+        listener = Listener(guard, inner, tcp_sockets(host, port))
+        self._listeners.append(listener)
+        listener.start()
+
+    def _agent_protocol(self) -> asyncio.Protocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._on_agent)
+
     async def close(self) -> None:
         """Stop serving, end open agent connections and the sampler."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            await listener.close()
         for task in list(self._connections):
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        self._http_guard.abort_all()
+        self._agent_guard.abort_all()
         if self._reader is not None:
             await self._reader.stop()
 

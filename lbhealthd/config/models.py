@@ -54,6 +54,10 @@ class DaemonConfig(_Strict):
     max_loop_lag: Duration = Field(default=0.25, gt=0)
     # The live audit runs after every change lbhealthd makes and at least this often.
     audit_interval: Duration = Field(default=60.0, gt=0)
+    # Per listener (the HTTP listener, the control socket): connections open at once, and how
+    # long one may stay open without a request being served.
+    max_connections: int = Field(default=64, ge=1)
+    idle_timeout: Duration = Field(default=10.0, gt=0)
 
 
 class HAProxyConfig(_Strict):

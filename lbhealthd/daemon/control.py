@@ -1,10 +1,11 @@
 """The control API: JSON over HTTP on the unix socket ``daemon.control_socket``.
 
 State-changing operations exist only here (never on the TCP listener). The socket is created
-with mode 0660 in a directory of mode 0750, so only its owner and group can connect; the
-caller's identity comes from the socket's peer credentials (SO_PEERCRED) and is recorded with
-every override. A stale socket file left by a crash is replaced; a live one means another
-daemon is running, and this one refuses to start.
+with mode 0660 in a directory of mode 0750, so only its owner and group can connect. Each
+request is checked again with the caller's credentials as the socket gives them (uid, primary
+and supplementary groups: lbhealthd.peercred), never from /proc, which ``ProtectProc=invisible``
+hides; the caller's identity is recorded with every override. Where the socket file goes is
+checked first (lbhealthd.daemon.socket_file).
 
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
@@ -13,15 +14,12 @@ daemon is running, and this one refuses to start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
-import socket
-import stat
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -29,9 +27,18 @@ from aiohttp import web
 
 from lbhealthd import overrides, status
 from lbhealthd.config import Config
-from lbhealthd.errors import CapRefused, ControlError, InvalidName, LbhealthdError, UnknownServer
+from lbhealthd.daemon.socket_file import prepare
+from lbhealthd.errors import (
+    CapRefused,
+    InvalidDuration,
+    InvalidName,
+    LbhealthdError,
+    UnknownServer,
+)
 from lbhealthd.model import Member, ServerId
+from lbhealthd.peercred import Peer, peer_of
 from lbhealthd.report import RoundReport
+from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
 
@@ -55,29 +62,30 @@ class Operations(Protocol):
 SOCKET_MODE = 0o660
 
 
-def peer(request: web.Request) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of the unix socket."""
+def peer(request: web.Request) -> Peer | None:
+    """The process at the other end of the unix socket, as the kernel saw it at connect."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None:
-        return (0, -1, -1)
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
+    return None if sock is None else peer_of(sock)
 
 
-def _groups_of(pid: int) -> set[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+def allowed(who: Peer, daemon_uid: int, socket_gid: int, socket_mode: int | None) -> bool:
+    """Root, the daemon's own user and members of the socket's group may use the socket.
+
+    Membership is the peer's primary group or its supplementary groups as the socket reports
+    them (SO_PEERGROUPS). Where the kernel cannot tell the groups, the file's mode has
+    decided already: a socket that grants others nothing could only be connected to by its
+    owner, its group, or a process allowed to override file permissions."""
+    if who.uid in (0, daemon_uid):
+        return True
+    member = who.in_group(socket_gid)
+    if member is None:
+        return socket_mode is not None and socket_mode & 0o007 == 0
+    return member
 
 
 def _who(request: web.Request) -> str:
-    pid, uid, _ = peer(request)
-    return describe(pid, uid)
+    who = peer(request)
+    return "unknown" if who is None else describe(who.pid, who.uid)
 
 
 def describe(pid: int, uid: int) -> str:
@@ -91,34 +99,54 @@ def describe(pid: int, uid: int) -> str:
 class ControlServer:
     """Serves the control API for a running daemon."""
 
-    def __init__(self, daemon: Operations, path: str) -> None:
+    def __init__(self, daemon: Operations, path: str, limits: Limits | None = None) -> None:
         self.daemon = daemon
         self.path = path
+        self.guard = ConnectionGuard("control", limits or Limits())
         self.runner: web.AppRunner | None = None
+        self.listener: Listener | None = None
         self._gid = os.getgid()
+        self._drains = asyncio.Lock()
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The socket's path once listening."""
+        return [] if self.listener is None else self.listener.addresses
 
     async def start(self) -> None:
-        _prepare(self.path)
-        app = web.Application(middlewares=[self._errors, self._authorize])
+        prepare(self.path)
+        app = web.Application(middlewares=[self.guard.middleware, self._errors, self._authorize])
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
+        assert self.runner.server is not None  # set up above
         old = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
         try:
-            await web.UnixSite(self.runner, self.path).start()
+            sock = unix_socket(self.path)
         finally:
             os.umask(old)
+        self.listener = Listener(self.guard, self.runner.server, [sock])
+        self.listener.start()
         os.chmod(self.path, SOCKET_MODE)
         self._gid = os.stat(self.path).st_gid
-        log.info("control_listening", socket=self.path, mode=oct(SOCKET_MODE))
+        log.info(
+            "control_listening",
+            socket=self.path,
+            mode=oct(SOCKET_MODE),
+            max_connections=self.guard.limits.connections,
+        )
 
     async def close(self) -> None:
         if self.runner is None:
             return  # never started: the socket, if any, belongs to someone else
+        if self.listener is not None:
+            await self.listener.close()
+            self.listener = None
         await self.runner.cleanup()
         self.runner = None
+        self.guard.abort_all()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -131,6 +159,8 @@ class ControlServer:
         """lbhealthd's own errors (a corrupt state file, the LB refusing) as JSON answers."""
         try:
             return await handler(request)
+        except InvalidDuration as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         except LbhealthdError as exc:
             log.error("control_request_failed", path=request.path, error=str(exc))
             return web.json_response({"error": str(exc)}, status=500)
@@ -141,10 +171,14 @@ class ControlServer:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        pid, uid, gid = peer(request)
-        allowed = uid in (0, os.getuid()) or gid == self._gid or self._gid in _groups_of(pid)
-        if not allowed:
-            log.warning("control_refused", peer=describe(pid, uid), path=request.path)
+        who = peer(request)
+        try:
+            mode: int | None = os.stat(self.path).st_mode
+        except OSError:
+            mode = None
+        if who is None or not allowed(who, os.geteuid(), self._gid, mode):
+            shown = "unknown" if who is None else describe(who.pid, who.uid)
+            log.warning("control_refused", peer=shown, path=request.path)
             return web.json_response({"error": "permission denied"}, status=403)
         return await handler(request)
 
@@ -153,10 +187,16 @@ class ControlServer:
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], ServerId]:
         try:
-            body = await request.json()
+            async with asyncio.timeout(self.guard.limits.idle_timeout):
+                body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
             return body, ServerId.parse(str(body.get("server", "")))
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(
+                text=_json({"error": "the request body did not arrive in time"}),
+                content_type="application/json",
+            ) from None
         except (ValueError, InvalidName) as exc:
             raise web.HTTPBadRequest(
                 text=_json({"error": str(exc)}), content_type="application/json"
@@ -181,20 +221,21 @@ class ControlServer:
         members = self._members(sid)
         d = self.daemon
         try:
-            done = await overrides.drain(
-                d.config,
-                d.store,
-                d.writer,
-                members,
-                sid,
-                reason=reason,
-                who=_who(request),
-                now=time.time(),
-                for_s=_seconds(body.get("for_s")),
-                force=bool(body.get("force")),
-                maint=bool(body.get("maint")),
-                apply=False,
-            )
+            async with self._drains:  # one check-and-record at a time, whatever is awaited
+                done = await overrides.drain(
+                    d.config,
+                    d.store,
+                    d.writer,
+                    members,
+                    sid,
+                    reason=reason,
+                    who=_who(request),
+                    now=time.time(),
+                    for_s=overrides.seconds(body.get("for_s")),
+                    force=bool(body.get("force")),
+                    maint=bool(body.get("maint")),
+                    apply=False,
+                )
         except CapRefused as exc:
             return web.json_response({"error": str(exc)}, status=409)
         await d.next_round()
@@ -212,7 +253,7 @@ class ControlServer:
             sid,
             who=_who(request),
             now=time.time(),
-            for_s=_seconds(body.get("for_s")),
+            for_s=overrides.seconds(body.get("for_s")),
             apply=False,
         )
         if done.lb_error is not None:
@@ -246,35 +287,7 @@ class ControlServer:
         }
 
 
-def _seconds(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and value > 0 else None
-
-
 def _json(doc: dict[str, Any]) -> str:
     import json
 
     return json.dumps(doc)
-
-
-def _prepare(path: str) -> None:
-    """Make the socket's directory; replace a stale socket; refuse if a daemon answers."""
-    directory = Path(path).parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"{path} exists and is not a socket; move it away")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # stale: left by a daemon that died
-        return
-    except OSError as exc:
-        raise ControlError(f"cannot check {path}: {exc}") from exc
-    finally:
-        probe.close()
-    raise ControlError(f"another lbhealthd answers on {path}; refusing to start a second one")

@@ -6,7 +6,10 @@
     GET /status    the status document (lbhealthd.status), as ``lbhealthd status --json``
 
 Nothing here changes anything: every other method is answered 405, and state-changing
-operations exist only on the control socket.
+operations exist only on the control socket. Connections are held within ``daemon.
+max_connections`` and ``daemon.idle_timeout`` (lbhealthd.serving.guard), so that local users
+opening connections cannot take the descriptors the daemon needs nor keep /healthz from
+answering.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from lbhealthd import status
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.errors import ListenerError
 from lbhealthd.report import RoundReport
+from lbhealthd.serving import ConnectionGuard, Limits, Listener, tcp_sockets
 
 
 class Health(Protocol):
@@ -50,42 +54,61 @@ def split_address(address: str) -> tuple[str, int]:
 class HttpListener:
     """Serves /metrics, /healthz and /status for a running daemon."""
 
-    def __init__(self, daemon: Health, address: str, metrics: Metrics) -> None:
+    def __init__(
+        self, daemon: Health, address: str, metrics: Metrics, limits: Limits | None = None
+    ) -> None:
         self.daemon = daemon
         self.address = address
         self.metrics = metrics
+        self.guard = ConnectionGuard("http", limits or Limits())
         self.runner: web.AppRunner | None = None
+        self.listener: Listener | None = None
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The bound addresses once started (``getsockname()`` of each socket)."""
+        return [] if self.listener is None else self.listener.addresses
 
     @property
     def port(self) -> int | None:
         """The bound port once started."""
-        if self.runner is None or not self.runner.addresses:
-            return None
-        return int(self.runner.addresses[0][1])
+        return int(self.addresses[0][1]) if self.addresses else None
 
     async def start(self) -> None:
         """Listen on the address; raise ListenerError naming it if that is impossible."""
         host, port = split_address(self.address)
-        app = web.Application()
+        app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get("/metrics", self.get_metrics)
         app.router.add_get("/healthz", self.get_healthz)
         app.router.add_get("/status", self.get_status)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
+        assert runner.server is not None  # set up above
         try:
-            await web.TCPSite(runner, host, port).start()
+            sockets = tcp_sockets(host, port)
         except OSError as exc:
             await runner.cleanup()
             raise ListenerError(
                 f"cannot listen on {self.address} (daemon.http): {exc.strerror or exc}"
             ) from exc
         self.runner = runner
-        log.info("http_listening", address=self.address, paths=["/metrics", "/healthz", "/status"])
+        self.listener = Listener(self.guard, runner.server, sockets)
+        self.listener.start()
+        log.info(
+            "http_listening",
+            address=self.address,
+            paths=["/metrics", "/healthz", "/status"],
+            max_connections=self.guard.limits.connections,
+        )
 
     async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+            self.listener = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        self.guard.abort_all()
 
     async def get_metrics(self, request: web.Request) -> web.Response:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))

@@ -27,6 +27,7 @@ from lbhealthd.errors import ConfigError
 from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.scheduler import ProbeScheduler
 from lbhealthd.report import RoundReport
+from lbhealthd.serving import Limits, listener_cap, raise_soft_limit
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
 
@@ -139,10 +140,11 @@ class Daemon:
         frozen = False
         lag_task = asyncio.create_task(self._measure_lag(), name="loop lag")
         try:
+            limits = listener_limits(cfg)
             if cfg.daemon.control_socket:
-                self.control = ControlServer(self, cfg.daemon.control_socket)
+                self.control = ControlServer(self, cfg.daemon.control_socket, limits)
                 await self.control.start()
-            self.http = HttpListener(self, cfg.daemon.http, self.metrics)
+            self.http = HttpListener(self, cfg.daemon.http, self.metrics, limits)
             await self.http.start()
             # Everything allocated so far (modules, the config, and whatever the embedding
             # process holds) is exempted from the garbage collector's full passes, which
@@ -252,6 +254,25 @@ class Daemon:
         await self.prober.close()
         await self.driver.close()
         self.notifier.close()
+
+
+def listener_limits(config: Config) -> Limits:
+    """The connection limits of each of the daemon's two listeners, with the soft descriptor
+    limit raised first; a limit lowered to fit the descriptors is logged."""
+    soft, hard = raise_soft_limit()
+    wanted = config.daemon.max_connections
+    cap = listener_cap(soft, 2, wanted)
+    if cap < wanted:
+        log.warning(
+            "fd_limit_low",
+            soft=soft,
+            hard=hard,
+            max_connections=wanted,
+            per_listener=cap,
+            note="connections per listener lowered to keep half the descriptors for the LB "
+            "and state_dir; raise LimitNOFILE=",
+        )
+    return Limits(cap, config.daemon.idle_timeout)
 
 
 async def wait_rounds(rounds: Callable[[], int], target: int, within: float) -> bool:

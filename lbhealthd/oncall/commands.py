@@ -9,19 +9,16 @@ is never switched to the direct path.
 
 from __future__ import annotations
 
-import errno
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
 from lbhealthd import status
 from lbhealthd.config import Config
-from lbhealthd.errors import ControlRefused
 from lbhealthd.model import OverrideKind, ServerId
 from lbhealthd.oncall import direct
+from lbhealthd.oncall.client import call_daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,38 +31,13 @@ class Outcome:
     document: dict[str, Any] | None = None
 
 
-async def call_daemon(
-    path: str, method: str, route: str, body: dict[str, Any] | None = None
-) -> tuple[int, dict[str, Any]] | None:
-    """(HTTP status, JSON) from the daemon, or None when no daemon listens on ``path``."""
-    connector = aiohttp.UnixConnector(path=path)
-    timeout = aiohttp.ClientTimeout(total=15)
-    try:
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.request(method, f"http://lbhealthd{route}", json=body) as resp,
-        ):
-            text = await resp.text()
-            try:
-                return resp.status, dict(json.loads(text))
-            except (ValueError, TypeError):
-                return resp.status, {"error": f"the daemon answered {resp.status}: {text[:200]}"}
-    except aiohttp.ClientConnectorError as exc:
-        code = getattr(exc.os_error, "errno", None)
-        if code in (errno.EACCES, errno.EPERM):
-            raise ControlRefused(
-                f"permission denied on the control socket {path}: run as its owner or a "
-                "member of its group"
-            ) from None
-        if code in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
-            return None
-        raise
-
-
 def _until(ts: object) -> str:
     if not isinstance(ts, int | float):
         return "until restored"
-    return "until " + datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return "until " + datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds: say it as it is
+        return f"until {ts!r} (Unix time)"
 
 
 async def drain(
@@ -73,7 +45,7 @@ async def drain(
 ) -> Outcome:
     kind = OverrideKind.MAINT if maint else OverrideKind.DRAIN
     body = {"server": str(sid), "reason": reason, "for_s": for_s, "force": force, "maint": maint}
-    answer = await call_daemon(config.daemon.control_socket, "POST", "/drain", body)
+    answer = await call_daemon(config, "POST", "/drain", body)
     if answer is not None:
         code, doc = answer
         if code == 200 and doc.get("applied") is False:
@@ -100,9 +72,7 @@ async def drain(
 
 
 async def restore(config: Config, sid: ServerId, for_s: float | None) -> Outcome:
-    answer = await call_daemon(
-        config.daemon.control_socket, "POST", "/restore", {"server": str(sid), "for_s": for_s}
-    )
+    answer = await call_daemon(config, "POST", "/restore", {"server": str(sid), "for_s": for_s})
     if answer is not None:
         code, doc = answer
         if code == 200:
@@ -120,7 +90,7 @@ async def restore(config: Config, sid: ServerId, for_s: float | None) -> Outcome
 
 
 async def show_status(config: Config) -> Outcome:
-    answer = await call_daemon(config.daemon.control_socket, "GET", "/status")
+    answer = await call_daemon(config, "GET", "/status")
     if answer is not None and answer[0] == 200:
         doc = answer[1]
     else:

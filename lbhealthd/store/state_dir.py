@@ -58,6 +58,7 @@ class Store:
     def __init__(self, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.dir = Path(state_dir)
         self._clock = clock
+        self._held: StateDir | None = None  # inside serialised(): opened and locked already
         try:
             if not self.dir.is_dir():
                 self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -232,14 +233,36 @@ class Store:
     # -- the writers' lock ------------------------------------------------------------------
 
     def _opened(self) -> contextlib.AbstractContextManager[StateDir]:
-        """state_dir, opened and checked, for one read."""
+        """state_dir, opened and checked, for one read (the held one inside ``serialised``)."""
+        if self._held is not None:
+            return contextlib.nullcontext(self._held)
         return opened_dir(self.dir)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[StateDir]:
-        """state_dir, opened and checked, with the writers' lock held, for a read-modify-write."""
+        """state_dir, opened and checked, with the writers' lock held, for a read-modify-write
+        (held already inside ``serialised``)."""
+        if self._held is not None:
+            yield self._held
+            return
         with opened_dir(self.dir) as d, locked(d, LOCK):
             yield d
+
+    @contextlib.contextmanager
+    def serialised(self) -> Iterator[None]:
+        """Hold the writers' lock across several reads and writes of this Store, so that what
+        is decided from a read (a cap checked against the overrides) is written before any
+        other process reads. Blocks while another process holds it; the Store's own reads
+        and writes inside the block do not take it again."""
+        if self._held is not None:
+            yield
+            return
+        with opened_dir(self.dir) as d, locked(d, LOCK):
+            self._held = d
+            try:
+                yield
+            finally:
+                self._held = None
 
 
 class Blob:
