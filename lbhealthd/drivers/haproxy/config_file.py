@@ -9,8 +9,9 @@ were judged, so a file swapped in the meantime is not what HAProxy reads. In the
 ``default-path config`` or ``parent`` line points at the original file's directory, so relative
 paths resolve as they would for the original.
 
-``parse_backends`` (``lbhealthd.drivers.haproxy.config_parser``) reads the ``server`` lines of
-every ``backend`` and ``listen`` section the way HAProxy 2.6 resolves them.
+``parse_backends`` (``lbhealthd.drivers.haproxy.config_parser``) reads the ``server`` and
+``server-template`` lines of every ``backend`` and ``listen`` section the way HAProxy 2.6
+resolves them.
 
 ``audit_cfg`` compares the parsed backends with an :class:`~lbhealthd.monitors.audit.Expectation`
 and returns the same findings as the live audit, each naming the file and line.

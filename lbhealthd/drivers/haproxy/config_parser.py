@@ -10,9 +10,16 @@
     - ``check``/``no-check`` and ``disabled``/``enabled`` set the flags; the later one wins.
     - lines end at LF and are split into words as HAProxy splits them (``config_words``);
       environment variables are not expanded.
-``server-template`` lines are not expanded. A file HAProxy would refuse for its structure (a
-``server`` line without an address, a proxy defined twice, an unterminated quote) raises
-ValueError naming the line.
+    - ``server-template <prefix> <num | first-last> <fqdn>[:<port>] [params*]`` expands into
+      one server per number, named ``<prefix><number>`` in decimal without leading zeros
+      (``web 3`` gives web1..web3, ``web 5-7`` gives web5..web7, ``web 03-4`` gives web3 and
+      web4), each with the address and the settings of the line and its line number. As HAProxy
+      reads it: ``num`` is read like ``atoi`` (``3x`` is 3) and stands for 1-num; in a range
+      each bound is read like ``atoi``; a first number below 1 or a last one below the first is
+      refused. At most ``MAX_TEMPLATE_SERVERS`` servers per line.
+A file HAProxy would refuse for its structure (a ``server`` line without an address, a proxy
+defined twice, two servers of one proxy with one name, an unterminated quote) raises ValueError
+naming the line.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from lbhealthd.drivers.haproxy.config_words import LineError, split_words
 from lbhealthd.monitors.audit import MAX_WEIGHT
 
 DEFAULT_WEIGHT = 1
+MAX_TEMPLATE_SERVERS = 65536
 
 SECTIONS = frozenset(
     {
@@ -174,6 +182,34 @@ def _apply(params: Sequence[str], into: _ServerDefaults, lineno: int) -> None:
         i += 1
 
 
+def template_numbers(arg: str, lineno: int) -> range:
+    """The numbers a ``server-template`` ``<num | range>`` argument stands for."""
+    first_arg, dash, last_arg = arg.partition("-")
+    first, last = (_atol(first_arg), _atol(last_arg)) if dash else (1, _atol(arg))
+    if first < 1 or last < first:
+        raise ValueError(f"line {lineno}: wrong server-template number or range {arg!r}")
+    if last - first + 1 > MAX_TEMPLATE_SERVERS:
+        raise ValueError(
+            f"line {lineno}: server-template {arg!r} makes more than {MAX_TEMPLATE_SERVERS} servers"
+        )
+    return range(first, last + 1)
+
+
+def _server_lines(words: list[str], lineno: int) -> list[tuple[str, str, list[str]]]:
+    """(name, address, params) for each server a ``server`` or ``server-template`` line
+    defines."""
+    if words[0] == "server":
+        if len(words) < 3:
+            raise ValueError(f"line {lineno}: 'server' expects <name> and <addr>[:<port>]")
+        return [(words[1], words[2], words[3:])]
+    if len(words) < 4:
+        raise ValueError(
+            f"line {lineno}: 'server-template' expects <prefix> <num | range> <addr>[:<port>]"
+        )
+    numbers = template_numbers(words[2], lineno)
+    return [(f"{words[1]}{n}", words[3], words[4:]) for n in numbers]
+
+
 def _proxy_name(words: list[str], lineno: int) -> tuple[str, str | None]:
     if len(words) < 2:
         raise ValueError(f"line {lineno}: '{words[0]}' expects a name")
@@ -190,6 +226,7 @@ def parse_backends(text: str) -> dict[str, list[CfgServer]]:
     last_defaults = _ServerDefaults()
     section = ""
     servers: list[CfgServer] | None = None
+    names: dict[str, int] = {}
     defsrv = _ServerDefaults()
 
     def defaults_named(name: str, lineno: int) -> _ServerDefaults:
@@ -203,7 +240,7 @@ def parse_backends(text: str) -> dict[str, list[CfgServer]]:
             continue
         keyword = words[0]
         if keyword in SECTIONS:
-            section, servers = keyword, None
+            section, servers, names = keyword, None, {}
             if keyword == "defaults":
                 name = words[1] if len(words) >= 2 and words[1] != "from" else None
                 base = words[words.index("from") + 1] if "from" in words[1:-1] else None
@@ -224,17 +261,19 @@ def parse_backends(text: str) -> dict[str, list[CfgServer]]:
             continue
         if keyword == "default-server" and section in ("defaults", *_PROXIES_WITH_SERVERS):
             _apply(words[1:], defsrv, lineno)
-        elif keyword == "server" and servers is not None:
-            if len(words) < 3:
-                raise ValueError(f"line {lineno}: 'server' expects <name> and <addr>[:<port>]")
-            name = words[1]
-            if any(s.name == name for s in servers):
-                raise ValueError(f"line {lineno}: another server named {name!r} in {section}")
-            settings = defsrv.copy()
-            _apply(words[3:], settings, lineno)
-            servers.append(
-                CfgServer(
-                    name, words[2], settings.weight, settings.check, settings.disabled, lineno
+        elif keyword in ("server", "server-template") and servers is not None:
+            for name, address, params in _server_lines(words, lineno):
+                if name in names:
+                    raise ValueError(
+                        f"line {lineno}: another server named {name!r} in {section} "
+                        f"(line {names[name]})"
+                    )
+                names[name] = lineno
+                settings = defsrv.copy()
+                _apply(params, settings, lineno)
+                servers.append(
+                    CfgServer(
+                        name, address, settings.weight, settings.check, settings.disabled, lineno
+                    )
                 )
-            )
     return backends
