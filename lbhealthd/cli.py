@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -187,6 +188,18 @@ def _port(text: str) -> int:
     return int(text)
 
 
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def _window(text: str) -> float:
+    from lbhealthd.agent import check_window
+
+    try:
+        return check_window(parse_duration(float(text) if _NUMBER.fullmatch(text) else text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid window {text!r}: {exc}") from None
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Report this host's load on HTTP /health and, with --agent-port, to HAProxy."""
     import asyncio
@@ -207,6 +220,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             thresholds,
             agent_host=args.agent_bind,
             cgroup_root=args.cgroup_root,
+            window=args.window,
         )
     )
 
@@ -343,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="/sys/fs/cgroup",
         metavar="DIR",
         help="cgroup v2 directory whose limits apply (default: %(default)s)",
+    )
+    p.add_argument(
+        "--window",
+        type=_window,
+        default=5.0,
+        metavar="DURATION",
+        help="report cpu (on /health and to the agent-check) as the mean of the once-a-second "
+        "samples of this window, so one busy second is not overload; 0 reports the latest "
+        "sample (e.g. 10s, 500ms; at most 10m; default: 5s)",
     )
     p.add_argument("--log-format", choices=["json", "console"], help="default: json unless a tty")
     p.set_defaults(func=cmd_agent)

@@ -16,7 +16,9 @@ Readings (each a finite float; a source that fails is left out, never fatal):
 
 - ``cpu``: share of CPU time used, sampled every second in the background. Inside a cgroup v2
   with a CPU quota (``cpu.max``) it is the share of that quota (from ``cpu.stat``), otherwise the
-  host's utilisation (psutil).
+  host's utilisation (psutil). Reported as the mean of the samples of the last ``window``
+  seconds (``--window``, default 5 s; 0 reports the latest sample), so one busy second does not
+  read as overload (``window``).
 - ``load_per_core``: 1-minute load average divided by the host's logical CPUs.
 - ``memory``: ``memory.current / memory.max`` under a cgroup memory limit, else the host's share.
 - ``cpus``: CPUs this process may use: the cgroup quota (``quota / period``) capped by affinity.
@@ -32,8 +34,9 @@ within the pool's caps, from the same readings on ``/health``. An unknown cpu re
 truncate, so give agent-checked servers ``weight 100`` (or 256): with the default weight 1 any
 reply below 100 % is weight 0, a drain by another name.
 
-``load`` is the reading, ``cgroup`` and ``reader`` take it, ``reply`` words the agent-check line,
-``server`` serves both views and ``command`` runs them until stopped (``run_agent``).
+``load`` is the reading, ``cgroup`` and ``reader`` take it, ``window`` smooths the cpu share,
+``reply`` words the agent-check line, ``server`` serves both views and ``command`` runs them
+until stopped (``run_agent``).
 """
 
 from lbhealthd.agent.cgroup import (
@@ -59,13 +62,16 @@ from lbhealthd.agent.server import (
     Agent,
     parse_listen,
 )
+from lbhealthd.agent.window import DEFAULT_WINDOW, MAX_WINDOW, Window, check_window
 
 __all__ = [
     "AGENT_TIMEOUT",
     "DEFAULT_AGENT_HOST",
     "DEFAULT_CGROUP_ROOT",
     "DEFAULT_LISTEN",
+    "DEFAULT_WINDOW",
     "FIRST_SAMPLE",
+    "MAX_WINDOW",
     "SAMPLE_INTERVAL",
     "Agent",
     "Cgroup",
@@ -73,8 +79,10 @@ __all__ = [
     "LoadReader",
     "LoadSource",
     "Thresholds",
+    "Window",
     "agent_reply",
     "agent_weight",
+    "check_window",
     "parse_cpu_max",
     "parse_listen",
     "parse_memory_max",

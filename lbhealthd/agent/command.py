@@ -12,6 +12,7 @@ from lbhealthd.agent.load import LoadSource
 from lbhealthd.agent.reader import DEFAULT_CGROUP_ROOT
 from lbhealthd.agent.reply import Thresholds
 from lbhealthd.agent.server import DEFAULT_AGENT_HOST, DEFAULT_LISTEN, Agent
+from lbhealthd.agent.window import DEFAULT_WINDOW
 from lbhealthd.serving import Limits, listener_cap, raise_soft_limit
 
 log = structlog.get_logger("lbhealthd.agent")  # one logger name for all of the agent's events
@@ -28,6 +29,7 @@ async def run_agent(
     agent_host: str = DEFAULT_AGENT_HOST,
     cgroup_root: Path | str = DEFAULT_CGROUP_ROOT,
     source: LoadSource | None = None,
+    window: float = DEFAULT_WINDOW,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Serve until ``stop`` is set, or until SIGTERM/SIGINT when no ``stop`` is given.
@@ -52,6 +54,7 @@ async def run_agent(
         agent_host=agent_host,
         source=source,
         cgroup_root=cgroup_root,
+        window=window,
         limits=limits,
     )
     if own_signals:
@@ -71,6 +74,7 @@ async def run_agent(
             full_below=t.full_below,
             drain_at=t.drain_at,
             min_weight=t.min_weight,
+            window=window,
             max_connections=limits.connections,
         )
         await stopping.wait()

@@ -1,7 +1,8 @@
 """The real load source: this host's load, or its cgroup's when the cgroup sets limits.
 
-CPU is sampled in the background (a share needs two readings); load average, memory and the
-CPU count are read fresh on every ``read``.
+CPU is sampled in the background (a share needs two readings) and reported as the mean over
+``window`` seconds (``lbhealthd.agent.window``); load average (already a 1-minute average),
+memory and the CPU count are read fresh on every ``read``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 
 from lbhealthd.agent.cgroup import read_cgroup
 from lbhealthd.agent.load import Load, finite
+from lbhealthd.agent.window import DEFAULT_WINDOW, Window
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 SAMPLE_INTERVAL = 1.0
@@ -37,7 +39,8 @@ class LoadReader:
     """Reads the load of this host, or of its cgroup when the cgroup sets limits.
 
     ``start()`` runs a background task that samples CPU every ``interval`` seconds; ``read()``
-    returns the last CPU sample with fresh load average, memory and CPU count.
+    returns the mean of the CPU samples of the last ``window`` seconds (0: the last sample)
+    with fresh load average, memory and CPU count.
     """
 
     def __init__(
@@ -45,13 +48,14 @@ class LoadReader:
         cgroup_root: Path | str = DEFAULT_CGROUP_ROOT,
         interval: float = SAMPLE_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        window: float = DEFAULT_WINDOW,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
         self.cgroup_root = Path(cgroup_root)
         self.interval = interval
         self._clock = clock
-        self._cpu: float | None = None
+        self._cpu = Window(window)
         self._primed = False
         self._last_usage: tuple[float, int] | None = None
         self._failing: set[str] = set()
@@ -86,7 +90,7 @@ class LoadReader:
             self._primed = True
             return
         cpu = quota_share if quota_share is not None else host
-        self._cpu = None if cpu is None else min(1.0, max(0.0, cpu))
+        self._cpu.add(self._clock(), None if cpu is None else min(1.0, max(0.0, cpu)))
 
     def read(self) -> Load:
         cgroup = read_cgroup(self.cgroup_root)
@@ -97,7 +101,7 @@ class LoadReader:
         if memory is None:
             memory = self._source("memory", lambda: psutil.virtual_memory().percent / 100.0)
         return Load(
-            cpu=self._cpu,
+            cpu=self._cpu.value(self._clock()),
             load_per_core=load_per_core,
             memory=memory,
             cpus=min(known) if known else None,

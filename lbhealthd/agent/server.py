@@ -19,6 +19,7 @@ from aiohttp import web
 from lbhealthd.agent.load import Load, LoadSource
 from lbhealthd.agent.reader import DEFAULT_CGROUP_ROOT, SAMPLE_INTERVAL, LoadReader
 from lbhealthd.agent.reply import Thresholds, agent_reply
+from lbhealthd.agent.window import DEFAULT_WINDOW
 from lbhealthd.serving import ConnectionGuard, Limits, Listener, tcp_sockets
 
 DEFAULT_LISTEN = "127.0.0.1:9111"
@@ -53,6 +54,7 @@ class Agent:
         source: LoadSource | None = None,
         cgroup_root: Path | str = DEFAULT_CGROUP_ROOT,
         sample_interval: float = SAMPLE_INTERVAL,
+        window: float = DEFAULT_WINDOW,
         limits: Limits | None = None,
     ) -> None:
         self.http_host, self._http_port = parse_listen(listen)
@@ -64,7 +66,7 @@ class Agent:
         self._reader: LoadReader | None = None
         self.source: LoadSource
         if source is None:
-            self.source = self._reader = LoadReader(cgroup_root, sample_interval)
+            self.source = self._reader = LoadReader(cgroup_root, sample_interval, window=window)
         else:
             self.source = source
         self.limits = limits or Limits()
