@@ -161,15 +161,24 @@ async def haproxy_factory(tmp_path: Path) -> AsyncIterator[HAProxyFactory]:
         backend_options: Mapping[str, Sequence[str]] | None = None,
         tcp: bool = True,
     ) -> HAProxyHandle:
-        proc = HAProxyProcess(
-            tmp_path / f"haproxy{len(started)}",
-            backends,
-            tcp_socket_port=free_port() if tcp else None,
-            backend_options=backend_options,
-            binary=binary,
-        )
+        workdir = tmp_path / f"haproxy{len(started)}"
+        for attempt in range(3):
+            proc = HAProxyProcess(
+                workdir,
+                backends,
+                tcp_socket_port=free_port() if tcp else None,
+                backend_options=backend_options,
+                binary=binary,
+            )
+            try:
+                await proc.start()
+                break
+            except RuntimeError as exc:
+                # A port that was free a moment ago can be taken by another process before
+                # HAProxy binds it: try again on new ones.
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
         started.append(proc)
-        await proc.start()
         return HAProxyHandle(proc, proc.socket, proc.tcp_socket, proc.frontend_port)
 
     try:
