@@ -23,6 +23,7 @@ EVENTS = {
     "restore": "server_restored",
     "maint": "server_maint",
     "step_down": "server_stepped_down",
+    "set_weight": "weight_enforced",
 }
 
 
