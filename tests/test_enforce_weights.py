@@ -257,3 +257,19 @@ async def test_status_and_metrics_show_a_misweighted_pool(make: Callable[..., Ha
         metrics.registry.get_sample_value("lbhealthd_pool_misweighted_servers", {"pool": "api"})
         == 0
     )
+
+
+async def test_a_correction_the_lb_does_not_take_is_logged_once_and_sent_again(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """In a dry run nothing is sent and the same correction is decided every round: one
+    weight_enforced event, not one a round; a new wrong weight is logged again."""
+    h = make(daemon={"dry_run": True}, **ENFORCE)
+    misweight(h, {"s3": 1})
+    await h.tick(4)
+    assert h.driver.weights()["s3"] == 1 and h.driver.sent("weight") == []
+    assert len(events(logs, "weight_enforced")) == 1
+    assert corrections(h) == 0
+    misweight(h, {"s3": 2})
+    await h.tick(2)
+    assert [e["evidence"]["from"] for e in events(logs, "weight_enforced")] == [1, 2]
