@@ -294,7 +294,7 @@ class Reconciler:
                 if desired.weight is None:
                     continue
                 live = members[sid.pool].get(sid)  # enforce_weights: a weight to set back?
-                if live is None or (live.weight == desired.weight and live.consistent):
+                if live is None or live.weight == desired.weight:
                     continue
             if partial and sid in partial.get(sid.pool, ()):
                 continue

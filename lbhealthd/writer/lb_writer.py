@@ -264,9 +264,11 @@ class LbWriter:
         if want.manual and member.admin is not AdminState.READY:
             # An operator asked for it in rotation: a state lbhealthd does not own is set too.
             await self.command(sid, member, "state", AdminState.READY, action)
-        if want.weight is not None and (want.weight != member.weight or not member.consistent):
+        if want.weight is not None and want.weight != member.weight:
             # enforce_weights: a weight set back to the expected one; nothing to own (a weight
-            # set by hand again is set back again).
+            # set by hand again is set back again). Not on a mere disagreement of an HA pair's
+            # endpoints: it may be their admin states, which a weight would not end (the audit
+            # reports it).
             await self.command(sid, member, "weight", want.weight, action)
 
     async def command(
