@@ -32,6 +32,9 @@ pool:
 ``lbhealthd+fix``
     The same, and at ``--fix-at`` the operator runs ``lbhealthd audit --fix --yes`` as the demo
     does, which sets the weights back to 100. Labelled as such; skipped with ``--fix-at 0``.
+``lbhealthd+enforce``
+    The daemon alone with ``enforce_weights: true``: it sets the weights back to
+    ``expected_weights`` (100) itself, in its first round, before the overload.
 
 The table covers the overload phase (requests scheduled from the onset to the end): failed
 requests (5xx, no answer, or not sent because 400 were outstanding), p50 and p99 latency of the
@@ -123,6 +126,7 @@ class Variant:
     checks: str = ""  # a key of CHECKS, or "" for none
     daemon: bool = False
     fix: bool = False
+    enforce: bool = False  # the daemon with enforce_weights on
 
 
 VARIANTS = (
@@ -131,6 +135,7 @@ VARIANTS = (
     Variant("haproxy-load", "(b') HAProxy checks, load < 1 in the body", checks="load"),
     Variant("lbhealthd", "(c) lbhealthd alone", daemon=True),
     Variant("lbhealthd+fix", "(d) lbhealthd + operator's audit --fix at T", daemon=True, fix=True),
+    Variant("lbhealthd+enforce", "(e) lbhealthd with enforce_weights", daemon=True, enforce=True),
 )
 
 
@@ -225,7 +230,8 @@ async def _run_variant(variant: Variant, plan: Plan, root: Path) -> Outcome:
         driver = HAProxyDriver([haproxy.socket], timeout=1.0)
         config_path = root / CONFIG_NAME
         if variant.daemon:
-            text = yaml.safe_dump(daemon_config(root, haproxy.socket, free_port()), sort_keys=False)
+            config = daemon_config(root, haproxy.socket, free_port(), enforce=variant.enforce)
+            text = yaml.safe_dump(config, sort_keys=False)
             parse_config(text, str(config_path))
             config_path.write_text(text)
             daemon = ChildProcess(
@@ -526,6 +532,7 @@ COLORS = {
     "haproxy-load": "tab:olive",
     "lbhealthd": "tab:blue",
     "lbhealthd+fix": "tab:green",
+    "lbhealthd+enforce": "tab:purple",
 }
 
 
@@ -696,7 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     run_root = out / "incident_replay"
-    if len(str(run_root / "lbhealthd+fix" / "haproxy" / "admin.sock")) > 100:
+    longest = max((v.key for v in VARIANTS), key=len)
+    if len(str(run_root / longest / "haproxy" / "admin.sock")) > 100:
         parser.error(f"{out} is too long a path for unix sockets; choose a shorter --out")
     setting = machine()  # before the run: the load average of others, the code it will import
     variants = [v for v in VARIANTS if fix_at or not v.fix]

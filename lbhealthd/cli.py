@@ -169,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from lbhealthd.demo import run_demo
 
-    return run_demo(Path(args.out) if args.out else None, args.short)
+    return run_demo(Path(args.out) if args.out else None, args.short, args.enforce)
 
 
 def _listen(text: str) -> str:
@@ -373,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="replay the outage (weights 100,100,1,1,1) on 127.0.0.1")
     p.add_argument("--short", action="store_true", help="a ~16 s run (used by CI)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: a new temporary one)")
+    p.add_argument(
+        "--enforce",
+        action="store_true",
+        help="run the daemon with enforce_weights on: it sets the weights back itself",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -221,6 +221,7 @@ class ActionKind(enum.StrEnum):
     RESTORE = "restore"
     MAINT = "maint"
     STEP_DOWN = "step_down"  # a ramping server's weight halved instead of a drain
+    SET_WEIGHT = "set_weight"  # a server's weight set back to its expected weight
 
 
 class Rule(enum.StrEnum):
@@ -239,6 +240,7 @@ class Rule(enum.StrEnum):
     STARVED = "starved"  # the daemon's event loop lagged: this round's samples are no evidence
     HAND_CHANGE = "hand_change"  # an operator changed by hand what lbhealthd had set
     INCONSISTENT = "inconsistent"  # the LB's HA endpoints list different servers in the pool
+    ENFORCE_WEIGHTS = "enforce_weights"  # a live weight differs from the pool's expected one
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +278,9 @@ class Desired:
     admin: AdminState
     weight_fraction: float = 1.0
     manual: bool = False  # set by an operator's override rather than by the daemon
-    weight: int | None = None  # the weight to set while it ramps; None = its full weight
+    # The weight to set while it ramps, or (enforce_weights) its expected weight in rotation;
+    # None = the LB's configured weight at the end of a ramp, else the weight it has.
+    weight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

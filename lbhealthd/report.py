@@ -30,7 +30,7 @@ from lbhealthd.model import (
     ServerId,
 )
 from lbhealthd.monitors.audit import Finding
-from lbhealthd.monitors.balance import BalanceReport
+from lbhealthd.monitors.balance import BalanceReport, misweighted_text
 from lbhealthd.store import OwnedEntry
 
 __all__ = ["LastAction", "PoolReport", "RoundReport", "owner"]
@@ -81,6 +81,16 @@ class PoolReport:
                     "message": self.balance.reason,
                     "culprits": list(self.balance.culprits),
                     "imbalance": self.balance.imbalance,
+                }
+            )
+        if self.balance is not None and self.balance.misweighted:
+            wrong = self.balance.misweighted
+            out.append(
+                {
+                    "rule": "misweighted",
+                    "message": f"live weights differ from expected_weights: "
+                    f"{misweighted_text(wrong)}",
+                    "servers": {n: {"weight": w, "expected": e} for n, (w, e) in wrong.items()},
                 }
             )
         out += [

@@ -88,6 +88,9 @@ def _balance(report: BalanceReport | None) -> dict[str, Any] | None:
         "firing": report.firing,
         "reason": report.reason,
         "window_sessions": report.window_sessions,
+        "misweighted": {
+            n: {"weight": w, "expected": e} for n, (w, e) in report.misweighted.items()
+        },
         "shares": {
             name: {
                 "actual": round(v.actual, 4),

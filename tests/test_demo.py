@@ -52,6 +52,45 @@ def short_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(out, done)
 
 
+@pytest.fixture(scope="module")
+def enforced_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One `python -m lbhealthd.demo --short --enforce` run."""
+    if find_haproxy() is None:
+        pytest.skip("haproxy binary not found in PATH or /usr/sbin; install the haproxy package")
+    out = tmp_path_factory.mktemp("demo-enforce")
+    done = subprocess.run(
+        [sys.executable, "-m", "lbhealthd.demo", "--short", "--enforce", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return Run(out, done)
+
+
+@pytest.mark.integration
+def test_short_demo_with_enforce_sets_the_weights_back_before_the_overload(
+    enforced_run: Run,
+) -> None:
+    """With --enforce the daemon sets s3-s5 back to 100 in its first round: nothing is
+    drained, nothing fails, and the summary says so on its own line."""
+    run = enforced_run
+    assert run.done.returncode == 0, run.done.stdout + run.done.stderr
+    events = run.events()
+    started = next(i for i, e in enumerate(events) if e["event"] == "started")
+    enforced = [e for e in events if e["event"] == "weight_enforced"]
+    assert {e["server"] for e in enforced} == {"api/s3", "api/s4", "api/s5"}
+    assert events.index(enforced[0]) > started
+    assert not [e for e in events if e["event"] == "server_drained"]
+    assert "weights set back by lbhealthd (enforce_weights on): 3" in run.done.stdout
+    summary = run.done.stdout.partition("=== summary ===")[2]
+    load = next(line for line in summary.splitlines() if line.startswith("load: "))
+    assert load.endswith(" 0 failed (0.0%)"), load
+    assert "api/s3 weight 1 -> 100 (enforce_weights)" in run.done.stdout
+    assert (run.out / "demo.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 @pytest.mark.integration
 def test_short_demo_exits_0_with_a_summary(short_run: Run) -> None:
     """The short demo completes, exits 0 and prints its summary and the plot's path."""

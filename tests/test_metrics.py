@@ -235,7 +235,8 @@ def test_lb_commands_retries_and_pool_gauges() -> None:
 
     r.unavailable = {"api": "socket gone"}
     r.watch.pools["api"] = SimpleNamespace(
-        report=SimpleNamespace(imbalance=1.8, firing=True), findings=["one", "two"]
+        report=SimpleNamespace(imbalance=1.8, firing=True, misweighted={"s3": (1, 100)}),
+        findings=["one", "two"],
     )
     m.observe_round(as_report(r, Decision({})), 0.1)
     assert get(m, "lbhealthd_pool_lb_available", pool="api") == 0

@@ -10,7 +10,14 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lbhealthd.config.values import Duration, SafeName, Share, check_socket, safe_name
 from lbhealthd.engine.settings import Marks as EngineMarks
@@ -213,6 +220,9 @@ class PoolConfig(_Strict):
     # or ramps up: as long as it holds it).
     absent_grace: Duration = 30.0
     expected_weights: dict[str, int] = Field(default_factory=dict)
+    # Live weights that differ from expected_weights are set back (not while lbhealthd ramps
+    # a server up or holds it out).
+    enforce_weights: bool = False
     balance_alert: BalanceAlertConfig = Field(default_factory=BalanceAlertConfig)
 
     @field_validator("overload")
@@ -230,6 +240,15 @@ class PoolConfig(_Strict):
                 safe_name(key)
             if not 0 <= weight <= 256:
                 raise ValueError(f"weight of {key!r} must be between 0 and 256 (got {weight})")
+        return value
+
+    @field_validator("enforce_weights")
+    @classmethod
+    def _enforce_needs_weights(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("expected_weights"):
+            raise ValueError(
+                "enforce_weights requires expected_weights (the weights it sets servers back to)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -297,4 +316,5 @@ def _pool_settings(pool: PoolConfig) -> PoolSettings:
         min_in_service=pool.min_in_service,
         blind_threshold=pool.blind_threshold,
         absent_grace=pool.absent_grace,
+        enforce_weights=pool.enforce_weights,
     )

@@ -4,7 +4,8 @@ An action is logged every time it is decided (``server_drained``, ``server_resto
 ``server_maint``, ``server_stepped_down``). A blocked change, a blind or inconsistent pool, an
 override beyond the caps and a starved daemon last for many rounds: each is logged when it
 starts (and, for blind and inconsistent pools and starvation, when it ends), not again every
-round it lasts.
+round it lasts. A weight correction (``weight_enforced``) decided again round after round for
+the same weights (in a dry run, or while the LB refuses the command) is logged once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from lbhealthd.model import Blocked, Decision, Rule, ServerId
+from lbhealthd.model import ActionKind, Blocked, Decision, Rule, ServerId
 from lbhealthd.report import LastAction
 
 log = structlog.get_logger("lbhealthd.daemon.reconciler")
@@ -23,6 +24,7 @@ EVENTS = {
     "restore": "server_restored",
     "maint": "server_maint",
     "step_down": "server_stepped_down",
+    "set_weight": "weight_enforced",
 }
 
 
@@ -37,6 +39,7 @@ class DecisionLog:
         self._blind: set[str] = set()
         self._split: set[str] = set()
         self._over_cap: set[str] = set()
+        self._corrections: set[tuple[ServerId, object, object]] = set()
         self.starved = False
 
     def starvation(self, starved: float, frozen: bool, limit: float) -> None:
@@ -62,7 +65,14 @@ class DecisionLog:
                 last[action.server] = LastAction(action, wall)
             self.last_action = last
         self.blocked = {b.server: b for b in decision.blocked}
+        corrections: set[tuple[ServerId, object, object]] = set()
         for action in decision.actions:
+            if action.kind is ActionKind.SET_WEIGHT:
+                ev = action.reason.evidence
+                key = (action.server, ev.get("from"), ev.get("to"))
+                corrections.add(key)
+                if key in self._corrections:
+                    continue  # the same correction as the last round's: logged then
             log.info(
                 EVENTS[action.kind.value],
                 server=str(action.server),
@@ -71,6 +81,7 @@ class DecisionLog:
                 evidence=dict(action.reason.evidence),
                 dry_run=dry_run,
             )
+        self._corrections = corrections
         blocked = set()
         for b in decision.blocked:
             key = (b.server, b.kind.value, b.reason.rule.value)

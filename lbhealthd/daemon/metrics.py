@@ -182,6 +182,14 @@ class Metrics:
                 registry=r,
             )
         )
+        self.weight_corrections = _Tracked(
+            Counter(
+                "lbhealthd_weight_corrections_total",
+                "Weights set back to the pool's expected_weights (enforce_weights).",
+                ("pool",),
+                registry=r,
+            )
+        )
         self.lb_commands = Counter(
             "lbhealthd_lb_commands_total",
             "Commands sent to the LB (set state or weight), by result.",
@@ -227,6 +235,12 @@ class Metrics:
             "1 while the balance alert is firing.",
             ("pool",),
         )
+        self.pool_misweighted = gauge(
+            "lbhealthd_pool_misweighted_servers",
+            "Servers whose live weight differs from the pool's expected_weights (servers "
+            "lbhealthd ramps up not counted); above 0, the balance alert does not clear.",
+            ("pool",),
+        )
         self.pool_audit = gauge(
             "lbhealthd_pool_audit_findings",
             "Differences the last audit found between the LB and what is expected.",
@@ -253,6 +267,13 @@ class Metrics:
         """An LB command carrying out a decided action succeeded."""
         self.decisions(server.pool, str(action), str(rule), "enforced").inc()
 
+    def weight_corrected(
+        self, server: ServerId, action: ActionKind | str, rule: Rule | str
+    ) -> None:
+        """A weight was set back to its expected one (enforce_weights)."""
+        self.enforced(server, action, rule)
+        self.weight_corrections(server.pool).inc()
+
     def lb_command(self, ok: bool) -> None:
         """A command was sent to the LB; ``ok`` is False when it failed."""
         self.lb_commands.labels("ok" if ok else "error").inc()
@@ -268,7 +289,12 @@ class Metrics:
         pools = {p.name for p in r.pools}
         gone = self._pools - pools
         self._pools = pools
-        for tracked in (self.probe_latency, self.probe_failures, self.decisions):
+        for tracked in (
+            self.probe_latency,
+            self.probe_failures,
+            self.decisions,
+            self.weight_corrections,
+        ):
             tracked.drop_pools(gone)
         self._decisions(r)
         self.servers.update(r)
@@ -287,6 +313,7 @@ class Metrics:
             self.pool_drained,
             self.pool_balance,
             self.pool_balance_alert,
+            self.pool_misweighted,
             self.pool_audit,
         ):
             series.sweep()
@@ -328,6 +355,7 @@ class Metrics:
         imbalance = report.imbalance if report is not None else None
         self.pool_balance(name).set(math.nan if imbalance is None else imbalance)
         self.pool_balance_alert(name).set(1 if report is not None and report.firing else 0)
+        self.pool_misweighted(name).set(0 if report is None else len(report.misweighted))
         self.pool_audit(name).set(len(pool.findings))
 
 

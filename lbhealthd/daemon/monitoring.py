@@ -11,8 +11,13 @@ import structlog
 from lbhealthd.config import Config, PoolConfig
 from lbhealthd.model import Member, ServerId
 from lbhealthd.monitors.audit import Finding
-from lbhealthd.monitors.balance import BalanceMonitor, BalanceReport, ServerTraffic
-from lbhealthd.pool_audit import intended_weight, live_findings
+from lbhealthd.monitors.balance import (
+    BalanceMonitor,
+    BalanceReport,
+    ServerTraffic,
+    misweighted_text,
+)
+from lbhealthd.pool_audit import intended_weight, live_findings, misweighted
 
 log = structlog.get_logger("lbhealthd.daemon.monitoring")
 
@@ -67,12 +72,14 @@ class Watch:
         recorded: Mapping[str, Collection[str]],
         now: float,
         audit_interval: float,
+        ramping: Collection[ServerId] = (),
     ) -> None:
         """Balance of every pool read this round; the audit after a change lbhealthd made
-        (``audit_due``) or every ``audit_interval``."""
+        (``audit_due``) or every ``audit_interval``. ``ramping``: the servers lbhealthd ramps
+        up (their weights are on their way: not misweighted)."""
         due = self.audit_due or self.last_audit is None or now - self.last_audit >= audit_interval
         for pool in pools:
-            self.balance(pool, members[pool.name], now)
+            self.balance(pool, members[pool.name], now, ramping)
             if due:
                 mine = [sid for sid in owned if sid.pool == pool.name]
                 self.audit(pool, members[pool.name], mine, recorded.get(pool.name))
@@ -80,14 +87,26 @@ class Watch:
             self.audit_due = False
             self.last_audit = now
 
-    def balance(self, pool: PoolConfig, members: Mapping[ServerId, Member], now: float) -> None:
+    def balance(
+        self,
+        pool: PoolConfig,
+        members: Mapping[ServerId, Member],
+        now: float,
+        ramping: Collection[ServerId] = (),
+    ) -> None:
         watch = self.pools[pool.name]
         traffic = {
             sid.server: ServerTraffic(m.sessions_total, m.in_rotation, intended_weight(pool, m))
             for sid, m in members.items()
         }
-        report = watch.balance.update(now, traffic)
+        wrong = misweighted(pool, members, ramping)
+        before = watch.report.misweighted if watch.report is not None else {}
+        report = watch.balance.update(now, traffic, wrong)
         watch.report = report
+        if wrong and wrong != before:
+            log.warning("pool_misweighted", pool=pool.name, servers=misweighted_text(wrong))
+        elif before and not wrong:
+            log.info("pool_weights_right", pool=pool.name)
         if report.changed and report.firing:
             log.warning(
                 "balance_alert_fired",

@@ -40,6 +40,7 @@ from lbhealthd.drivers import Driver
 from lbhealthd.engine import EngineState, Observation, Settings
 from lbhealthd.model import (
     Action,
+    ActionKind,
     AdminState,
     ByHand,
     Decision,
@@ -49,6 +50,7 @@ from lbhealthd.model import (
     Sample,
     ServerId,
 )
+from lbhealthd.pool_audit import expected_weight
 from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import Target
 from lbhealthd.report import PoolReport, RoundReport
@@ -191,10 +193,11 @@ class Reconciler:
             self.reader.discovered,
             now,
             self.config.daemon.audit_interval,
+            [sid for sid, e in self.writer.owned.items() if e.weight is not None],
         )
         self.targets.sync(self.config.pools, self.reader.members)
         observations = {
-            sid: self._observe(sid, member, hands.get(sid))
+            sid: self._observe(sid, member, hands.get(sid), pool)
             for pool in read
             for sid, member in self.reader.members[pool.name].items()
         }
@@ -252,7 +255,9 @@ class Reconciler:
             self.on_evidence()
         return toward
 
-    def _observe(self, sid: ServerId, member: Member, hand: ByHand | None) -> Observation:
+    def _observe(
+        self, sid: ServerId, member: Member, hand: ByHand | None, pool: PoolConfig
+    ) -> Observation:
         sample = self.scheduler.latest(sid)
         if sample is not None:
             sample = merge(sample, member)
@@ -264,6 +269,7 @@ class Reconciler:
             weight=member.weight,
             full_weight=member.initial_weight,
             hand=hand,
+            expected=expected_weight(pool, sid.server) if pool.enforce_weights else None,
         )
 
     async def _converge_all(
@@ -282,12 +288,17 @@ class Reconciler:
             actions.setdefault(a.server, a)
         owned = self.writer.owned
         work = []
+        members = self.reader.members
         for sid, desired in decision.desired.items():
             if desired.admin is AdminState.READY and sid not in owned:
-                continue
+                if desired.weight is None:
+                    continue
+                live = members[sid.pool].get(sid)  # enforce_weights: a weight to set back?
+                if live is None or live.weight == desired.weight:
+                    continue
             if partial and sid in partial.get(sid.pool, ()):
                 continue
-            member = self.reader.members[sid.pool].get(sid)
+            member = members[sid.pool].get(sid)
             if member is not None:
                 work.append((sid, desired, member, actions.get(sid)))
         if not work:
@@ -306,6 +317,8 @@ class Reconciler:
             self.watch.audit_due = True
             if action is not None and what == "state":
                 self.metrics.enforced(sid, action.kind, action.reason.rule)
+            elif action is not None and action.kind is ActionKind.SET_WEIGHT:
+                self.metrics.weight_corrected(sid, action.kind, action.reason.rule)
 
     def _owned_in(self, pool: str) -> list[str]:
         return sorted(str(s) for s in self.writer.owned if s.pool == pool)

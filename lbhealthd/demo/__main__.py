@@ -16,8 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--short", action="store_true", help="a ~15 s run (for CI)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: new)")
+    parser.add_argument(
+        "--enforce", action="store_true", help="run the daemon with enforce_weights on"
+    )
     args = parser.parse_args(argv)
-    return run_demo(args.out, args.short)
+    return run_demo(args.out, args.short, args.enforce)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ FULL = Plan()
 SHORT = Plan(fix_at=11.0, end=16.0)
 
 
-def daemon_config(out: Path, lb_socket: str, http_port: int) -> dict[str, Any]:
-    """The lbhealthd configuration the demo runs the daemon with."""
+def daemon_config(
+    out: Path, lb_socket: str, http_port: int, *, enforce: bool = False
+) -> dict[str, Any]:
+    """The lbhealthd configuration the demo runs the daemon with (``enforce``: with
+    ``enforce_weights`` on, the daemon sets the weights back to ``EXPECTED_WEIGHT`` itself)."""
     return {
         "daemon": {
             "state_dir": str(out / "state"),
@@ -74,6 +77,7 @@ def daemon_config(out: Path, lb_socket: str, http_port: int) -> dict[str, Any]:
                 "max_drained": "40%",
                 "min_in_service": 2,
                 "expected_weights": {"default": EXPECTED_WEIGHT},
+                "enforce_weights": enforce,
                 "balance_alert": {"factor": 2.0, "for": "3s", "min_sessions": 50},
             }
         ],

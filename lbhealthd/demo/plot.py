@@ -22,6 +22,9 @@ def _markers(ax: Axes, tl: Timeline, labels: bool) -> None:
         marks.append((tl.t(fired[0]), "balance alert"))
     if tl.fixed_at is not None:
         marks.append((tl.fixed_at, "weights fixed"))
+    enforced = tl.named("weight_enforced")
+    if enforced:
+        marks.append((tl.t(enforced[0]), "weights enforced"))
     for i, (t, text) in enumerate(sorted(marks)):
         ax.axvline(t, color="0.3", linestyle=":", linewidth=1)
         if labels:
@@ -36,8 +39,11 @@ def _markers(ax: Axes, tl: Timeline, labels: bool) -> None:
             )
 
 
-def render(tl: Timeline, path: Path, marks: tuple[float, float] = (1.0, 0.6)) -> Path:
-    """Write the PNG to ``path`` and return it. ``marks``: the load signal's high and low."""
+def render(
+    tl: Timeline, path: Path, marks: tuple[float, float] = (1.0, 0.6), *, enforce: bool = False
+) -> Path:
+    """Write the PNG to ``path`` and return it. ``marks``: the load signal's high and low;
+    ``enforce``: the daemon ran with ``enforce_weights`` on (said in the title)."""
     fig = Figure(figsize=(11, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax_load, ax_weight, ax_fail = fig.subplots(
@@ -68,6 +74,11 @@ def render(tl: Timeline, path: Path, marks: tuple[float, float] = (1.0, 0.6)) ->
     ax_load.set_ylim(bottom=0)
     ax_load.set_title(
         "lbhealthd demo: HAProxy weights 100,100,1,1,1 send most traffic to 2 of 5 servers"
+        + (
+            "\nwith enforce_weights on: lbhealthd sets them back to expected_weights"
+            if enforce
+            else ""
+        )
     )
     ax_load.legend(loc="upper right", fontsize=8, ncol=2)
     ax_weight.set_ylabel("HAProxy weight")

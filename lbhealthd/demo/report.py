@@ -21,6 +21,7 @@ ALERTS = (
     "drain_blocked",
     "audit_drift",
     "audit_clean",
+    "weight_enforced",
     "operator_changed_weight",
     "operator_changed_state",
     "lb_command_failed",
@@ -163,6 +164,10 @@ def describe(event: Event) -> str:
         return f"BALANCE ALERT fired [{culprits}]: {f.get('reason')}"
     if event.name == "balance_alert_cleared":
         return f"balance alert cleared: {f.get('reason')}"
+    if event.name == "weight_enforced":
+        ev = f.get("evidence") or {}
+        was, now = (ev.get("from"), ev.get("to")) if isinstance(ev, dict) else (None, None)
+        return f"{f.get('server')} weight {was} -> {now} (enforce_weights)"
     if event.name == "audit_drift":
         return "AUDIT drift: " + "; ".join(str(x) for x in f.get("findings") or ())
     if event.name == "audit_clean":
@@ -255,9 +260,11 @@ def summary(
     counters: Mapping[str, tuple[int, int]],
     operator: Sequence[str],
     without: str = "",
+    enforce: bool = False,
 ) -> list[str]:
     """The end-of-run report. ``counters``: per server (served, rejected); ``without``: what
-    the overload would cost without lbhealthd (an estimate)."""
+    the overload would cost without lbhealthd (an estimate); ``enforce``: the daemon ran with
+    ``enforce_weights`` on."""
     ph = tl.phases
     out = ["", "=== summary ===", f"load: {_failures(tl.records)}"]
     out.append(f"latency of successful requests: {_latency(tl.records)}")
@@ -284,6 +291,11 @@ def summary(
             out.append(f"  cleared at t={tl.t(e):.1f}s: {e.fields.get('reason')}")
     else:
         out.append("balance alert: did not fire (no balance_alert_fired event in the daemon log)")
+    if enforce:
+        set_back = tl.named("weight_enforced")
+        out.append(f"weights set back by lbhealthd (enforce_weights on): {len(set_back)}")
+        for e in set_back:
+            out.append(f"  t={tl.t(e):5.1f}s  {describe(e)}")
     moves = tl.named("server_drained", "server_restored")
     out.append(f"drains and restores by lbhealthd: {len(moves)}")
     for e in moves:

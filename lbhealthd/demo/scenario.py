@@ -92,8 +92,11 @@ INSTALL_HINT = (
 class Demo:
     """One run of the scenario; ``run`` returns the exit code."""
 
-    def __init__(self, out: Path, plan: Plan, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, out: Path, plan: Plan, stream: TextIO | None = None, enforce: bool = False
+    ) -> None:
         self.out = out
+        self.enforce = enforce  # the daemon runs with enforce_weights on
         self.plan = plan
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
@@ -131,7 +134,7 @@ class Demo:
             await self.haproxy.start()
             self.pids["haproxy"] = self.haproxy.pid
             driver = HAProxyDriver([self.haproxy.socket], timeout=1.0)
-            doc = daemon_config(self.out, self.haproxy.socket, free_port())
+            doc = daemon_config(self.out, self.haproxy.socket, free_port(), enforce=self.enforce)
             text = yaml.safe_dump(doc, sort_keys=False)
             parse_config(text, str(self.config_path))
             self.config_path.write_text(text)
@@ -169,6 +172,8 @@ class Demo:
             f"t={p.overload_at:g}s; the operator fixes the weights at t={p.fix_at:g}s; "
             f"ends at t={p.end:g}s"
         )
+        if self.enforce:
+            self.say("enforce_weights: on (lbhealthd sets the weights back to expected_weights)")
         self.say(f"lbhealthd config: {self.config_path}; daemon log: {self.log.path}")
         self.say()
 
@@ -354,11 +359,14 @@ class Demo:
         counters = {s.name: (s.served, s.rejected) for s in self.fleet}
         if not self.timeline.points:
             return
-        for line in summary(self.timeline, counters, self.operator, self._without()):
+        lines = summary(
+            self.timeline, counters, self.operator, self._without(), enforce=self.enforce
+        )
+        for line in lines:
             self.say(line)
         doc = document(self.timeline, counters, self.pids)
         (self.out / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        path = plot.render(self.timeline, self.out / "demo.png")
+        path = plot.render(self.timeline, self.out / "demo.png", enforce=self.enforce)
         self.say(f"plot: {path}")
         self.say(f"summary: {self.out / 'summary.json'}; daemon log: {self.log.path}")
 
@@ -368,7 +376,7 @@ def _short_socket_dir(out: Path) -> bool:
     return len(str(out / "haproxy" / "admin.sock")) < 100
 
 
-def run_demo(out_dir: Path | None, short: bool) -> int:
+def run_demo(out_dir: Path | None, short: bool, enforce: bool = False) -> int:
     """Run the demo; 0 on success, 1 if it could not complete, 2 without HAProxy or a bad --out."""
     if find_haproxy() is None:
         print(INSTALL_HINT, file=sys.stderr)
@@ -385,7 +393,7 @@ def run_demo(out_dir: Path | None, short: bool) -> int:
         return 2
     print(f"output directory: {out}", flush=True)
     try:
-        return asyncio.run(Demo(out, SHORT if short else FULL).run())
+        return asyncio.run(Demo(out, SHORT if short else FULL, enforce=enforce).run())
     except KeyboardInterrupt:
         print("interrupted; every process the demo started was stopped", file=sys.stderr)
         return 130

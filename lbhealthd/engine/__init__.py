@@ -36,6 +36,12 @@ Rules, per pool, in the order they apply each round:
     warning), since its size is unknown: caps are never computed on the union, and the
     warning for overrides beyond the caps counts only the servers every endpoint lists.
     Samples still count, and overrides still apply.
+11. Enforced weights (``enforce_weights``): a server in rotation at its full share whose live
+    weight differs from its expected one (``Observation.expected``) is set back to it (an
+    action ``set_weight``, rule ``enforce_weights``; its desired weight is the expected one).
+    Not while the engine ramps it up (the ramp climbs toward the expected weight instead; the
+    round it ends is no correction) or holds it out, nor while it is out by someone else's
+    hand.
 
 No asyncio, no I/O, no clock reads, no logging: same input, same output.
 """

@@ -65,6 +65,7 @@ class PoolPass(WholePool):
         in_service, manual_phase = Phase.IN_SERVICE, Phase.MANUAL
         ok = ProbeOutcome.OK
         fall = self.ps.fall
+        enforce = self.ps.enforce_weights
         previous_get = previous.get
         probed = failed = out = new = 0
         # This loop runs for every server every round: the common case (in service, full
@@ -78,6 +79,7 @@ class PoolPass(WholePool):
                 new += 1
             override = overrides.get(sid) if overrides else None
             hand = obs.hand
+            ramped = st.fraction < 1.0 and hand is None  # a ramp that ends now is no correction
             if hand is not None:
                 st = self._hand(sid, st, hand, obs.weight)
             if sample is not None:
@@ -111,7 +113,7 @@ class PoolPass(WholePool):
                     candidates.append(sid)  # its desired state waits for rule 5
                     continue
                 if st.fraction >= 1.0:
-                    desired[sid] = _IN_SERVICE
+                    desired[sid] = self.at_full(sid, obs, ramped) if enforce else _IN_SERVICE
                 else:
                     ramping.append(sid)  # its weight waits for the pool's (rule 6)
             else:

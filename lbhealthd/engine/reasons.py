@@ -141,3 +141,11 @@ def step_down(judged: Judgement, before: float, after: float) -> Reason:
             "over": list(judged.over),
         },
     )
+
+
+def weight_enforced(ps: PoolSettings, live: int, expected: int) -> Reason:
+    return Reason(
+        Rule.ENFORCE_WEIGHTS,
+        f"weight {live}, expected {expected}: set back (enforce_weights)",
+        {"pool": ps.name, "from": live, "to": expected},
+    )

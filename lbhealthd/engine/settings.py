@@ -34,6 +34,9 @@ class PoolSettings:
     min_in_service: int = 2
     blind_threshold: float = 0.8
     absent_grace: float = 30.0  # how long a server missing from the LB's reads is remembered
+    # Set a server in rotation whose live weight differs from ``Observation.expected`` back
+    # to it (and ramp a slow start toward it).
+    enforce_weights: bool = False
 
 
 @dataclass(frozen=True, slots=True)

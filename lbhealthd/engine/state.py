@@ -84,6 +84,8 @@ class Observation(NamedTuple):
     slow-start curve runs between a start weight and the full one).
     ``hand`` says what an operator changed by hand of what lbhealthd had set (a state of a
     server it held out, or a slow-start weight): the engine lets go of the server (rule 7).
+    ``expected`` is the weight the pool's ``expected_weights`` gives it (None: none given);
+    with ``enforce_weights`` on, it is the server's full weight (rule 11).
     """
 
     sample: Sample | None = None
@@ -91,3 +93,4 @@ class Observation(NamedTuple):
     weight: int = 0
     full_weight: int = 0
     hand: ByHand | None = None
+    expected: int | None = None

@@ -1,6 +1,7 @@
 """The pool as a whole, once each of its servers was decided alone (engine/pool.py): rule 5's
 drains within the governor's caps, worst first; rule 6's slow-start weights, which depend on
-the weights of the others; and the pool's warnings (blind, inconsistent, overrides beyond the
+the weights of the others (and toward the expected weight under rule 11); and the pool's
+warnings (blind, inconsistent, overrides beyond the
 caps).
 
 :class:`WholePool` holds the state of a ``PoolPass`` and works on the pool; ``PoolPass`` walks
@@ -114,7 +115,7 @@ class WholePool:
                 self.desired[sid] = (
                     out_desired(st)
                     if st.phase is not Phase.IN_SERVICE
-                    else self._ramped(st, observations[sid].full_weight, reference)
+                    else self._ramped(sid, st, observations[sid], reference)
                 )
         self._check_caps(observations)
 
@@ -176,17 +177,43 @@ class WholePool:
         """The median weight of the pool's servers in rotation at their full weight."""
         in_service = Phase.IN_SERVICE
         return slowstart.reference_weight(
-            observations[sid].weight
+            self.full_weight(observations[sid])
             for sid, st in self.servers.items()
             if st.phase is in_service and st.fraction >= 1.0 and not observations[sid].external_out
         )
 
-    def _ramped(self, st: ServerState, full: int, reference: float | None) -> Desired:
-        ps = self.ps
-        if st.fraction >= 1.0:
+    def full_weight(self, obs: Observation) -> int:
+        """The weight a server in rotation should have: its expected one under
+        ``enforce_weights`` (rule 11), else the LB's (a ramp ends at its configured one)."""
+        if self.ps.enforce_weights and obs.expected is not None:
+            return obs.expected
+        return obs.weight
+
+    def at_full(self, sid: ServerId, obs: Observation, quiet: bool = False) -> Desired:
+        """Rule 11: a server in rotation at its full share, under ``enforce_weights``. Its
+        weight is its expected one; a live weight that differs is set back, with an action
+        (``quiet``: none, as a ramp that ends now is no correction). A server out of rotation
+        by someone else's hand, or without an expected weight, is left as it is."""
+        expected = obs.expected
+        if expected is None or obs.external_out:
             return _IN_SERVICE
+        if obs.weight != expected and not quiet:
+            reason = reasons.weight_enforced(self.ps, obs.weight, expected)
+            self.actions.append(Action(sid, ActionKind.SET_WEIGHT, reason))
+        return Desired(AdminState.READY, weight=expected)
+
+    def _ramped(
+        self, sid: ServerId, st: ServerState, obs: Observation, reference: float | None
+    ) -> Desired:
+        ps = self.ps
+        enforced = ps.enforce_weights and obs.expected is not None
+        if st.fraction >= 1.0:
+            return self.at_full(sid, obs) if ps.enforce_weights else _IN_SERVICE
         self.wake_at(self.now + ps.slow_start * (1.0 - st.fraction))
+        full = obs.expected if enforced and obs.expected is not None else obs.full_weight
         weight = slowstart.weight(st.fraction, full, reference, ps.slow_start_floor)
+        if weight is None and enforced:
+            weight = full  # an expected weight of 0: no ramp to climb
         return Desired(AdminState.READY, weight_fraction=st.fraction, weight=weight)
 
     def _check_caps(self, observations: Mapping[ServerId, Observation]) -> None:

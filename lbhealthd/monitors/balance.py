@@ -48,6 +48,10 @@ Alert rules (hysteresis)
       stays firing and a quiet one stays quiet.
     - A round without a verdict neither fires nor clears: the alert stays as it is, and a run
       toward firing or clearing starts again, since the evidence must be continuous.
+    - Misweighted (the caller names the servers whose live weight differs from the intended
+      one, and the two weights): a firing alert does not clear while any is, even when the
+      traffic looks even (drains can hide the cause); it clears once the weights are right and
+      the traffic balanced.
     - Culprits are the counted servers whose ratio is above ``factor``, worst first; the reason
       names them (or the worst server when there is none).
 """
@@ -57,7 +61,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from types import MappingProxyType
 
@@ -92,12 +96,14 @@ class ShareInfo:
 
 
 _EMPTY: Mapping[str, ShareInfo] = MappingProxyType({})
+_RIGHT: Mapping[str, tuple[int, int]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class BalanceReport:
     """The outcome of one round. ``shares`` and ``culprits`` are empty when there is no verdict;
-    ``changed`` is true on the round the alert fired or cleared; ``since`` is when it fired."""
+    ``changed`` is true on the round the alert fired or cleared; ``since`` is when it fired.
+    ``misweighted``: by server, its live and its intended weight where they differ."""
 
     imbalance: float | None
     shares: Mapping[str, ShareInfo]
@@ -107,6 +113,12 @@ class BalanceReport:
     reason: str
     window_sessions: int
     since: float | None
+    misweighted: Mapping[str, tuple[int, int]] = field(default_factory=lambda: _RIGHT)
+
+
+def misweighted_text(misweighted: Mapping[str, tuple[int, int]]) -> str:
+    """``s3 weight 1 (expected 100), s4 ...``: the servers in name order."""
+    return ", ".join(f"{n} weight {w} (expected {e})" for n, (w, e) in sorted(misweighted.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +192,21 @@ class BalanceMonitor:
         self._firing = False
         self._since: float | None = None
         self._run_since: float | None = None  # start of the run of verdicts toward a change
+        self._misweighted = _RIGHT
 
     @property
     def firing(self) -> bool:
         return self._firing
 
-    def update(self, now: float, traffic: Mapping[str, ServerTraffic]) -> BalanceReport:
-        """Add this round's counters (``now`` in seconds) and report the balance and the alert."""
+    def update(
+        self,
+        now: float,
+        traffic: Mapping[str, ServerTraffic],
+        misweighted: Mapping[str, tuple[int, int]] = _RIGHT,
+    ) -> BalanceReport:
+        """Add this round's counters (``now`` in seconds) and report the balance and the alert.
+        ``misweighted``: the servers whose live weight differs from the intended one."""
+        self._misweighted = MappingProxyType(dict(misweighted)) if misweighted else _RIGHT
         self._record(now, traffic)
         first, last = self._samples[0], self._samples[-1]
         deltas = {name: last.totals[name] - first.totals[name] for name in last.totals}
@@ -226,7 +246,9 @@ class BalanceMonitor:
             + ", ".join(_describe(name, shares[name]) for name in named)
             + f" over {_seconds(span)}, {sessions:,} sessions"
         )
-        if self._firing and not culprits:
+        if self._firing and self._misweighted:
+            reason += f"; misweighted: {misweighted_text(self._misweighted)}: the alert stays"
+        elif self._firing and not culprits:
             reason += f"; alert clears at <= {self.clear_factor:.2f}x for {_seconds(self.hold)}"
         return BalanceReport(
             imbalance=imbalance,
@@ -237,6 +259,7 @@ class BalanceMonitor:
             reason=reason,
             window_sessions=sessions,
             since=self._since,
+            misweighted=self._misweighted,
         )
 
     def _record(self, now: float, traffic: Mapping[str, ServerTraffic]) -> None:
@@ -284,7 +307,10 @@ class BalanceMonitor:
 
     def _step(self, now: float, imbalance: float) -> bool:
         """Advance the alert by one verdict; return whether it fired or cleared."""
-        toward = imbalance <= self.clear_factor if self._firing else imbalance > self.factor
+        if self._firing:
+            toward = imbalance <= self.clear_factor and not self._misweighted
+        else:
+            toward = imbalance > self.factor
         if not toward:
             self._run_since = None
             return False
@@ -311,4 +337,5 @@ class BalanceMonitor:
             reason=reason,
             window_sessions=sessions,
             since=self._since,
+            misweighted=self._misweighted,
         )

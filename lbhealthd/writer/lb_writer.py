@@ -212,7 +212,8 @@ class LbWriter:
     async def converge(
         self, sid: ServerId, want: Desired, member: Member, action: Action | None
     ) -> None:
-        """Bring one server to ``want`` (its admin state, and ``want.weight`` while it ramps)."""
+        """Bring one server to ``want``: its admin state, and ``want.weight`` while it ramps
+        or when enforce_weights sets it back."""
         owned = self.owned.get(sid)
         if want.admin is not AdminState.READY:
             if member.admin is want.admin and member.consistent:
@@ -240,16 +241,16 @@ class LbWriter:
                 if not await self.command(sid, member, "state", AdminState.READY, action):
                     self._settled(sid)
                     return
-            if weight is not None:
+            if weight is not None and want.weight_fraction < 1.0:
                 self._own(sid, AdminState.READY, action, weight=weight)
             else:
                 self.release(sid)
             self._settled(sid)
             return
         if owned is not None and owned.weight is not None:
-            full = want.weight is None
-            target = member.initial_weight if full else want.weight
-            assert target is not None
+            # The ramp ends at the configured weight, or at the expected one (enforce_weights).
+            full = want.weight is None or want.weight_fraction >= 1.0
+            target = member.initial_weight if want.weight is None else want.weight
             if (target != member.weight or not member.consistent) and not await self.command(
                 sid, member, "weight", target, action
             ):
@@ -263,6 +264,12 @@ class LbWriter:
         if want.manual and member.admin is not AdminState.READY:
             # An operator asked for it in rotation: a state lbhealthd does not own is set too.
             await self.command(sid, member, "state", AdminState.READY, action)
+        if want.weight is not None and want.weight != member.weight:
+            # enforce_weights: a weight set back to the expected one; nothing to own (a weight
+            # set by hand again is set back again). Not on a mere disagreement of an HA pair's
+            # endpoints: it may be their admin states, which a weight would not end (the audit
+            # reports it).
+            await self.command(sid, member, "weight", want.weight, action)
 
     async def command(
         self,
