@@ -239,6 +239,7 @@ class Rule(enum.StrEnum):
     STARVED = "starved"  # the daemon's event loop lagged: this round's samples are no evidence
     HAND_CHANGE = "hand_change"  # an operator changed by hand what lbhealthd had set
     INCONSISTENT = "inconsistent"  # the LB's HA endpoints list different servers in the pool
+    CAPACITY = "capacity"  # the servers left could not carry a drained server's load
 
 
 @dataclass(frozen=True, slots=True)

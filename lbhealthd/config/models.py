@@ -10,7 +10,14 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lbhealthd.config.values import Duration, SafeName, Share, check_socket, safe_name
 from lbhealthd.engine.settings import Marks as EngineMarks
@@ -213,6 +220,9 @@ class PoolConfig(_Strict):
     # or ramps up: as long as it holds it).
     absent_grace: Duration = 30.0
     expected_weights: dict[str, int] = Field(default_factory=dict)
+    # One of ``overload``'s signals whose value is the share of a server's capacity in use:
+    # a drain only while the servers left can carry the drained one's load.
+    capacity_signal: str | None = None
     balance_alert: BalanceAlertConfig = Field(default_factory=BalanceAlertConfig)
 
     @field_validator("overload")
@@ -220,6 +230,17 @@ class PoolConfig(_Strict):
     def _some_signal(cls, value: dict[str, MarksConfig]) -> dict[str, MarksConfig]:
         if not value:
             raise ValueError("at least one signal is required (latency_ms, for instance)")
+        return value
+
+    @field_validator("capacity_signal")
+    @classmethod
+    def _capacity_signal(cls, value: str | None, info: ValidationInfo) -> str | None:
+        overload = info.data.get("overload")
+        if value is not None and overload is not None and value not in overload:
+            raise ValueError(
+                f"names signal {value!r}, which is not one of the pool's overload signals "
+                f"({', '.join(sorted(overload))})"
+            )
         return value
 
     @field_validator("expected_weights")
@@ -297,4 +318,5 @@ def _pool_settings(pool: PoolConfig) -> PoolSettings:
         min_in_service=pool.min_in_service,
         blind_threshold=pool.blind_threshold,
         absent_grace=pool.absent_grace,
+        capacity_signal=pool.capacity_signal,
     )

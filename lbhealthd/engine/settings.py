@@ -34,6 +34,9 @@ class PoolSettings:
     min_in_service: int = 2
     blind_threshold: float = 0.8
     absent_grace: float = 30.0  # how long a server missing from the LB's reads is remembered
+    # A signal of ``marks`` whose value is the share of a server's capacity in use: drains
+    # only while the servers left can carry the load (engine/capacity.py). None: no check.
+    capacity_signal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
