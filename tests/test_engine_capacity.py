@@ -151,3 +151,15 @@ def test_the_caps_are_checked_before_the_capacity() -> None:
     d = one_round(capacity_pool(max_drained=0.0), cpu)
     assert refused(d) == {}
     assert list(refused(d, Rule.MAX_DRAINED)) == ["s1"]
+
+
+def test_a_server_of_weight_0_counts_nowhere() -> None:
+    """Weight 0 takes no traffic: its missing value does not make the projection unknown, and
+    it adds no weight to carry the load (the same pool at weight 100 for s4: unknown). s4,
+    failing, is a candidate too: ranked first, and it moves no load."""
+    cpu = {"s1": 1.2, "s2": 0.2, "s3": 0.2, "s4": None}
+    d = one_round(capacity_pool(), cpu, {"s1": 100, "s2": 100, "s3": 100, "s4": 0})
+    assert drained(d) == ["s1", "s4"]
+    by_server = {a.server.server: a.reason.evidence for a in d.actions}
+    assert by_server["s1"]["projected"] == pytest.approx(0.8)
+    assert drained(one_round(capacity_pool(), cpu)) == []

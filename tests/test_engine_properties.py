@@ -180,7 +180,7 @@ def test_no_drain_leaves_the_rest_at_or_above_the_high_mark(
             if want.admin is AdminState.READY and sid.server not in external
         }
         if any(a.kind is ActionKind.DRAIN for a in d.actions):
-            values = [cpu[n] for n in in_rotation]
+            values = [cpu[n] for n in in_rotation if weights[n] > 0]
             assert all(v is not None for v in values)
             load = sum(weights[n] * (cpu[n] or 0.0) for n in in_rotation)
             staying = sum(weights[n] for n in after)

@@ -15,7 +15,8 @@ weight off the denominator, so the next candidate sees a higher projection.
 The figure is unknown, and the drain refused, when a server in rotation (the candidate
 included) has no value of the signal in its newest sample (no sample yet, a failed probe, the
 signal missing): lbhealthd cannot tell that the rest can carry its load. Servers already out of
-rotation (drained, under an override, reported down by the LB) carry nothing and count nowhere.
+rotation (drained, under an override, reported down by the LB) and servers of weight 0 carry
+nothing and count nowhere.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class Capacity:
         in_service = Phase.IN_SERVICE
         for sid, st in servers.items():
             obs = observations.get(sid)
-            if obs is None or st.phase is not in_service or obs.external_out:
-                continue
+            if obs is None or st.phase is not in_service or obs.external_out or obs.weight <= 0:
+                continue  # out of rotation, or weight 0: it carries no load and takes none
             value = _value(obs, signal)
             if value is None:
                 self.unknown.append(sid.server)
