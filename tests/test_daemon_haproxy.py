@@ -7,6 +7,7 @@ import gc
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -235,17 +236,29 @@ async def test_capacity_keeps_a_server_the_rest_cannot_carry_and_drains_it_once_
     lb = LBView(haproxy.socket)
     config = make_config([haproxy.socket], tmp_path / "state", capacity_signal="cpu")
 
-    async def blocked_s1() -> dict[str, object] | None:
+    async def servers() -> dict[str, dict[str, Any]]:
         shown = await oncall.show_status(config)
         assert shown.document is not None
         (pool,) = shown.document["pools"]
-        (s1,) = [s for s in pool["servers"] if s["server"] == "api/s1"]
-        return s1["blocked"]  # type: ignore[no-any-return]
+        return {s["server"]: s for s in pool["servers"]}
+
+    async def blocked_s1() -> dict[str, object] | None:
+        return (await servers())["api/s1"]["blocked"]  # type: ignore[no-any-return]
+
+    async def others_at(cpu: float) -> bool:
+        seen = await servers()
+        return all(
+            (seen[f"api/s{i}"]["probe"] or {}).get("signals", {}).get("cpu") == cpu
+            for i in range(2, 6)
+        )
 
     async with running(config) as daemon:
         await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "first rounds")
         for i in range(1, 5):
             api_servers.set(i, cpu=0.85)
+        # s1 rises only once the daemon sees the others near their mark (else it may go out
+        # on samples the others sent before).
+        await wait_for(lambda: others_at(0.85), 5, "the others at 0.85")
         api_servers.set(0, cpu=1.2)
         blocked = await wait_for(blocked_s1, 5, "s1 blocked")
         assert blocked["rule"] == "capacity"
