@@ -241,6 +241,7 @@ class Rule(enum.StrEnum):
     HAND_CHANGE = "hand_change"  # an operator changed by hand what lbhealthd had set
     INCONSISTENT = "inconsistent"  # the LB's HA endpoints list different servers in the pool
     ENFORCE_WEIGHTS = "enforce_weights"  # a live weight differs from the pool's expected one
+    CAPACITY = "capacity"  # the servers left could not carry a drained server's load
 
 
 @dataclass(frozen=True, slots=True)

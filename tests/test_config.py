@@ -339,6 +339,13 @@ INVALID = [
     ),
     pytest.param(pool(*NAN_MARKS), "pools[0].overload.cpu", "finite", 5, id="marks-nan"),
     pytest.param(
+        pool("probe: {load_fields: {cpu: cpu}}", "capacity_signal: cpu"),
+        "pools[0].capacity_signal",
+        "'cpu', which is not one of the pool's overload signals (latency_ms)",
+        4,
+        id="capacity-signal-not-in-overload",
+    ),
+    pytest.param(
         pool("overload:", "  latency_ms: {high: .inf, low: 200}"),
         "pools[0].overload.latency_ms",
         "finite",
@@ -866,3 +873,15 @@ def test_arbitrary_text_is_a_config_or_a_config_error(text: str) -> None:
     else:
         assert isinstance(config, Config)
         assert config.pools
+
+
+def test_capacity_signal_names_an_overload_signal() -> None:
+    """The positive twin of capacity-signal-not-in-overload: it reaches the engine's settings;
+    unset, it is None (no capacity check)."""
+    text = pool(
+        "probe: {load_fields: {cpu: cpu}}",
+        "overload: {cpu: {high: 0.9, low: 0.6}}",
+        "capacity_signal: cpu",
+    )
+    assert parse_config(text).engine_settings().pools["api"].capacity_signal == "cpu"
+    assert parse_config(pool()).engine_settings().pools["api"].capacity_signal is None

@@ -7,6 +7,7 @@ import gc
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -224,3 +225,53 @@ async def test_an_ha_pair_listing_different_servers_is_inconsistent_not_a_union(
     finally:
         await h.close()
         await raw.close()
+
+
+async def test_capacity_keeps_a_server_the_rest_cannot_carry_and_drains_it_once_they_can(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """capacity_signal cpu (marks 0.9/0.6), five servers of weight 100: s1 at 1.2 while the
+    four others are at 0.85 is not drained (4.6 / 4 = 1.15 >= 0.9) and status says why; once
+    the others are at 0.3 (2.4 / 4 = 0.6) it is drained."""
+    lb = LBView(haproxy.socket)
+    config = make_config([haproxy.socket], tmp_path / "state", capacity_signal="cpu")
+
+    async def servers() -> dict[str, dict[str, Any]]:
+        shown = await oncall.show_status(config)
+        assert shown.document is not None
+        (pool,) = shown.document["pools"]
+        return {s["server"]: s for s in pool["servers"]}
+
+    async def blocked_s1() -> dict[str, object] | None:
+        return (await servers())["api/s1"]["blocked"]  # type: ignore[no-any-return]
+
+    async def others_at(cpu: float) -> bool:
+        seen = await servers()
+        return all(
+            (seen[f"api/s{i}"]["probe"] or {}).get("signals", {}).get("cpu") == cpu
+            for i in range(2, 6)
+        )
+
+    async with running(config) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "first rounds")
+        for i in range(1, 5):
+            api_servers.set(i, cpu=0.85)
+        # s1 rises only once the daemon sees the others near their mark (else it may go out
+        # on samples the others sent before).
+        await wait_for(lambda: others_at(0.85), 5, "the others at 0.85")
+        api_servers.set(0, cpu=1.2)
+        blocked = await wait_for(blocked_s1, 5, "s1 blocked")
+        assert blocked["rule"] == "capacity"
+        assert "projected 1.15 >= high 0.9" in str(blocked["reason"])
+        await asyncio.sleep(DRAIN_DEADLINE)
+        assert await lb.drained() == set()
+        shown = await oncall.show_status(config)
+        assert any("blocked (capacity)" in line for line in shown.lines)
+
+        for i in range(1, 5):
+            api_servers.set(i, cpu=0.3)
+        await wait_for(lambda: _eq(lb.drained(), {"s1"}), 5, "s1 drained")
+    actions = Store(tmp_path / "state").read_actions()
+    assert [(a["server"], a["value"]) for a in actions if a["action"] == "set_state"] == [
+        ("api/s1", "drain")
+    ]

@@ -8,8 +8,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbhealthd.engine import PoolSettings
+from lbhealthd.engine import EngineState, Observation, PoolSettings, Settings, decide
+from lbhealthd.engine.settings import Marks
 from lbhealthd.model import ActionKind, AdminState, Rule, ServerId
+from lbhealthd.testing import failed, ok
 from tests.engine_sim import Sim
 
 CODES = "HOBF-"
@@ -116,3 +118,75 @@ def test_every_server_has_a_desired_state(
     for d in Sim(settings).run(script, external_out=external):
         assert set(d.desired) == {ServerId("api", n) for n in script}
         assert all(0.0 < w.weight_fraction <= 1.0 for w in d.desired.values())
+
+
+# --- capacity_signal -------------------------------------------------------------------------
+
+CPU = [None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.85, 0.95, 1.2, 2.0]  # None: a failed probe
+
+
+@st.composite
+def loaded_pools(
+    draw: st.DrawFn,
+) -> tuple[PoolSettings, dict[str, int], list[dict[str, float | None]], frozenset[str]]:
+    size = draw(st.integers(1, 12))
+    rounds = draw(st.integers(1, 8))
+    settings = PoolSettings(
+        name="api",
+        marks={"cpu": Marks(high=0.9, low=0.6)},
+        fall=draw(st.integers(1, 2)),
+        rise=1,
+        min_drain=0.0,
+        slow_start=0.0,
+        max_drained=draw(st.sampled_from([0.4, 1.0])),
+        min_in_service=draw(st.integers(0, 2)),
+        blind_threshold=1.01,
+        capacity_signal="cpu",
+    )
+    names = [f"s{i}" for i in range(size)]
+    weights = {n: draw(st.sampled_from([0, 1, 10, 100, 256])) for n in names}
+    script = [{n: draw(st.sampled_from(CPU)) for n in names} for _ in range(rounds)]
+    external = frozenset(draw(st.sets(st.sampled_from(names), max_size=1)))
+    return settings, weights, script, external
+
+
+@given(loaded_pools())
+def test_no_drain_leaves_the_rest_at_or_above_the_high_mark(
+    case: tuple[PoolSettings, dict[str, int], list[dict[str, float | None]], frozenset[str]],
+) -> None:
+    """With capacity_signal set, a round that drains has the load of the servers in rotation
+    before it, over the weight of those in rotation after it, below the signal's high mark,
+    and every server in rotation before it had a value of the signal."""
+    settings, weights, script, external = case
+    state = EngineState()
+    in_rotation = {n for n in weights if n not in external}
+    now = 1000.0
+    for cpu in script:
+        now += 1.0
+        observations = {}
+        for name, value in cpu.items():
+            sid = ServerId("api", name)
+            sample = failed(sid, now) if value is None else ok(sid, now, cpu=value)
+            observations[sid] = Observation(
+                sample,
+                external_out=name in external,
+                weight=weights[name],
+                full_weight=weights[name],
+            )
+        state, d = decide(state, observations, {}, Settings({"api": settings}), now)
+        after = {
+            sid.server
+            for sid, want in d.desired.items()
+            if want.admin is AdminState.READY and sid.server not in external
+        }
+        if any(a.kind is ActionKind.DRAIN for a in d.actions):
+            values = [cpu[n] for n in in_rotation if weights[n] > 0]
+            assert all(v is not None for v in values)
+            load = sum(weights[n] * (cpu[n] or 0.0) for n in in_rotation)
+            staying = sum(weights[n] for n in after)
+            assert staying > 0
+            assert load / staying < 0.9
+        for b in d.blocked:
+            if b.reason.rule is Rule.CAPACITY:
+                assert b.kind is ActionKind.DRAIN
+        in_rotation = after

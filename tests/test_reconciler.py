@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from lbhealthd import status
 from lbhealthd.config import Config
+from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.drivers.memory import MemoryDriver, MemoryServer
 from lbhealthd.errors import StateError
@@ -229,6 +230,39 @@ async def test_cap_drains_only_the_worst_two(make: Callable[..., Harness], logs:
     assert {e["rule"] for e in blocked} == {"max_drained"}
     assert len(blocked) == 2  # said when the block starts, not every round
     assert blocked[0]["evidence"]["max_out"] == 2
+
+
+async def test_a_drain_the_rest_cannot_carry_is_blocked_by_capacity(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """capacity_signal cpu (marks 0.9/0.6), equal weights: s1 at 1.2 while the four others are
+    at 0.85 is not drained, (1.2 + 4 x 0.85) / 4 = 1.15 >= 0.9, and status, the log and the
+    metrics say so with rule capacity; once the others are at 0.3 (2.4 / 4 = 0.6) it is."""
+    h = make(capacity_signal="cpu")
+    h.probes.set("s1", cpu=1.2)
+    h.probes.set("s2", "s3", "s4", "s5", cpu=0.85)
+    decision = await h.tick(3)
+    assert h.driver.drained() == set()
+    [blocked] = decision.blocked
+    assert (blocked.server.server, blocked.reason.rule) == ("s1", Rule.CAPACITY)
+    assert blocked.reason.evidence["projected"] == pytest.approx(1.15)
+    doc = status.document(h.reconciler.report, h.wall(), h.mono())
+    [s1] = [s for s in doc["pools"][0]["servers"] if s["server"] == "api/s1"]
+    assert s1["blocked"]["rule"] == "capacity"
+    assert "projected 1.15 >= high 0.9" in s1["blocked"]["reason"]
+    assert "blocked (capacity)" in status.render(json.loads(json.dumps(doc)))
+    [logged] = events(logs, "drain_blocked", "api/s1")
+    assert logged["rule"] == "capacity" and logged["evidence"]["projected"] == pytest.approx(1.15)
+    metrics = Metrics()
+    metrics.observe_round(h.reconciler.report, 0.01)
+    labels = {"pool": "api", "action": "drain", "rule": "capacity", "result": "blocked"}
+    assert metrics.registry.get_sample_value("lbhealthd_decisions_total", labels) == 1
+
+    h.probes.set("s2", "s3", "s4", "s5", cpu=0.3)
+    decision = await h.tick()
+    assert h.driver.drained() == {"s1"}
+    [action] = decision.actions
+    assert action.reason.evidence["projected"] == pytest.approx(0.6)
 
 
 async def test_band_neither_drains_nor_restores(make: Callable[..., Harness]) -> None:

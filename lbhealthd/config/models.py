@@ -223,6 +223,9 @@ class PoolConfig(_Strict):
     # Live weights that differ from expected_weights are set back (not while lbhealthd ramps
     # a server up or holds it out).
     enforce_weights: bool = False
+    # One of ``overload``'s signals whose value is the share of a server's capacity in use:
+    # a drain only while the servers left can carry the drained one's load.
+    capacity_signal: str | None = None
     balance_alert: BalanceAlertConfig = Field(default_factory=BalanceAlertConfig)
 
     @field_validator("overload")
@@ -230,6 +233,17 @@ class PoolConfig(_Strict):
     def _some_signal(cls, value: dict[str, MarksConfig]) -> dict[str, MarksConfig]:
         if not value:
             raise ValueError("at least one signal is required (latency_ms, for instance)")
+        return value
+
+    @field_validator("capacity_signal")
+    @classmethod
+    def _capacity_signal(cls, value: str | None, info: ValidationInfo) -> str | None:
+        overload = info.data.get("overload")
+        if value is not None and overload is not None and value not in overload:
+            raise ValueError(
+                f"names signal {value!r}, which is not one of the pool's overload signals "
+                f"({', '.join(sorted(overload))})"
+            )
         return value
 
     @field_validator("expected_weights")
@@ -317,4 +331,5 @@ def _pool_settings(pool: PoolConfig) -> PoolSettings:
         blind_threshold=pool.blind_threshold,
         absent_grace=pool.absent_grace,
         enforce_weights=pool.enforce_weights,
+        capacity_signal=pool.capacity_signal,
     )

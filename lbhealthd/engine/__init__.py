@@ -16,8 +16,9 @@ Rules, per pool, in the order they apply each round:
    within ``flap_window`` of a restore and decays with each window spent in service.
 5. Drain: a server with ``fall`` consecutive bad samples goes out if the governor allows it
    (engine/governor.py); candidates are taken worst first: failed probes, then the largest
-   value/high ratio, then the longer bad streak, then by name. Refused ones are reported as
-   blocked with the rule and the evidence.
+   value/high ratio, then the longer bad streak, then by name. With ``capacity_signal`` set,
+   the servers left must carry the drained one's load (engine/capacity.py). Refused ones are
+   reported as blocked with the rule and the evidence.
 6. Slow start, gated by health: a server back in rotation gets a weight share rising from
    ``slow_start_floor`` to 1 over ``slow_start`` seconds of healthy samples; band samples hold
    it, and a bad sample halves it (a step-down) instead of counting toward a drain until the

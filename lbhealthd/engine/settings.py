@@ -37,6 +37,9 @@ class PoolSettings:
     # Set a server in rotation whose live weight differs from ``Observation.expected`` back
     # to it (and ramp a slow start toward it).
     enforce_weights: bool = False
+    # A signal of ``marks`` whose value is the share of a server's capacity in use: drains
+    # only while the servers left can carry the load (engine/capacity.py). None: no check.
+    capacity_signal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from lbhealthd.engine import reasons, slowstart
+from lbhealthd.engine.capacity import Capacity
 from lbhealthd.engine.governor import budget, hold_time
 from lbhealthd.engine.hysteresis import Event, Phase, step
 from lbhealthd.engine.settings import PoolSettings
@@ -128,6 +129,8 @@ class WholePool:
         ps, cur = self.ps, self.servers
         size = len(cur)
         self.candidates.sort(key=lambda sid: (-cur[sid].ratio, -cur[sid].bad, sid))
+        capacity: Capacity | None = None  # computed at the first candidate within the caps
+        kept: ServerId | None = None  # the first candidate refused for capacity
         for sid in self.candidates:
             st = cur[sid]
             evidence = reasons.drain_evidence(st, observations[sid].sample, ps)
@@ -159,6 +162,20 @@ class WholePool:
                 reason = Reason(rule, reasons.cap_message(rule, ps), evidence)
                 self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
                 continue
+            signal = ps.capacity_signal
+            if signal is not None:
+                if capacity is None:
+                    capacity = Capacity(signal, ps.marks[signal].high, cur, observations)
+                obs = observations[sid]
+                refused = (
+                    capacity.check(sid, obs) if kept is None else capacity.behind(sid, obs, kept)
+                )
+                if refused is not None:
+                    kept = kept or sid
+                    reason = Reason(refused.rule, refused.message, {**evidence, **refused.evidence})
+                    self.blocked.append(Blocked(sid, ActionKind.DRAIN, reason))
+                    continue
+                evidence.update(capacity.drained(obs))
             level = _flap_level(st, ps, self.now)
             hold = hold_time(level, ps)
             evidence.update({"flap_level": level, "hold_s": hold})
