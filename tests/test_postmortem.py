@@ -204,3 +204,43 @@ async def test_unreadable_lb_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path / "lbhealthd.yaml", config)
     code, _, err = await cli("audit", "-c", str(path))
     assert code == 2 and "none.sock" in err
+
+
+async def test_a_misweighted_pool_stays_flagged_while_its_heavy_servers_are_drained(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """The postmortem's pool with s1 and s2 overloaded: lbhealthd drains them, the traffic
+    left looks even, and still the pool is flagged misweighted (status alert) and the balance
+    alert does not clear; once `audit --fix` sets the weights right, the flag goes."""
+    lb = await haproxy_factory({"api": misweighted(api_servers, POSTMORTEM)})
+    config = make_config([lb.socket], tmp_path / "state", **WATCH)
+    path = write(tmp_path / "lbhealthd.yaml", config)
+    stop = asyncio.Event()
+
+    async def alerts() -> set[str]:
+        _, out, _ = await cli("status", "-c", str(path), "--json")
+        return {a["rule"] for p in json.loads(out)["pools"] for a in p["alerts"]}
+
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            traffic = asyncio.create_task(load(lb.url, stop, seconds=40, max_requests=20_000))
+            await wait_for(
+                lambda: any(e["event"] == "balance_alert_fired" for e in logs), 10, "alert"
+            )
+            api_servers.set(0, cpu=0.97)
+            api_servers.set(1, cpu=0.97)
+            await wait_for(
+                lambda: {str(s) for s in daemon.writer.owned} == {"api/s1", "api/s2"},
+                10,
+                "s1 and s2 drained",
+            )
+            assert "misweighted" in await alerts()
+            assert not any(e["event"] == "balance_alert_cleared" for e in logs)
+            code, _, err = await cli("audit", "-c", str(path), "--fix", "--yes")
+            assert code == 1, err  # the file still says 1: fixed at runtime only
+            await wait_for(
+                lambda: any(e["event"] == "pool_weights_right" for e in logs), 10, "weights right"
+            )
+            assert "misweighted" not in await alerts()
+            stop.set()
+            await traffic
