@@ -1,77 +1,27 @@
-"""The `lbhealthd` command. Exit codes: 0 success, 1 the check found a problem, 2 usage or
-config error."""
+"""The `lbhealthd` command line: its subcommands, their options, and the checks on option values
+(a bad value is a usage error naming the option, before any command runs)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
 
-from lbhealthd import __version__, logs
-from lbhealthd.config import Config, load_config, parse_duration, resolve_path
+from lbhealthd import __version__
+from lbhealthd.cli.commands import (
+    cmd_agent,
+    cmd_audit,
+    cmd_check_config,
+    cmd_demo,
+    cmd_drain,
+    cmd_restore,
+    cmd_run,
+    cmd_status,
+)
+from lbhealthd.config import parse_duration
 from lbhealthd.errors import (
-    CapRefused,
-    ConfigError,
-    ControlError,
-    ControlRefused,
-    DaemonNotAnswering,
-    DriverError,
-    InvalidDuration,
     InvalidName,
-    ListenerError,
-    StateError,
-    UnknownServer,
 )
 from lbhealthd.model import ServerId
-from lbhealthd.oncall import commands as oncall
-from lbhealthd.printable import printable
-
-EXIT_OK = 0
-EXIT_PROBLEM = 1
-EXIT_USAGE = 2
-
-
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(resolve_path(args.config))
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file and say what it configures."""
-    config = _load(args)
-    pools = ", ".join(
-        f"{p.name} (fall {p.fall}, rise {p.rise}, max_drained {p.max_drained:.0%}, "
-        f"signals {', '.join(sorted(p.overload))})"
-        for p in config.pools
-    )
-    print(f"{resolve_path(args.config)}: OK: {config.load_balancer.type}; pools: {pools}")
-    return EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM or SIGINT."""
-    import asyncio
-
-    from lbhealthd import logs
-    from lbhealthd.daemon.loop import Daemon
-
-    path = resolve_path(args.config)
-    config = load_config(path)
-    if args.dry_run:
-        config = config.model_copy(
-            update={"daemon": config.daemon.model_copy(update={"dry_run": True})}
-        )
-    logs.configure(args.log_format or config.daemon.log_format)
-
-    async def go() -> int:
-        daemon = Daemon(config, path)
-        daemon.install_signals()
-        return await daemon.run()
-
-    return asyncio.run(go())
 
 
 def _server(text: str) -> ServerId:
@@ -94,82 +44,6 @@ def _duration(text: str) -> float:
             "until restored"
         )
     return seconds
-
-
-def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False) -> int:
-    """Print what a command did: on stdout when it succeeded or is a report (status, audit:
-    their findings are the output), on stderr when it failed. Text carries what others wrote
-    (reasons, names, HAProxy's messages), so its control characters are escaped; JSON escapes
-    them itself."""
-    if as_json and outcome.document is not None:
-        print(oncall.dumps(outcome.document))
-    else:
-        ok = outcome.code == 0 or (report and outcome.code == 1)
-        stream = sys.stdout if ok else sys.stderr
-        for line in outcome.lines:
-            print(printable(line), file=stream)
-    return outcome.code
-
-
-def _on_call(coro: Any) -> oncall.Outcome:
-    import asyncio
-
-    try:
-        result: oncall.Outcome = asyncio.run(coro)
-    except (UnknownServer, ControlRefused, InvalidDuration) as exc:
-        return oncall.Outcome(EXIT_USAGE, (str(exc),))
-    except (CapRefused, DaemonNotAnswering) as exc:
-        return oncall.Outcome(EXIT_PROBLEM, (str(exc),))
-    except DriverError as exc:
-        return oncall.Outcome(EXIT_PROBLEM, (f"load balancer: {exc}",))
-    return result
-
-
-def cmd_drain(args: argparse.Namespace) -> int:
-    """Take a server out of rotation with a reason, optionally for a while."""
-    config = _load(args)
-    return _print(
-        _on_call(oncall.drain(config, args.server, args.reason, args.for_, args.force, args.maint))
-    )
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    """Put a server back in rotation and end its override."""
-    config = _load(args)
-    return _print(_on_call(oncall.restore(config, args.server, args.for_)))
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Show every server: LB state, what lbhealthd wants and why, load, overrides."""
-    config = _load(args)
-    return _print(_on_call(oncall.show_status(config)), as_json=args.json, report=True)
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    """Compare the live pool, or a candidate haproxy.cfg, with the expected pool."""
-    from lbhealthd.oncall import audit as audit_cli
-
-    config = _load(args)
-    if args.haproxy_cfg:
-        return _print(audit_cli.candidate(config, args.haproxy_cfg), as_json=args.json, report=True)
-
-    def confirm(question: str) -> bool:
-        if not sys.stdin.isatty():
-            print("--fix needs --yes when not run from a terminal", file=sys.stderr)
-            return False
-        return input(question).strip().lower() in ("y", "yes")
-
-    outcome = _on_call(audit_cli.live(config, fix=args.fix, yes=args.yes, confirm=confirm))
-    return _print(outcome, as_json=args.json, report=True)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Replay the postmortem's outage on 127.0.0.1 with lbhealthd running."""
-    from pathlib import Path
-
-    from lbhealthd.demo import run_demo
-
-    return run_demo(Path(args.out) if args.out else None, args.short, args.enforce)
 
 
 def _listen(text: str) -> str:
@@ -198,31 +72,6 @@ def _window(text: str) -> float:
         return check_window(parse_duration(float(text) if _NUMBER.fullmatch(text) else text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"invalid window {text!r}: {exc}") from None
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    """Report this host's load on HTTP /health and, with --agent-port, to HAProxy."""
-    import asyncio
-
-    from lbhealthd import logs
-    from lbhealthd.agent import Thresholds, run_agent
-
-    try:
-        thresholds = Thresholds(args.full_below, args.drain_at, args.min_weight)
-    except ValueError as exc:
-        print(f"lbhealthd agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    logs.configure(args.log_format or ("console" if sys.stderr.isatty() else "json"))
-    return asyncio.run(
-        run_agent(
-            args.listen,
-            args.agent_port,
-            thresholds,
-            agent_host=args.agent_bind,
-            cgroup_root=args.cgroup_root,
-            window=args.window,
-        )
-    )
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -380,35 +229,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return int(exc.code or 0)
-    func: Callable[[argparse.Namespace], int] = args.func
-    # Commands that print a result keep stdout for it (JSON included): their log events, such
-    # as a failed LB command, go to stderr. `run` and `agent` configure their own logging.
-    logs.configure("console" if sys.stderr.isatty() else "json", level=logging.WARNING)
-    try:
-        return func(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(printable(f"{exc.source}: {problem}"), file=sys.stderr)
-        print(
-            printable(
-                f"{exc.source}: config refused ({len(exc.problems)} problem(s)); nothing was loaded"
-            ),
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    except (StateError, ControlError, ListenerError) as exc:
-        print(printable(f"lbhealthd: {exc}"), file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `lbhealthd status --json | head`: the reader left, nothing to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
