@@ -7,7 +7,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.fixtures_haproxy"]
+pytest_plugins = ["tests.fixtures_haproxy", "tests.fixtures_memory"]
 
 # CI runs the property tests several times harder than a developer's run; "thorough" is for a
 # long run by hand (HYPOTHESIS_PROFILE=thorough).

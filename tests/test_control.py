@@ -33,7 +33,7 @@ from lbhealthd.report import RoundReport
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
 from tests.daemon_harness import wait_for
-from tests.test_reconciler import Harness, make, sid  # noqa: F401  (make: the fixture)
+from tests.test_reconciler import Harness, sid
 
 
 class Daemon:

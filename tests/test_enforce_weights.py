@@ -4,15 +4,13 @@ misweighted pool that stays flagged while its drains make the traffic look even.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from lbhealthd.daemon.monitoring import Watch
-from lbhealthd.drivers.memory import MemoryDriver
 from lbhealthd.errors import ConfigError
 from lbhealthd.model import AdminState, Member, OpState, ServerId
 from lbhealthd.status import document
@@ -23,26 +21,6 @@ from tests.test_reconciler import sid as api
 
 ENFORCE: dict[str, Any] = {"expected_weights": {"default": 100}, "enforce_weights": True}
 POSTMORTEM = {"s1": 100, "s2": 100, "s3": 1, "s4": 1, "s5": 1}
-
-
-@pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Harness]]:
-    """Build a Harness (keyword arguments override the pool's config); closed at the end."""
-    made: list[Harness] = []
-
-    def build(driver: MemoryDriver | None = None, **pool: Any) -> Harness:
-        made.append(Harness(tmp_path, driver, **pool))
-        return made[-1]
-
-    yield build
-    for h in made:
-        await h.reconciler.close()
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    with capture_logs() as captured:
-        yield captured
 
 
 def corrections(h: Harness) -> float:

@@ -18,7 +18,7 @@ from lbhealthd.model import AdminState, Override, OverrideKind
 from lbhealthd.oncall import commands as oncall
 from lbhealthd.oncall import direct
 from lbhealthd.store import LOCK, Store
-from tests.test_reconciler import Harness, make, sid  # noqa: F401  (make: the fixture)
+from tests.test_reconciler import Harness, sid
 
 _FORK = multiprocessing.get_context("fork")
 

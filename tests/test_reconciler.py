@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from structlog.testing import capture_logs
 
 from lbhealthd import status
 from lbhealthd.config import Config
@@ -124,26 +123,6 @@ class Harness:
         wall = self.wall()
         expires = None if expires_in is None else wall + expires_in
         self.store.put_override(Override(sid(name), kind, "test", "oncall", wall, expires))
-
-
-@pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Harness]]:
-    """Build a Harness (keyword arguments override the pool's config); closed at the end."""
-    made: list[Harness] = []
-
-    def build(driver: MemoryDriver | None = None, **pool: Any) -> Harness:
-        made.append(Harness(tmp_path, driver, **pool))
-        return made[-1]
-
-    yield build
-    for h in made:
-        await h.reconciler.close()
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    with capture_logs() as captured:
-        yield captured
 
 
 def events(logs: Logs, name: str, server: str | None = None) -> list[MutableMapping[str, Any]]:

@@ -95,42 +95,20 @@ class DecisionLog:
                     evidence=dict(b.reason.evidence),
                 )
         self._blocked = blocked
-        for pool in sorted(decision.blind_pools - self._blind):
-            reason = next(
-                (
-                    w
-                    for w in decision.warnings
-                    if w.rule is Rule.BLIND and w.evidence.get("pool") == pool
-                ),
-                None,
-            )
-            log.error(
-                "pool_blind",
-                pool=pool,
-                reason=reason.message if reason else "",
-                evidence=dict(reason.evidence) if reason else {},
-            )
-        for pool in sorted(self._blind - decision.blind_pools):
-            log.info("pool_sight_restored", pool=pool)
-        self._blind = set(decision.blind_pools)
-        for pool in sorted(decision.inconsistent_pools - self._split):
-            reason = next(
-                (
-                    w
-                    for w in decision.warnings
-                    if w.rule is Rule.INCONSISTENT and w.evidence.get("pool") == pool
-                ),
-                None,
-            )
-            log.error(
-                "pool_inconsistent",
-                pool=pool,
-                reason=reason.message if reason else "",
-                evidence=dict(reason.evidence) if reason else {},
-            )
-        for pool in sorted(self._split - decision.inconsistent_pools):
-            log.info("pool_consistent", pool=pool)
-        self._split = set(decision.inconsistent_pools)
+        self._blind = _pool_changes(
+            decision,
+            decision.blind_pools,
+            self._blind,
+            Rule.BLIND,
+            ("pool_blind", "pool_sight_restored"),
+        )
+        self._split = _pool_changes(
+            decision,
+            decision.inconsistent_pools,
+            self._split,
+            Rule.INCONSISTENT,
+            ("pool_inconsistent", "pool_consistent"),
+        )
         over_cap = set()
         for w in decision.warnings:
             if w.rule is Rule.OVERRIDE_OVER_CAP:
@@ -143,3 +121,29 @@ class DecisionLog:
         """Servers that left their pool."""
         if gone & self.last_action.keys():
             self.last_action = {k: v for k, v in self.last_action.items() if k not in gone}
+
+
+def _pool_changes(
+    decision: Decision,
+    now: frozenset[str],
+    before: set[str],
+    rule: Rule,
+    events: tuple[str, str],
+) -> set[str]:
+    """Log the pools that entered a state (with the warning of ``rule`` that says why) and
+    those that left it; return the pools in it now."""
+    started, ended = events
+    for pool in sorted(now - before):
+        reason = next(
+            (w for w in decision.warnings if w.rule is rule and w.evidence.get("pool") == pool),
+            None,
+        )
+        log.error(
+            started,
+            pool=pool,
+            reason=reason.message if reason else "",
+            evidence=dict(reason.evidence) if reason else {},
+        )
+    for pool in sorted(before - now):
+        log.info(ended, pool=pool)
+    return set(now)

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lbhealthd.model import Override, ServerId
 from lbhealthd.store.actions import (
@@ -119,18 +119,7 @@ class Store:
             return sorted(expired, key=lambda o: o.server)
 
     def _read_overrides(self, d: StateDir) -> dict[ServerId, Override]:
-        path = d.path / OVERRIDES
-        items = read_document(d, OVERRIDES, "overrides", list)
-        result: dict[ServerId, Override] = {}
-        for i, item in enumerate(items or []):
-            try:
-                o = override_from_json(item)
-                if o.server in result:
-                    raise InvalidEntry(f"a second override for {o.server}")
-            except InvalidEntry as exc:
-                raise corrupt(path, f"entry {i}: {exc}") from None
-            result[o.server] = o
-        return result
+        return _entries(d, OVERRIDES, "overrides", override_from_json, "a second override")
 
     def _write_overrides(self, d: StateDir, overrides: Mapping[ServerId, Override]) -> None:
         items = [override_to_json(overrides[s]) for s in sorted(overrides)]
@@ -140,19 +129,8 @@ class Store:
 
     def load_owned(self) -> dict[ServerId, OwnedEntry]:
         """What the daemon changed in the LB itself, by server; empty when nothing."""
-        path = self.dir / OWNED
         with self._opened() as d:
-            items = read_document(d, OWNED, "owned", list)
-        result: dict[ServerId, OwnedEntry] = {}
-        for i, item in enumerate(items or []):
-            try:
-                entry = owned_from_json(item)
-                if entry.server in result:
-                    raise InvalidEntry(f"a second entry for {entry.server}")
-            except InvalidEntry as exc:
-                raise corrupt(path, f"entry {i}: {exc}") from None
-            result[entry.server] = entry
-        return result
+            return _entries(d, OWNED, "owned", owned_from_json, "a second entry")
 
     def save_owned(self, entries: Mapping[ServerId, OwnedEntry]) -> None:
         """Replace the whole ownership record with ``entries``."""
@@ -263,6 +241,27 @@ class Store:
                 yield
             finally:
                 self._held = None
+
+
+_E = TypeVar("_E", Override, OwnedEntry)
+
+
+def _entries(
+    d: StateDir, name: str, kind: str, parse: Callable[[Any], _E], twice: str
+) -> dict[ServerId, _E]:
+    """The entries of a list document, by server; a damaged entry or a server listed twice
+    makes the whole file damaged (naming the entry)."""
+    items = read_document(d, name, kind, list)
+    result: dict[ServerId, _E] = {}
+    for i, item in enumerate(items or []):
+        try:
+            entry = parse(item)
+            if entry.server in result:
+                raise InvalidEntry(f"{twice} for {entry.server}")
+        except InvalidEntry as exc:
+            raise corrupt(d.path / name, f"entry {i}: {exc}") from None
+        result[entry.server] = entry
+    return result
 
 
 class Blob:
