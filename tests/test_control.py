@@ -98,7 +98,7 @@ class Control:
 
 
 @pytest.fixture
-async def control(make: Callable[..., Harness], tmp_path: Path) -> AsyncIterator[Control]:  # noqa: F811
+async def control(make: Callable[..., Harness], tmp_path: Path) -> AsyncIterator[Control]:
     """A control server over a harness that has run one round (the pool is known)."""
     h = make()
     await h.tick()
@@ -310,7 +310,7 @@ async def test_a_member_of_the_socket_group_is_let_in_with_other_processes_hidde
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777, 0o730])
 async def test_the_socket_is_not_made_in_a_directory_others_may_write(
-    make: Callable[..., Harness],  # noqa: F811
+    make: Callable[..., Harness],
     tmp_path: Path,
     mode: int,
 ) -> None:
@@ -328,7 +328,7 @@ async def test_the_socket_is_not_made_in_a_directory_others_may_write(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory to another user")
 async def test_the_socket_is_not_made_in_a_directory_of_another_user(
-    make: Callable[..., Harness],  # noqa: F811
+    make: Callable[..., Harness],
     tmp_path: Path,
 ) -> None:
     """A socket directory owned by another user (who could replace the socket) is refused."""
@@ -344,7 +344,7 @@ async def test_the_socket_is_not_made_in_a_directory_of_another_user(
 
 @pytest.mark.parametrize("mode", [0o750, 0o700, 0o755])
 async def test_the_socket_is_made_in_a_directory_only_its_owner_writes(
-    make: Callable[..., Harness],  # noqa: F811
+    make: Callable[..., Harness],
     tmp_path: Path,
     mode: int,
 ) -> None:

@@ -24,7 +24,7 @@ _FORK = multiprocessing.get_context("fork")
 
 
 async def test_concurrent_drains_with_the_daemon_down_stay_within_max_drained(
-    make: Callable[..., Harness],  # noqa: F811
+    make: Callable[..., Harness],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three drains that read the LB at the same moment, in a pool that lets two out: two are
@@ -69,7 +69,7 @@ def _another_writer(state_dir: str, record: Override, said: multiprocessing.Queu
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs /proc/locks (Linux)")
 async def test_a_drain_checks_the_caps_only_once_another_writer_is_done(
-    make: Callable[..., Harness],  # noqa: F811
+    make: Callable[..., Harness],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the daemon down, a drain that has read the LB waits for another process holding
