@@ -64,7 +64,7 @@ from lbhealthd.demo.report import (
 from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 from lbhealthd.drivers.haproxy.process import HAProxyProcess, ServerSpec, find_haproxy, free_port
 from lbhealthd.errors import DriverError
-from lbhealthd.model import Member, PoolSnapshot, ServerId
+from lbhealthd.model import Member, PoolSnapshot
 
 # The plan's names stay importable from here, where the benchmarks import them.
 __all__ = [
@@ -308,25 +308,10 @@ class Demo:
             for m in (snap.members if snap else ())
             if m.weight != EXPECTED_WEIGHT and WEIGHTS.get(m.id.server) != EXPECTED_WEIGHT
         ]
-        fixed = snap is not None
+        fixed = snap is not None and not wrong
         if wrong:
-            why = (
-                "`lbhealthd audit --fix` is not available yet"
-                if "invalid choice" in output
-                else "the audit command left weights unfixed"
-            )
-            lines.append(f"  {why}: setting them through HAProxy's runtime API instead")
-            for m in wrong:
-                try:
-                    await driver.set_weight(ServerId(POOL, m.id.server), EXPECTED_WEIGHT)
-                except DriverError as exc:
-                    fixed = False
-                    lines.append(f"  set server {POOL}/{m.id.server} failed: {exc}")
-                else:
-                    lines.append(
-                        f"  set server {POOL}/{m.id.server} weight {EXPECTED_WEIGHT} "
-                        f"(was {m.weight})"
-                    )
+            names = ", ".join(f"{POOL}/{m.id.server} weight {m.weight}" for m in wrong)
+            lines.append(f"  the audit command left weights unfixed: {names}")
         if fixed:
             self.timeline.fixed_at = loop.time() - self.t0
         self.operator = lines
