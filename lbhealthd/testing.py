@@ -69,6 +69,7 @@ class FakeProbes:
         self.syncs = 0
         self.closed = False
         self._reports: dict[ServerId, tuple[ProbeOutcome, dict[str, float]] | None] = {}
+        self._kept: dict[ServerId, Sample | None] = {}  # see ``keep``
 
     # --- the scheduler's surface --------------------------------------------------------------
 
@@ -79,6 +80,14 @@ class FakeProbes:
     def latest(self, server: ServerId) -> Sample | None:
         if server not in self.targets:
             return None
+        if server in self._kept:
+            kept = self._kept[server]
+            if kept is None:
+                kept = self._kept[server] = self._newest(server)
+            return kept
+        return self._newest(server)
+
+    def _newest(self, server: ServerId) -> Sample | None:
         report = self._reports.get(server, (ProbeOutcome.OK, self._values(0.5, low=True)))
         if report is None:
             return None
@@ -91,6 +100,17 @@ class FakeProbes:
         self.closed = True
 
     # --- what the servers report --------------------------------------------------------------
+
+    def keep(self, *names: str) -> None:
+        """These servers are not probed again until ``probe_again``: their newest sample stays
+        the very same object, as the scheduler's does between two probes of a server."""
+        for name in names:
+            self._kept.setdefault(self._sid(name), None)
+
+    def probe_again(self, *names: str) -> None:
+        """These servers get a new sample at every ``latest`` again."""
+        for name in names:
+            self._kept.pop(self._sid(name), None)
 
     def set(self, *names: str, **signals: float) -> None:
         """These servers answer with ``signals`` (``latency_ms`` defaults to 10)."""

@@ -466,3 +466,19 @@ async def test_a_state_inherited_through_track_is_imposed_not_set(
         assert (s2.admin, s2.imposed, s2.in_rotation) == (AdminState.READY, None, True)
     finally:
         await driver.close()
+
+
+@pytest.mark.integration
+async def test_an_unchanged_server_reads_as_the_same_member(
+    haproxy: HAProxyHandle, driver: HAProxyDriver
+) -> None:
+    """Reads where nothing changed give the very same Member objects (what lets a round skip
+    the servers with nothing new); a change gives that server, and only it, a new one."""
+    first = by_name(await driver.snapshot("api"))
+    again = by_name(await driver.snapshot("api"))
+    assert all(again[name] is first[name] for name in first)
+
+    await driver.set_weight(S3, 10)
+    after = by_name(await driver.snapshot("api"))
+    assert after["s3"] is not first["s3"] and after["s3"].weight == 10
+    assert all(after[name] is first[name] for name in first if name != "s3")

@@ -263,3 +263,36 @@ async def test_a_garbled_admin_state_does_not_end_an_operators_drain(
     (keep,) = store.load_overrides().values()
     assert keep.kind is OverrideKind.READY
     await h.close()
+
+
+def test_a_known_read_keeps_unchanged_members_and_builds_changed_ones() -> None:
+    """With the previous read passed in, a row that reads the same is the same Member; a row
+    with a changed cell (a state, a counter) is read afresh; a server gone is forgotten."""
+    known: dict[str, Any] = {}
+    rows = [state_row("s1"), state_row("s2"), state_row("s3")]
+    first = pool_members("api", "unix:/x", state_reply(rows), stat_reply(["s1", "s2"]), known)
+    rows[1] = state_row("s2", srv_admin_state="8")
+    second = pool_members(
+        "api", "unix:/x", state_reply(rows), stat_reply(["s1", "s2"], scur="4"), known
+    )
+    assert second[2] is first[2]  # s3: no stat row, nothing changed
+    assert second[0] is not first[0] and second[0].sessions == 4
+    assert second[1].admin is AdminState.DRAIN and first[1].admin is AdminState.READY
+    stat = stat_reply(["s1", "s2"], scur="4")
+    third = pool_members("api", "unix:/x", state_reply(rows[:2]), stat, known)
+    assert [m.id.server for m in third] == ["s1", "s2"] and set(known) == {"s1", "s2"}
+    assert third[1] is second[1]
+
+
+def test_a_quoted_stat_row_is_read_with_its_quotes() -> None:
+    """A `show stat` row with a quoted cell holding a comma reads the columns that follow it
+    right (the quick split is only for rows without quotes)."""
+    header = "# pxname,svname,check_desc,qcur,scur,stot,rate,check_status"
+    stat = f'{header}\napi,s1,"Layer7, oddly",2,7,30,1,L7OK\napi,s2,plain,0,3,10,0,L4OK\n\n'
+    members = read(state_reply([state_row("s1"), state_row("s2")]), stat)
+    assert (members["s1"].queue, members["s1"].sessions, members["s1"].check_status) == (
+        2,
+        7,
+        "L7OK",
+    )
+    assert (members["s2"].sessions, members["s2"].check_status) == (3, "L4OK")

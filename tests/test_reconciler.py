@@ -1036,3 +1036,34 @@ async def test_without_fast_confirmation_samples_wait_for_the_round(
     await h.tick()
     assert h.reconciler.sample_arrived(sid("s1"), ok(sid("s1"), h.mono(), cpu=HOT)) is False
     assert woken == []
+
+
+async def test_servers_with_nothing_new_are_still_seen_to_change(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """With no new sample (the scheduler's newest is the same object round after round) a
+    round tells the engine what it told it before, and still sees what did change: an
+    operator's hand on the LB, an override, a new sample."""
+    h = make()  # at most 2 of 5 out
+    h.probes.keep("s1", "s2", "s3", "s4", "s5")
+    await h.tick(3)
+    assert h.driver.drained() == set() and h.driver.sent() == []
+
+    h.driver.set_by_hand("s2", admin=AdminState.MAINT)  # a new member, the same sample
+    h.override("s3", OverrideKind.DRAIN)  # a new override, the same member and sample
+    await h.tick()
+    assert h.driver.drained() == {"s3"}
+
+    h.probes.overload("s4")
+    await h.tick(3)
+    assert h.driver.drained() == {"s3"}  # its kept sample is healthy: nothing new counted
+    assert not events(logs, "drain_blocked", "api/s4")
+    h.probes.probe_again("s4")
+    await h.tick(3)
+    (blocked, *_) = events(logs, "drain_blocked", "api/s4")  # s2 (by hand) and s3 are out
+    assert blocked["evidence"]["out"] == 2, blocked
+    assert h.driver.drained() == {"s3"}
+
+    h.driver.set_by_hand("s2", admin=AdminState.READY)  # the same sample, s2 back in
+    await h.tick()
+    assert h.driver.drained() == {"s3", "s4"}

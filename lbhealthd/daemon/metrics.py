@@ -301,8 +301,7 @@ class Metrics:
         present: set[ServerId] = set()
         for pool in sorted(r.pools, key=lambda p: p.name):
             present |= pool.members.keys()
-            for sid in pool.members:
-                self._probe(r.samples.get(sid), sid)
+            self._probes(pool, r.samples)
             self._pool(pool)
         for sid in self._sample_at.keys() - present:
             del self._sample_at[sid]
@@ -333,16 +332,22 @@ class Metrics:
             self.decisions(sid.pool, kind, rule, "blocked").inc()
         self._blocked = blocked
 
-    def _probe(self, sample: Sample | None, sid: ServerId) -> None:
-        """Count the server's latest probe in the latency histogram or failures, once."""
-        if sample is None or self._sample_at.get(sid) == sample.at:
-            return
-        self._sample_at[sid] = sample.at
-        latency = sample.signals.get("latency_ms")
-        if latency is not None:
-            self.probe_latency(sid.pool).observe(latency / 1000.0)
-        if not sample.ok:
-            self.probe_failures(sid.pool, sample.outcome.value).inc()
+    def _probes(self, pool: PoolReport, samples: Mapping[ServerId, Sample]) -> None:
+        """Count each server's latest probe in the latency histogram or failures, once."""
+        seen = self._sample_at
+        latency_of = None  # the pool's histogram, looked up once when needed
+        for sid in pool.members:
+            sample = samples.get(sid)
+            if sample is None or seen.get(sid) == sample.at:
+                continue
+            seen[sid] = sample.at
+            latency = sample.signals.get("latency_ms")
+            if latency is not None:
+                if latency_of is None:
+                    latency_of = self.probe_latency(pool.name)
+                latency_of.observe(latency / 1000.0)
+            if not sample.ok:
+                self.probe_failures(pool.name, sample.outcome.value).inc()
 
     def _pool(self, pool: PoolReport) -> None:
         name = pool.name

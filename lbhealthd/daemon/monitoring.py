@@ -29,6 +29,11 @@ class PoolWatch:
     balance: BalanceMonitor
     report: BalanceReport | None = None
     findings: list[Finding] = field(default_factory=list)
+    #: What the balance read of the pool's members last time, and from what: an unchanged
+    #: read (the same member map, pool config and ramping servers) is not read again.
+    seen: tuple[object, ...] = ()
+    traffic: dict[str, ServerTraffic] = field(default_factory=dict)
+    wrong: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Watch:
@@ -95,11 +100,16 @@ class Watch:
         ramping: Collection[ServerId] = (),
     ) -> None:
         watch = self.pools[pool.name]
-        traffic = {
-            sid.server: ServerTraffic(m.sessions_total, m.in_rotation, intended_weight(pool, m))
-            for sid, m in members.items()
-        }
-        wrong = misweighted(pool, members, ramping)
+        mine = sorted(sid for sid in ramping if sid.pool == pool.name)
+        if watch.seen and watch.seen[0] is members and watch.seen[1:] == (pool, mine):
+            traffic, wrong = watch.traffic, watch.wrong
+        else:
+            traffic = {
+                sid.server: ServerTraffic(m.sessions_total, m.in_rotation, intended_weight(pool, m))
+                for sid, m in members.items()
+            }
+            wrong = misweighted(pool, members, ramping)
+            watch.seen, watch.traffic, watch.wrong = (members, pool, mine), traffic, wrong
         before = watch.report.misweighted if watch.report is not None else {}
         report = watch.balance.update(now, traffic, wrong)
         watch.report = report

@@ -12,7 +12,7 @@ Each member map is replaced at every read, never edited, so a round report can h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -50,6 +50,7 @@ class PoolReader:
         )
         self.state_since: dict[ServerId, float] = {}  # wall time of the last admin change
         self._admin: dict[ServerId, str] = {}
+        self._filters: dict[str, object] = {}  # the pool's `servers` list the last read used
 
     async def read(self, pool: PoolConfig) -> tuple[Mapping[ServerId, Member], bool] | None:
         """The pool's members and whether the LB restarted since the last read; None (logged)
@@ -64,9 +65,20 @@ class PoolReader:
         if pool.name in self.unavailable:
             log.info("lb_available", pool=pool.name)
             del self.unavailable[pool.name]
+        previous = self.members.get(pool.name, {})
+        if (
+            pool.name in self.members
+            and self._filters.get(pool.name) == pool.servers
+            and not snap.partial
+            and not self.partial.get(pool.name)
+            and _same(snap.members, previous)
+        ):
+            # Nothing changed (the driver keeps an unchanged server's Member): the same map,
+            # so what is derived from it can be kept too.
+            return previous, self._note_epoch(pool.name, snap.epoch)
+        self._filters[pool.name] = pool.servers
         wanted = set(pool.servers) if pool.servers is not None else None
         members = {m.id: m for m in snap.members if wanted is None or m.id.server in wanted}
-        previous = self.members.get(pool.name, {})
         for sid in sorted(members.keys() - previous.keys()):
             if previous:
                 log.info("server_discovered", server=str(sid))
@@ -120,3 +132,11 @@ class PoolReader:
 
     def _stage(self, name: str, produce: Callable[[], dict[str, Any]]) -> None:
         self.journal.stage_blob(name, produce)
+
+
+def _same(read: Sequence[Member], previous: Mapping[ServerId, Member]) -> bool:
+    """True when ``read`` is ``previous``'s members, each the very same object."""
+    if len(read) != len(previous):
+        return False
+    get = previous.get
+    return all(get(m.id) is m for m in read)

@@ -69,6 +69,11 @@ class Probes(Protocol):
     async def close(self) -> None: ...
 
 
+#: A server's inputs last round (sample, member, pool, held out by lbhealthd, under an
+#: override) and the Observation built from them.
+_Seen = tuple[Sample | None, Member, PoolConfig, bool, bool, Observation]
+
+
 class Reconciler:
     """Runs rounds; holds what must last between them; publishes each round's report."""
 
@@ -124,6 +129,7 @@ class Reconciler:
         self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
         self.targets = ProbeTargets(scheduler)
+        self._seen: dict[ServerId, _Seen] = {}  # each server's inputs and Observation last round
         #: Called when a sample asks for a round now (see ``sample_arrived``).
         self.on_evidence: Callable[[], None] | None = None
         self.report = self._report(None, rounds=0, finished_at=None)
@@ -196,11 +202,7 @@ class Reconciler:
             [sid for sid, e in self.writer.owned.items() if e.weight is not None],
         )
         self.targets.sync(self.config.pools, self.reader.members)
-        observations = {
-            sid: self._observe(sid, member, hands.get(sid), pool)
-            for pool in read
-            for sid, member in self.reader.members[pool.name].items()
-        }
+        observations = self._observations(read, hands)
         settings = Settings({p.name: self.settings.pools[p.name] for p in read})
         partial = self.reader.partial
         split = {p.name: partial[p.name] for p in read if partial.get(p.name)}
@@ -255,22 +257,53 @@ class Reconciler:
             self.on_evidence()
         return toward
 
-    def _observe(
-        self, sid: ServerId, member: Member, hand: ByHand | None, pool: PoolConfig
-    ) -> Observation:
-        sample = self.scheduler.latest(sid)
-        if sample is not None:
-            sample = merge(sample, member)
-        ours = self.writer.holds_out(sid)
-        out = not member.in_rotation
-        return Observation(
-            sample=sample,
-            external_out=out and not ours and sid not in self.overrides,
-            weight=member.weight,
-            full_weight=member.initial_weight,
-            hand=hand,
-            expected=expected_weight(pool, sid.server) if pool.enforce_weights else None,
-        )
+    def _observations(
+        self, read: list[PoolConfig], hands: Mapping[ServerId, ByHand]
+    ) -> dict[ServerId, Observation]:
+        """What the engine is told of every server read this round.
+
+        A server whose inputs are the very objects of the last round (its newest sample, its
+        LB member, its pool's config) and whose ownership and override did not change is
+        told the same Observation, built once: at 10,000 servers, rebuilding them all (and
+        merging the LB's counters into every sample again) was a large part of a round where
+        nothing changed.
+        """
+        observations: dict[ServerId, Observation] = {}
+        before, seen = self._seen, {}
+        latest, holds_out, overrides = self.scheduler.latest, self.writer.holds_out, self.overrides
+        for pool in read:
+            for sid, member in self.reader.members[pool.name].items():
+                raw = latest(sid)
+                ours = holds_out(sid)
+                overridden = sid in overrides
+                hand = hands.get(sid) if hands else None
+                last = before.get(sid)
+                if (
+                    last is not None
+                    and hand is None
+                    and last[0] is raw
+                    and last[1] is member
+                    and last[2] is pool
+                    and last[3] is ours
+                    and last[4] is overridden
+                ):
+                    obs = last[5]
+                else:
+                    sample = raw if raw is None else merge(raw, member)
+                    obs = Observation(
+                        sample=sample,
+                        external_out=not member.in_rotation and not ours and not overridden,
+                        weight=member.weight,
+                        full_weight=member.initial_weight,
+                        hand=hand,
+                        expected=expected_weight(pool, sid.server)
+                        if pool.enforce_weights
+                        else None,
+                    )
+                seen[sid] = (raw, member, pool, ours, overridden, obs)
+                observations[sid] = obs
+        self._seen = seen
+        return observations
 
     async def _converge_all(
         self, decision: Decision, partial: Mapping[str, frozenset[ServerId]]

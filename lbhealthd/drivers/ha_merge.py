@@ -28,6 +28,9 @@ def merge_members(
     first answering endpoint's servers in its order, then those only a later one lists; and
     the names of the servers not every answering endpoint lists."""
     views = list(per_endpoint)
+    if len(views) == 1 and views[0] is not None:
+        # One endpoint, the common case: its view as it is (each member kept as it was read).
+        return [_with_consistent(m, True) for m in views[0]], frozenset()
     answered = [{m.id.server: m for m in ms} for ms in views if ms is not None]
     everyone = len(answered) == len(views)
     partial: frozenset[str] = frozenset()

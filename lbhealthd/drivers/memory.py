@@ -116,6 +116,8 @@ class MemoryDriver:
         self.by_hand: list[HandChange] = []
         self.reads = 0
         self.closed = False
+        # Like HAProxy's driver, a server that reads the same as last time is the same Member.
+        self._known: dict[tuple[str, ServerId], Member] = {}
         self._error: str | None = None
         self._gate: asyncio.Event | None = None
         self._gate_op: Op | None = None
@@ -124,6 +126,15 @@ class MemoryDriver:
         self.waiting = 0  # calls waiting at the gate now
 
     # --- the Driver protocol -----------------------------------------------------------------
+
+    def _same_or_new(self, endpoint: str, pool: str, live: LiveServer) -> Member:
+        member = member_view(pool, live)
+        key = (endpoint, member.id)
+        before = self._known.get(key)
+        if before == member:
+            return before
+        self._known[key] = member
+        return member
 
     async def snapshot(self, pool: str) -> PoolSnapshot:
         check_name(pool, "pool name")
@@ -141,7 +152,7 @@ class MemoryDriver:
                 )
                 views.append(None)
             else:
-                views.append([member_view(pool, live) for live in ep.listed(pool)])
+                views.append([self._same_or_new(ep.name, pool, live) for live in ep.listed(pool)])
         if len(errors) == len(self._endpoints):
             raise combined_error(errors, len(self._endpoints), prefer=Rejected)
         self.reads += 1

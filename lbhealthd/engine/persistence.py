@@ -43,6 +43,16 @@ def to_persisted(state: EngineState, now: float, wall: float) -> dict[str, dict[
     def to_wall(t: float | None) -> float | None:
         return None if t is None else round(wall - (now - t), 3)
 
+    in_service = Phase.IN_SERVICE
+    worth = [
+        (sid, st)
+        for sid, st in state.servers.items()
+        if st.phase is not in_service
+        or st.flap_level
+        or st.restored_at is not None
+        or st.fraction < 1.0
+    ]
+    worth.sort()  # the few worth it, not every server
     return {
         str(sid): {
             "phase": st.phase.value,
@@ -52,11 +62,7 @@ def to_persisted(state: EngineState, now: float, wall: float) -> dict[str, dict[
             "restored_at": to_wall(st.restored_at),
             "fraction": st.fraction,
         }
-        for sid, st in sorted(state.servers.items())
-        if st.phase is not Phase.IN_SERVICE
-        or st.flap_level
-        or st.restored_at is not None
-        or st.fraction < 1.0
+        for sid, st in worth
     }
 
 

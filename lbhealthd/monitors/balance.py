@@ -193,6 +193,7 @@ class BalanceMonitor:
         self._since: float | None = None
         self._run_since: float | None = None  # start of the run of verdicts toward a change
         self._misweighted = _RIGHT
+        self._traffic: Mapping[str, ServerTraffic] | None = None  # the last reading recorded
 
     @property
     def firing(self) -> bool:
@@ -205,12 +206,18 @@ class BalanceMonitor:
         misweighted: Mapping[str, tuple[int, int]] = _RIGHT,
     ) -> BalanceReport:
         """Add this round's counters (``now`` in seconds) and report the balance and the alert.
-        ``misweighted``: the servers whose live weight differs from the intended one."""
+        ``misweighted``: the servers whose live weight differs from the intended one.
+        ``traffic`` passed again as the very same object is taken as unchanged (not read
+        again): pass a new mapping for a new reading, never the old one edited."""
         self._misweighted = MappingProxyType(dict(misweighted)) if misweighted else _RIGHT
         self._record(now, traffic)
         first, last = self._samples[0], self._samples[-1]
-        deltas = {name: last.totals[name] - first.totals[name] for name in last.totals}
-        sessions = sum(deltas.values())
+        if first.totals is last.totals:  # the counters did not move in the window
+            deltas: dict[str, int] = {}
+            sessions = 0
+        else:
+            deltas = {name: last.totals[name] - first.totals[name] for name in last.totals}
+            sessions = sum(deltas.values())
         span = last.at - first.at
         if len(last.totals) < 2:
             return self._no_verdict(
@@ -263,6 +270,13 @@ class BalanceMonitor:
         )
 
     def _record(self, now: float, traffic: Mapping[str, ServerTraffic]) -> None:
+        if traffic is self._traffic and self._samples and now > self._samples[-1].at:
+            # The very same reading as last round: its counters and weights, at a new time.
+            last = self._samples[-1]
+            self._samples.append(_Sample(at=now, totals=last.totals, weights=last.weights))
+            self._trim(now)
+            return
+        self._traffic = traffic
         counted = {
             name: server
             for name, server in traffic.items()
@@ -282,6 +296,9 @@ class BalanceMonitor:
             ):
                 self._samples.clear()
         self._samples.append(sample)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
         horizon = now - self.window
         while len(self._samples) >= 2 and self._samples[1].at <= horizon:
             self._samples.popleft()

@@ -41,7 +41,7 @@ from tenacity import (
 
 from lbhealthd.drivers.ha_merge import combined_error, merge_members
 from lbhealthd.drivers.haproxy.channel import Channel
-from lbhealthd.drivers.haproxy.replies import first_line, info_fields, pool_members
+from lbhealthd.drivers.haproxy.replies import Known, first_line, info_fields, pool_members
 from lbhealthd.errors import DriverError, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, PoolSnapshot, ServerId, check_name
 
@@ -112,6 +112,8 @@ class HAProxyDriver:
         self.keepalive = keepalive
         self.max_age = max_age
         self._sleep = sleep
+        # The last read of each (endpoint, pool): its unchanged servers keep their Member.
+        self._known: dict[tuple[str, str], Known] = {}
         self._channels: dict[Endpoint, Channel] = {}
         self._opening: dict[Endpoint, asyncio.Task[Channel]] = {}
         # Errors of the endpoints that failed during the last snapshot, by endpoint.
@@ -226,7 +228,8 @@ class HAProxyDriver:
             self.command(endpoint, f"show stat {pool} 4 -1"),
             self.command(endpoint, f"show servers state {pool}"),
         )
-        return epoch, pool_members(pool, str(endpoint), state, stat)
+        known = self._known.setdefault((str(endpoint), pool), {})
+        return epoch, pool_members(pool, str(endpoint), state, stat, known)
 
     async def snapshot(self, pool: str) -> PoolSnapshot:
         check_name(pool, "pool name")
