@@ -174,7 +174,7 @@ async def measure(servers: int, rounds: int, shares: list[float], profile: bool)
                 print(f"  decide() (wall, in the rounds): {_ms(decides)}")
                 if profiler is not None:
                     print()
-                    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
             await rec.close()
             await driver.close()
 

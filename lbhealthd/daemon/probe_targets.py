@@ -27,10 +27,17 @@ class ProbeTargets:
         self.scheduler = scheduler
         self.current: Mapping[ServerId, Target] = {}
         self._cache: dict[ServerId, tuple[ProbeConfig, tuple[str, int], Target]] = {}
+        self._read: list[tuple[PoolConfig, Mapping[ServerId, Member] | None]] = []
 
     def sync(
         self, pools: Sequence[PoolConfig], members: Mapping[str, Mapping[ServerId, Member]]
     ) -> None:
+        read = [(pool, members.get(pool.name)) for pool in pools]
+        if len(read) == len(self._read) and all(
+            p is q and m is n for (p, m), (q, n) in zip(read, self._read, strict=True)
+        ):
+            return  # the same configs and the same member maps: nothing to look at
+        self._read = read
         cache = self._cache
         targets: dict[ServerId, Target] = {}
         changed = False
