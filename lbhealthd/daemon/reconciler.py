@@ -176,13 +176,15 @@ class Reconciler:
         read: list[PoolConfig] = []
         hands: dict[ServerId, ByHand] = {}
         forget: list[ServerId] = []
+        held = self.writer.held()
         for pool in self.config.pools:
             got = await self.reader.read(pool)
             if got is None:
                 continue
             read.append(pool)
             members, restarted = got
-            for sid, member in members.items():
+            for sid in sorted(s for s in held if s.pool == pool.name and s in members):
+                member = members[sid]
                 if self.writer.recovering(sid):
                     if self.writer.settle(sid, member):
                         forget.append(sid)

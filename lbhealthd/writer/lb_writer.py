@@ -110,6 +110,12 @@ class LbWriter:
         """True while a change recorded before a crash waits to be compared with the LB."""
         return sid in self._recovering
 
+    def held(self) -> set[ServerId]:
+        """The servers a read must be compared with: those lbhealthd holds something of, and
+        those with a change recorded before a crash. (A server lbhealthd holds nothing of has
+        no hand change to notice.)"""
+        return self.owned.keys() | self._recovering
+
     def has_pending(self, sid: ServerId) -> bool:
         return sid in self.pending
 
