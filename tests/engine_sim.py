@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lbhealthd.engine import EngineState, Observation, PoolSettings, Settings, decide
-from lbhealthd.model import ByHand, Decision, Override, Sample, ServerId
+from lbhealthd.model import ByHand, Decision, Override, ProbeOutcome, Sample, ServerId
 from lbhealthd.testing import failed, ok
 
 # One character per round: H healthy, O overloaded, B in the band, F failed probe, - no sample.
@@ -41,9 +41,11 @@ class Sim:
         hand: Mapping[str, ByHand] | None = None,
         weights: Mapping[str, tuple[int, int]] | None = None,
         partial: frozenset[str] = frozenset(),
+        lb: Mapping[str, float] | None = None,
     ) -> Decision:
         """One round. ``weights``: (weight in the LB, full weight) by server, default 1/1;
-        ``partial``: the servers not every endpoint of an HA pair lists."""
+        ``partial``: the servers not every endpoint of an HA pair lists; ``lb``: by server, the
+        queue of an LB sample of its own this round."""
         self.now += step
         observations = {}
         for name, code in codes.items():
@@ -55,6 +57,9 @@ class Sim:
                 weight=weight,
                 full_weight=full,
                 hand=(hand or {}).get(name),
+                lb=None
+                if lb is None or name not in lb
+                else Sample(server, self.now, ProbeOutcome.OK, {"lb_queue": lb[name]}),
             )
         self.state, decision = decide(
             self.state,

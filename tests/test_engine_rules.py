@@ -16,7 +16,7 @@ from lbhealthd.engine import (
     to_persisted,
 )
 from lbhealthd.engine.hysteresis import Phase
-from lbhealthd.engine.settings import PoolSettings
+from lbhealthd.engine.settings import Marks, PoolSettings
 from lbhealthd.model import (
     ActionKind,
     AdminState,
@@ -380,7 +380,8 @@ def test_judging_a_sample_keeps_every_other_field() -> None:
     from lbhealthd.engine.verdict import Verdict
 
     st = ServerState(
-        Phase.DRAINED, 1, 2, 3.0, Verdict.BAND, 0.5, 4.0, 5.0, 6, 7.0, OverrideKind.MAINT, 0.8, 9.0
+        Phase.DRAINED,
+        *(1, 2, 3.0, Verdict.BAND, 0.5, 4.0, 5.0, 6, 7.0, OverrideKind.MAINT, 0.8, 9.0, 10.0),
     )
     assert len(set(st)) == len(ServerState._fields)  # every field distinct, so a swap shows
     assert st.judged(10, 11, 12.0, Verdict.HEALTHY, 0.1) == st._replace(
@@ -436,3 +437,61 @@ def test_breaks_streak(state: ServerState | None, code: str, expected: bool) -> 
     sample = sample_for(code, S1, 1.0)
     assert sample is not None
     assert breaks_streak(state, sample, pool()) is expected
+
+
+# --- rule 2: the LB's counters as samples of their own ---------------------------------------
+
+LB_MARKS = {"latency_ms": Marks(500, 200), "lb_queue": Marks(10, 1)}
+LB_MARKED = pool(marks=LB_MARKS)
+
+
+def test_lb_samples_over_their_mark_drain_and_quiet_ones_are_no_evidence() -> None:
+    """Three LB samples over the queue's mark drain a server with no new probe sample; quiet
+    ones between them neither reset the streak nor count as healthy."""
+    sim = Sim(LB_MARKED)
+    sim.run({"s1": "H", **OTHERS})
+    sim.round({"s1": "-", **OTHERS}, lb={"s1": 25})
+    sim.round({"s1": "-", **OTHERS}, lb={"s1": 0})
+    sim.round({"s1": "-", **OTHERS}, lb={"s1": 25})
+    assert sim.state.servers[S1].bad == 2 and sim.state.servers[S1].phase is Phase.IN_SERVICE
+    d = sim.round({"s1": "-", **OTHERS}, lb={"s1": 30})
+    (drain,) = d.actions
+    assert (drain.server, drain.kind, drain.reason.rule) == (S1, ActionKind.DRAIN, Rule.FALL)
+    assert "lb_queue 30 >= 10" in drain.reason.message
+
+
+def test_an_lb_sample_over_its_mark_resets_a_drained_servers_healthy_streak() -> None:
+    sim = Sim(pool(marks=LB_MARKS, min_drain=1.0, rise=2))
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    assert sim.state.servers[S1].phase is Phase.DRAINED
+    sim.round({"s1": "H", **OTHERS}, step=5.0)
+    sim.round({"s1": "-", **OTHERS}, lb={"s1": 25})
+    d = sim.round({"s1": "H", **OTHERS})
+    assert d.actions == () and sim.state.servers[S1].good == 1
+    d = sim.round({"s1": "H", **OTHERS})
+    assert [(a.server, a.kind) for a in d.actions] == [(S1, ActionKind.RESTORE)]
+
+
+def test_lb_samples_count_while_starved_but_drain_nothing() -> None:
+    """The LB measured its counters, not the starved daemon: they still count, and the
+    drain they call for is blocked by the freeze until it lifts."""
+    sim = Sim(LB_MARKED)
+    sim.run({"s1": "H", **OTHERS})
+    for _ in range(3):
+        d = sim.round({"s1": "-", **OTHERS}, lb={"s1": 25}, frozen=True)
+    assert [(b.server, b.reason.rule) for b in d.blocked] == [(S1, Rule.STARVED)]
+    d = sim.round({"s1": "-", **OTHERS})
+    assert [(a.server, a.kind) for a in d.actions] == [(S1, ActionKind.DRAIN)]
+
+
+def test_an_lb_sample_over_its_mark_steps_a_ramping_server_down() -> None:
+    sim = Sim(pool(marks=LB_MARKS, min_drain=1.0, rise=1, slow_start=30.0))
+    sim.run({"s1": "OOO", **{k: "HHH" for k in OTHERS}})
+    sim.round({"s1": "H", **OTHERS}, step=5.0)  # restored, at the floor
+    for _ in range(5):
+        sim.round({"s1": "H", **OTHERS}, step=3.0)  # ramping up
+    share = sim.state.servers[S1].fraction
+    assert 0.1 < share < 1.0
+    d = sim.round({"s1": "-", **OTHERS}, lb={"s1": 25})
+    assert [(a.server, a.kind) for a in d.actions] == [(S1, ActionKind.STEP_DOWN)]
+    assert sim.state.servers[S1].fraction == pytest.approx(max(0.1, share / 2))

@@ -1067,3 +1067,64 @@ async def test_servers_with_nothing_new_are_still_seen_to_change(
     h.driver.set_by_hand("s2", admin=AdminState.READY)  # the same sample, s2 back in
     await h.tick()
     assert h.driver.drained() == {"s3", "s4"}
+
+
+LB_MARKS = {
+    "cpu": {"high": 0.9, "low": 0.6},
+    "latency_ms": {"high": 1000, "low": 500},
+    "lb_queue": {"high": 10, "low": 1},
+}
+
+
+@pytest.mark.parametrize("marked", [True, False])
+async def test_a_queue_at_the_lb_drains_a_server_between_probes(
+    make: Callable[..., Harness], logs: Logs, marked: bool
+) -> None:
+    """With no new probe sample, a round's read whose queue is over its high mark counts as
+    an overloaded sample of its own: ``fall`` such reads drain the server. A pool whose marks
+    name no LB signal takes no evidence from the counters."""
+    h = make(overload=LB_MARKS) if marked else make()
+    h.probes.keep("s1", "s2", "s3", "s4", "s5")  # healthy, and not probed again
+    await h.tick()
+    h.driver.set_counters("s2", queue=25)
+    await h.tick(2)
+    assert h.driver.drained() == set()
+    await h.tick()
+    if not marked:
+        await h.tick(10)
+        assert h.driver.drained() == set()
+        return
+    assert h.driver.drained() == {"s2"}
+    (drained,) = events(logs, "server_drained")
+    assert "lb_queue 25 >= 10" in drained["reason"], drained
+    assert drained["evidence"]["signals"] == {"lb_queue": 25.0, "lb_sessions": 0.0, "lb_rate": 0.0}
+
+
+async def test_a_read_that_came_with_a_new_probe_sample_counts_once(
+    make: Callable[..., Harness],
+) -> None:
+    """When each round brings a new probe sample, the read's counters ride in it: a queue
+    over its mark counts one bad sample per round, not two."""
+    h = make(overload=LB_MARKS)
+    await h.tick()
+    h.driver.set_counters("s2", queue=25)
+    await h.tick(2)
+    assert h.reconciler.state.servers[sid("s2")].bad == 2
+    assert h.driver.drained() == set()
+    await h.tick()
+    assert h.driver.drained() == {"s2"}
+
+
+async def test_a_quiet_lb_does_not_clear_a_streak_the_probes_started(
+    make: Callable[..., Harness],
+) -> None:
+    """Counters under their marks are no evidence that a server is well: reads between two
+    overloaded probe samples leave the streak as it is, and the third sample drains it."""
+    h = make(overload=LB_MARKS)
+    h.probes.set("s3", cpu=HOT)
+    for _ in range(3):
+        h.probes.keep("s3")  # one new sample, then reads of quiet counters only
+        await h.tick(3)
+        h.probes.probe_again("s3")
+    await h.tick()
+    assert h.driver.drained() == {"s3"}

@@ -12,7 +12,8 @@ What a round does, in order:
    dropped) and tells the engine, whose rules decide the rest (a server put back in rotation by
    hand gets a keep-in override for ``daemon.manual_change_hold``).
 3. Run the monitors (balance every round, the audit after a change or on its timer).
-4. Decide (the pure engine) with each server's newest sample, merged with the LB's counters.
+4. Decide (the pure engine) with each server's observation (daemon/observations.py): its newest
+   sample merged with the LB's counters, or those counters as a sample of their own.
 5. Converge every server that may need a change, through the writer, up to the driver's
    ``max_in_flight`` at once; persist the engine's memory; publish the round's report.
 
@@ -33,11 +34,12 @@ from lbhealthd.config import Config, PoolConfig
 from lbhealthd.daemon.decision_log import DecisionLog
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.monitoring import Watch
+from lbhealthd.daemon.observations import Observations
 from lbhealthd.daemon.override_book import OverrideBook
 from lbhealthd.daemon.pool_reader import PoolReader
 from lbhealthd.daemon.probe_targets import ProbeTargets
 from lbhealthd.drivers import Driver
-from lbhealthd.engine import EngineState, Observation, Settings
+from lbhealthd.engine import EngineState, Settings
 from lbhealthd.model import (
     Action,
     ActionKind,
@@ -50,7 +52,6 @@ from lbhealthd.model import (
     Sample,
     ServerId,
 )
-from lbhealthd.pool_audit import expected_weight
 from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import Target
 from lbhealthd.report import PoolReport, RoundReport
@@ -67,11 +68,6 @@ class Probes(Protocol):
     def sync(self, targets: Mapping[ServerId, Target]) -> None: ...
     def latest(self, sid: ServerId) -> Sample | None: ...
     async def close(self) -> None: ...
-
-
-#: A server's inputs last round (sample, member, pool, held out by lbhealthd, under an
-#: override) and the Observation built from them.
-_Seen = tuple[Sample | None, Member, PoolConfig, bool, bool, Observation]
 
 
 class Reconciler:
@@ -129,7 +125,7 @@ class Reconciler:
         self._persisted: dict[str, dict[str, object]] | None = None
         self._desired: dict[str, Mapping[ServerId, Desired]] = {}
         self.targets = ProbeTargets(scheduler)
-        self._seen: dict[ServerId, _Seen] = {}  # each server's inputs and Observation last round
+        self.observations = Observations()
         #: Called when a sample asks for a round now (see ``sample_arrived``).
         self.on_evidence: Callable[[], None] | None = None
         self.report = self._report(None, rounds=0, finished_at=None)
@@ -204,7 +200,16 @@ class Reconciler:
             [sid for sid, e in self.writer.owned.items() if e.weight is not None],
         )
         self.targets.sync(self.config.pools, self.reader.members)
-        observations = self._observations(read, hands)
+        observations = self.observations.build(
+            read,
+            self.reader.members,
+            hands,
+            self.scheduler.latest,
+            self.writer.holds_out,
+            self.overrides,
+            now,
+            self.config.daemon.round_interval,
+        )
         settings = Settings({p.name: self.settings.pools[p.name] for p in read})
         partial = self.reader.partial
         split = {p.name: partial[p.name] for p in read if partial.get(p.name)}
@@ -258,54 +263,6 @@ class Reconciler:
         if (toward or engine.breaks_streak(st, merged, ps)) and self.on_evidence is not None:
             self.on_evidence()
         return toward
-
-    def _observations(
-        self, read: list[PoolConfig], hands: Mapping[ServerId, ByHand]
-    ) -> dict[ServerId, Observation]:
-        """What the engine is told of every server read this round.
-
-        A server whose inputs are the very objects of the last round (its newest sample, its
-        LB member, its pool's config) and whose ownership and override did not change is
-        told the same Observation, built once: at 10,000 servers, rebuilding them all (and
-        merging the LB's counters into every sample again) was a large part of a round where
-        nothing changed.
-        """
-        observations: dict[ServerId, Observation] = {}
-        before, seen = self._seen, {}
-        latest, holds_out, overrides = self.scheduler.latest, self.writer.holds_out, self.overrides
-        for pool in read:
-            for sid, member in self.reader.members[pool.name].items():
-                raw = latest(sid)
-                ours = holds_out(sid)
-                overridden = sid in overrides
-                hand = hands.get(sid) if hands else None
-                last = before.get(sid)
-                if (
-                    last is not None
-                    and hand is None
-                    and last[0] is raw
-                    and last[1] is member
-                    and last[2] is pool
-                    and last[3] is ours
-                    and last[4] is overridden
-                ):
-                    obs = last[5]
-                else:
-                    sample = raw if raw is None else merge(raw, member)
-                    obs = Observation(
-                        sample=sample,
-                        external_out=not member.in_rotation and not ours and not overridden,
-                        weight=member.weight,
-                        full_weight=member.initial_weight,
-                        hand=hand,
-                        expected=expected_weight(pool, sid.server)
-                        if pool.enforce_weights
-                        else None,
-                    )
-                seen[sid] = (raw, member, pool, ours, overridden, obs)
-                observations[sid] = obs
-        self._seen = seen
-        return observations
 
     async def _converge_all(
         self, decision: Decision, partial: Mapping[str, frozenset[ServerId]]

@@ -7,7 +7,10 @@ Rules, per pool, in the order they apply each round:
    frozen (no drains, no restores; failed samples count neither way) and a warning says so.
 2. Samples: each server's newest sample is judged once (engine/verdict.py). Overloaded or failed
    samples extend the bad streak and reset the good one; healthy samples the reverse; samples in
-   the band between the marks change neither (the hysteresis).
+   the band between the marks change neither (the hysteresis). A sample of the LB's counters of
+   its own (``Observation.lb``) is judged once too, but only testifies to overload: over a high
+   mark it counts as an overloaded sample (a step-down while ramping, as in rule 6); otherwise
+   it is no evidence. It counts while starved (the LB measured it), but rule 8 still blocks.
 3. Overrides win: a drain or maint override takes the server out whatever the caps (with a
    warning when the pool goes beyond them); a ready override keeps it in; when an override ends
    the daemon owns the server again and restores it only through rule 4.

@@ -101,6 +101,9 @@ class PoolPass(WholePool):
                         st = _observe(st, sample, marks, blind)
                         if st.fraction < 1.0 and st.phase is in_service:
                             st = self._ramp(sid, st, sample, marks)
+            lb = obs.lb
+            if lb is not None and (st.last_lb_at is None or lb.at > st.last_lb_at):
+                st = self._lb_sample(sid, st, lb, marks)
             if override is not None or st.phase is not in_service:
                 st = self._override(sid, st, override)
                 if st.phase is Phase.DRAINED:
@@ -241,6 +244,22 @@ class PoolPass(WholePool):
         reason = reasons.step_down(judged, st.fraction, fraction)
         self.actions.append(Action(sid, ActionKind.STEP_DOWN, reason))
         return st._replace(fraction=fraction, ramp_at=self.now, bad=0)
+
+    def _lb_sample(
+        self, sid: ServerId, st: ServerState, lb: Sample, marks: MarkItems
+    ) -> ServerState:
+        """Rule 2, the LB's counters: a sample of them over a high mark counts as an overloaded
+        sample (a bad one while the server ramps up); any other is no evidence, since the
+        counters alone cannot say a server is well (its probe says that). While the daemon
+        is starved they are still evidence: the LB measured them, not the daemon."""
+        verdict, ratio = assess(lb, marks)
+        if verdict is not _V_OVERLOADED:
+            return st._replace(last_lb_at=lb.at)
+        ramping = st.fraction < 1.0 and st.phase is Phase.IN_SERVICE
+        if ramping and not self.blind and st.fraction > self.ps.slow_start_floor + 1e-9:
+            return self._ramp(sid, st, lb, marks)._replace(last_lb_at=lb.at)  # a step-down
+        bad = st.bad + 1 if st.bad < _STREAK_CAP else st.bad
+        return st._replace(bad=bad, good=0, verdict=verdict, ratio=ratio, last_lb_at=lb.at)
 
     def _refuse(self, sid: ServerId, kind: ActionKind, rule: Rule, message: str) -> None:
         self.blocked.append(Blocked(sid, kind, Reason(rule, message, {})))

@@ -32,6 +32,7 @@ class ServerState(NamedTuple):
     manual: OverrideKind | None = None
     fraction: float = 1.0  # share of its full weight; below 1 while it ramps back up
     ramp_at: float | None = None  # when the ramp last moved (or held)
+    last_lb_at: float | None = None  # the time of the newest LB sample judged (Observation.lb)
 
     def judged(self, bad: int, good: int, at: float, verdict: Verdict, ratio: float) -> ServerState:
         """This state after one more sample was judged (the streaks and the last verdict).
@@ -57,6 +58,7 @@ class ServerState(NamedTuple):
                 self.manual,
                 self.fraction,
                 self.ramp_at,
+                self.last_lb_at,
             ),
         )
 
@@ -86,6 +88,9 @@ class Observation(NamedTuple):
     server it held out, or a slow-start weight): the engine lets go of the server (rule 7).
     ``expected`` is the weight the pool's ``expected_weights`` gives it (None: none given);
     with ``enforce_weights`` on, it is the server's full weight (rule 11).
+    ``lb`` is the load balancer's counters for the server (``lb_queue`` ...) read when no new
+    probe sample came with them: a sample of their own, which can only testify to overload
+    (rule 2).
     """
 
     sample: Sample | None = None
@@ -94,3 +99,4 @@ class Observation(NamedTuple):
     full_weight: int = 0
     hand: ByHand | None = None
     expected: int | None = None
+    lb: Sample | None = None

@@ -29,6 +29,7 @@ from lbhealthd.model import (
     Reason,
     Released,
     Rule,
+    Sample,
     ServerId,
 )
 
@@ -133,7 +134,7 @@ class WholePool:
         kept: ServerId | None = None  # the first candidate refused for capacity
         for sid in self.candidates:
             st = cur[sid]
-            evidence = reasons.drain_evidence(st, observations[sid].sample, ps)
+            evidence = reasons.drain_evidence(st, _newest(observations[sid]), ps)
             override = overrides.get(sid)
             if override is not None and override.kind is OverrideKind.READY:
                 self.blocked.append(
@@ -273,3 +274,11 @@ def _flap_level(st: ServerState, ps: PoolSettings, now: float) -> int:
     if since < ps.flap_window:
         return st.flap_level + 1
     return max(0, st.flap_level - int(since // ps.flap_window))
+
+
+def _newest(obs: Observation) -> Sample | None:
+    """The newer of the server's probe sample and its LB sample: the evidence a drain cites."""
+    lb, sample = obs.lb, obs.sample
+    if lb is not None and (sample is None or lb.at > sample.at):
+        return lb
+    return sample

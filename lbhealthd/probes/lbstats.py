@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from lbhealthd.model import Member, Sample
 
+#: The signals the LB's counters give (HAProxy's ``qcur``, ``scur`` and ``rate``).
+LB_SIGNALS = ("lb_queue", "lb_sessions", "lb_rate")
+
 
 def lb_signals(member: Member) -> dict[str, float]:
     """Return the LB's queue, current sessions and session rate for ``member`` as signals."""
