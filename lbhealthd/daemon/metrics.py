@@ -200,7 +200,8 @@ class Metrics:
             ("file",),
             registry=r,
         )
-        for file in ("owned", "actions", "engine", "pending"):
+        # Every file the daemon writes, at 0, so that an alert on increase() sees the first.
+        for file in ("owned", "actions", "engine", "epochs", "discovered", "pending"):
             self.state_write_failures.labels(file)
         self.starved = Gauge(
             "lbhealthd_daemon_starved",
