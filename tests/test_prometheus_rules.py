@@ -152,3 +152,11 @@ def test_exported_names_follow_the_exposition() -> None:
     assert {"lbhealthd_rounds_total", "lbhealthd_probe_latency_seconds_bucket"} <= exported
     assert "lbhealthd_rounds" not in exported
     assert "lbhealthd_probe_latency_seconds" not in exported
+
+
+def test_operations_lists_every_alert_with_its_severity() -> None:
+    """docs/operations.md's table of alerts has a row for each rule, with its severity."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("## Alerts and dashboard") :]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M))
+    assert rows == {rule["alert"]: rule["labels"]["severity"] for rule in alerts()}
