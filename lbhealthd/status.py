@@ -59,13 +59,18 @@ def _lb_view(m: Member) -> dict[str, Any]:
     }
 
 
+def pool_budget(pool: PoolReport) -> governor.Budget:
+    """The pool's size, servers out and cap, counted as the caps count them: on the servers
+    every endpoint of an HA pair lists."""
+    listed = [m for sid, m in pool.members.items() if sid not in pool.partial]
+    out = sum(1 for m in listed if not m.in_rotation)
+    return governor.budget(len(listed), out, pool.settings)
+
+
 def _pool_summary(pool: PoolReport) -> dict[str, Any]:
     settings = pool.settings
-    # Counted, as the caps are, on the servers every endpoint of an HA pair lists.
-    listed = [m for sid, m in pool.members.items() if sid not in pool.partial]
-    size = len(listed)
-    out = sum(1 for m in listed if not m.in_rotation)
-    budget = governor.budget(size, out, settings)
+    budget = pool_budget(pool)
+    size, out = budget.size, budget.out
     return {
         "name": pool.name,
         "size": size,
@@ -244,4 +249,4 @@ def render(doc: Mapping[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-__all__ = ["VERSION", "document", "render"]
+__all__ = ["VERSION", "document", "pool_budget", "render"]

@@ -2,7 +2,9 @@
 
 Almost everything is read after each round from the round's report (``observe_round``);
 the few events a report cannot show are pushed as they happen:
-``enforced`` (an LB command carrying out a decision succeeded), ``lb_command`` and ``retry``.
+``enforced`` (an LB command carrying out a decision succeeded), ``lb_command``, ``retry``,
+``state_write_failed`` (from the journal's worker thread: prometheus_client's counters take a
+lock) and ``starvation`` (the event-loop lag measured before each round).
 
 Decisions are counted three ways, as Envoy counts ejections: *decided* by the engine,
 *enforced* in the LB (not in dry-run, not when the command failed), and *blocked* by a safety
@@ -11,35 +13,24 @@ rule (counted once when a block starts, not again each round it lasts).
 Label sets stay bounded: a server's series are removed when it leaves its pool, a pool's
 when it leaves the config; the state, rule and outcome labels take values from fixed enums.
 
-The per-server gauges (state, weight, desired, signals) are not kept as prometheus_client
-series objects: a collector builds them when ``/metrics`` is read, from the last report. As
-objects, about ten series per server would cost memory and time every round on large pools;
-as a collector they cost nothing between scrapes.
+The per-server gauges (state, weight, desired, signals) are built when ``/metrics`` is read,
+from the last report (``server_series``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.registry import Collector
 
-from lbhealthd.model import (
-    ActionKind,
-    AdminState,
-    Desired,
-    Member,
-    Rule,
-    Sample,
-    ServerId,
-)
-from lbhealthd.probes.lbstats import merge
+from lbhealthd.daemon.server_series import ServerSeries
+from lbhealthd.model import ActionKind, AdminState, Rule, Sample, ServerId
 from lbhealthd.report import PoolReport, RoundReport
+from lbhealthd.status import pool_budget
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -72,77 +63,6 @@ class _Tracked(Generic[M]):
         self.live -= gone
 
 
-_POOL_SERVER = ("pool", "server")
-
-
-_PoolView = tuple[
-    str, Mapping[ServerId, Member], dict[ServerId, Sample], Mapping[ServerId, Desired]
-]
-
-
-class _ServerSeries(Collector):
-    """The per-server gauges, built on each scrape from the reconciler's view at the end of
-    the last round (see above), so that they agree with the per-pool series of that round."""
-
-    def __init__(self) -> None:
-        # Per pool, in name order: its members as the round read them, their newest samples
-        # then, and the desired states of the last round that decided the pool.
-        self._pools: list[_PoolView] = []
-
-    def update(self, r: RoundReport) -> None:
-        self._pools = []
-        for pool in sorted(r.pools, key=lambda p: p.name):
-            members = pool.members
-            samples = {sid: s for sid in members if (s := r.samples.get(sid)) is not None}
-            desired = {sid: d for sid in members if (d := r.desired.get(sid)) is not None}
-            self._pools.append((pool.name, members, samples, desired))
-
-    def _families(self) -> tuple[GaugeMetricFamily, ...]:
-        return (
-            GaugeMetricFamily(
-                "lbhealthd_server_state",
-                "1 for the server's admin state in the LB (ready, drain, maint), 0 for the others.",
-                labels=(*_POOL_SERVER, "state"),
-            ),
-            GaugeMetricFamily(
-                "lbhealthd_server_weight", "The server's weight in the LB.", labels=_POOL_SERVER
-            ),
-            GaugeMetricFamily(
-                "lbhealthd_server_desired_in_service",
-                "1 when lbhealthd wants the server in rotation, 0 when it wants it out.",
-                labels=_POOL_SERVER,
-            ),
-            GaugeMetricFamily(
-                "lbhealthd_server_signal",
-                "Load signals of the server's latest probe, with the LB's own (lb_queue ...).",
-                labels=(*_POOL_SERVER, "signal"),
-            ),
-        )
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
-
-    def collect(self) -> Iterable[Metric]:
-        families = self._families()
-        state, weight, desired, signal = families
-        states = [(s, s.value) for s in AdminState]
-        for pool, members, samples, wanted in self._pools:
-            for sid, member in members.items():
-                name = sid.server
-                for admin, text in states:
-                    state.add_metric((pool, name, text), 1 if member.admin is admin else 0)
-                weight.add_metric((pool, name), member.weight)
-                want = wanted.get(sid)
-                if want is not None:
-                    in_service = want.admin is AdminState.READY
-                    desired.add_metric((pool, name), 1 if in_service else 0)
-                sample = samples.get(sid)
-                if sample is not None:
-                    for key, value in merge(sample, member).signals.items():
-                        signal.add_metric((pool, name, key), value)
-        return families
-
-
 class Metrics:
     """The daemon's metrics. ``registry`` is what ``/metrics`` exposes."""
 
@@ -155,12 +75,20 @@ class Metrics:
             return _Tracked(Gauge(name, doc, labels, registry=r))
 
         # Per server: the LB's view, the engine's wish and the latest probe (built on scrape).
-        self.servers = _ServerSeries()
+        self.servers = ServerSeries()
         r.register(self.servers)
         self.probe_latency = _Tracked(
             Histogram(
                 "lbhealthd_probe_latency_seconds",
                 "Latency of probes that got an answer (each probe counted once).",
+                ("pool",),
+                registry=r,
+            )
+        )
+        self.probes = _Tracked(
+            Counter(
+                "lbhealthd_probes_total",
+                "Probes whose result arrived, failed or not (each probe counted once).",
                 ("pool",),
                 registry=r,
             )
@@ -246,6 +174,46 @@ class Metrics:
             "Differences the last audit found between the LB and what is expected.",
             ("pool",),
         )
+        # The pool against its caps, counted as the caps count (see ``status.pool_budget``).
+        self.pool_in_service = gauge(
+            "lbhealthd_pool_in_service_servers", "Servers of the pool in rotation.", ("pool",)
+        )
+        self.pool_out = gauge(
+            "lbhealthd_pool_out_of_service_servers",
+            "Servers of the pool out of rotation, whatever took them out.",
+            ("pool",),
+        )
+        self.pool_min_in_service = gauge(
+            "lbhealthd_pool_min_in_service",
+            "The pool's min_in_service: the floor of servers in rotation.",
+            ("pool",),
+        )
+        self.pool_at_cap = gauge(
+            "lbhealthd_pool_at_cap",
+            "1 when no further server may go out (max_drained or min_in_service forbids it).",
+            ("pool",),
+        )
+        # The daemon itself.
+        self.state_write_failures = Counter(
+            "lbhealthd_state_write_failures_total",
+            "Writes to state_dir that failed, by file (owned, actions, or a blob's name).",
+            ("file",),
+            registry=r,
+        )
+        # Every file the daemon writes, at 0, so that an alert on increase() sees the first.
+        for file in ("owned", "actions", "engine", "epochs", "discovered", "pending"):
+            self.state_write_failures.labels(file)
+        self.starved = Gauge(
+            "lbhealthd_daemon_starved",
+            "1 while the event loop lags beyond daemon.max_loop_lag: probes are not trusted, "
+            "nothing is drained or restored.",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "lbhealthd_loop_lag_seconds",
+            "The worst event-loop lag seen between the last two rounds.",
+            registry=r,
+        )
         # Rounds.
         self.rounds = Counter("lbhealthd_rounds", "Rounds completed.", registry=r)
         self.round_duration = Histogram(
@@ -282,6 +250,16 @@ class Metrics:
         """An LB request is retried after a transient error."""
         self.lb_retries.inc()
 
+    def state_write_failed(self, file: str) -> None:
+        """A write to state_dir failed; ``file`` is ``owned``, ``actions`` or a blob's name."""
+        self.state_write_failures.labels(file).inc()
+
+    def starvation(self, lag: float, starved: bool) -> None:
+        """Before a round: the worst event-loop lag since the last one, and whether it is
+        beyond ``daemon.max_loop_lag``."""
+        self.loop_lag.set(lag)
+        self.starved.set(1 if starved else 0)
+
     # --- after each round ---------------------------------------------------------------------
 
     def observe_round(self, r: RoundReport, duration: float) -> None:
@@ -291,6 +269,7 @@ class Metrics:
         self._pools = pools
         for tracked in (
             self.probe_latency,
+            self.probes,
             self.probe_failures,
             self.decisions,
             self.weight_corrections,
@@ -314,6 +293,10 @@ class Metrics:
             self.pool_balance_alert,
             self.pool_misweighted,
             self.pool_audit,
+            self.pool_in_service,
+            self.pool_out,
+            self.pool_min_in_service,
+            self.pool_at_cap,
         ):
             series.sweep()
         self.rounds.inc(max(0, r.rounds - self._rounds_seen))
@@ -336,11 +319,13 @@ class Metrics:
         """Count each server's latest probe in the latency histogram or failures, once."""
         seen = self._sample_at
         latency_of = None  # the pool's histogram, looked up once when needed
+        counted = 0
         for sid in pool.members:
             sample = samples.get(sid)
             if sample is None or seen.get(sid) == sample.at:
                 continue
             seen[sid] = sample.at
+            counted += 1
             latency = sample.signals.get("latency_ms")
             if latency is not None:
                 if latency_of is None:
@@ -348,6 +333,8 @@ class Metrics:
                 latency_of.observe(latency / 1000.0)
             if not sample.ok:
                 self.probe_failures(pool.name, sample.outcome.value).inc()
+        if counted:
+            self.probes(pool.name).inc(counted)
 
     def _pool(self, pool: PoolReport) -> None:
         name = pool.name
@@ -362,6 +349,12 @@ class Metrics:
         self.pool_balance_alert(name).set(1 if report is not None and report.firing else 0)
         self.pool_misweighted(name).set(0 if report is None else len(report.misweighted))
         self.pool_audit(name).set(len(pool.findings))
+        if pool.members:  # a pool never read has no size yet
+            budget = pool_budget(pool)
+            self.pool_in_service(name).set(budget.size - budget.out)
+            self.pool_out(name).set(budget.out)
+            self.pool_min_in_service(name).set(pool.settings.min_in_service)
+            self.pool_at_cap(name).set(0 if budget.check(pool.settings) is None else 1)
 
 
 __all__ = ["Metrics"]

@@ -92,7 +92,7 @@ class Reconciler:
         self.config = config
         self.settings: Settings = config.engine_settings()
         self._fast_pools = _fast_pools(config)
-        self.journal = Journal(store, clock=store.clock)
+        self.journal = Journal(store, clock=store.clock, on_failure=self.metrics.state_write_failed)
         self.writer = LbWriter(
             driver,
             self.journal,
@@ -168,6 +168,7 @@ class Reconciler:
         limit = self.config.daemon.max_loop_lag
         frozen = starved > limit
         self.decisions.starvation(starved, frozen, limit)
+        self.metrics.starvation(starved, frozen)
         self.book.refresh(wall)
         read: list[PoolConfig] = []
         hands: dict[ServerId, ByHand] = {}

@@ -12,7 +12,8 @@ has taken it. Callers whose changes a write under way already holds wait for it;
 wait for the next one, which holds everything staged until it starts: however many callers
 sync together, they share one or two writes.
 
-A failed write is logged (``state_write_failed``, with the file), never raised: the daemon
+A failed write is logged (``state_write_failed``, with the file) and told to ``on_failure``
+(from the worker thread), never raised: the daemon
 keeps serving on a full disk. A document that failed is written again at the next sync
 (unless a newer version was staged meanwhile); action records that failed are dropped (memory
 would grow for as long as the disk is full): the JSON log still carries every event.
@@ -39,9 +40,16 @@ __all__ = ["Journal"]
 class Journal:
     """Staged writes for one Store; ``sync()`` writes them."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self._clock = clock
+        self._on_failure = on_failure
         self._owned: Mapping[ServerId, OwnedEntry] | None = None
         self._blobs: dict[str, Callable[[], Mapping[str, Any]]] = {}
         self._records: list[tuple[float, dict[str, Any]]] = []
@@ -117,12 +125,15 @@ class Journal:
                 self.store.save_owned(owned)
             except LbhealthdError as exc:
                 log.error("state_write_failed", error=str(exc), file="owned")
+                self._failed("owned")
                 failed_owned = owned
         if blobs:
             try:
                 self.store.save_blobs(blobs)
             except LbhealthdError as exc:
                 log.error("state_write_failed", error=str(exc), file=",".join(sorted(blobs)))
+                for name in sorted(blobs):
+                    self._failed(name)
                 failed_blobs = blobs
         if records:
             try:
@@ -131,7 +142,12 @@ class Journal:
                 log.error(
                     "state_write_failed", error=str(exc), file="actions", records=len(records)
                 )
+                self._failed("actions")
         return failed_owned, failed_blobs, []
+
+    def _failed(self, file: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(file)
 
     def _restore(self, failed: _Work) -> None:
         """Put back what failed, under anything staged meanwhile (newer wins)."""
