@@ -49,6 +49,28 @@ async def test_overloaded_servers_are_drained_and_the_rest_untouched(
     assert all(a["rule"] == "fall" for a in actions)
 
 
+async def test_fast_confirmation_drains_within_one_interval_and_two_fast_ones(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """Probes every 1 s, fall 3, the default fast interval (0.25 s), rounds every 1 s: the
+    drain is in HAProxy within interval + (fall − 1) × fast_interval of the onset (each with
+    its ±10 % jitter), plus 0.5 s for probing, deciding and the command; without fast
+    confirmation it takes fall × interval and up to a round more (3.05 s when tried)."""
+    probe = {"interval": "1s", "timeout": "500ms", "load_fields": {"cpu": "cpu"}}
+    config = make_config(
+        [haproxy.socket], tmp_path / "state", probe=probe, daemon={"round_interval": "1s"}
+    )
+    assert config.pools[0].probe.confirm_interval == 0.25
+    lb = LBView(haproxy.socket)
+    async with running(config) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "first rounds")
+        api_servers.set(2, cpu=0.97)
+        onset = time.monotonic()
+        await wait_for(lambda: _eq(lb.drained(), {"s3"}), 6, "s3 drained")
+        took = time.monotonic() - onset
+    assert took <= 1.1 * (1.0 + 2 * 0.25) + 0.5, took
+
+
 async def _eq(value: object, expected: object) -> bool:
     if asyncio.iscoroutine(value):
         value = await value
