@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -194,6 +195,43 @@ async def test_status_json_matches_haproxy(
         assert s1["probe"]["signals"]["cpu"] == pytest.approx(0.97)
         code, out, _ = await cli("status", "-c", str(path))
         assert "daemon: running" in out and "fall:" in out
+
+
+async def test_status_watch_redraws_until_ctrl_c(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """status --watch prints a new table every interval (blank-line separated on a pipe, no
+    screen clearing) and ends with exit 0 and no traceback on SIGINT."""
+    path = write_config(tmp_path, haproxy.socket)
+    async with running(config_of(path)) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 1, 5, "first round")
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "lbhealthd", "status", "-c", str(path)),
+            *("--watch", "--interval", "0.2s"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            lines: list[str] = []
+            deadline = time.monotonic() + 15
+            while sum(1 for x in lines if x.startswith("daemon: running")) < 2:
+                left = deadline - time.monotonic()
+                line = await asyncio.wait_for(proc.stdout.readline(), max(left, 0.01))
+                assert line, "status --watch ended before its second table"
+                lines.append(line.decode())
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    text = "".join(lines) + out.decode()
+    assert "\x1b" not in text
+    first, second = text.split("daemon: running")[1:3]
+    assert first.endswith("\n\n") and "  s1 " in first and "  s5 " in second
 
 
 def _connect_as_nobody(path: str, queue: Any) -> None:

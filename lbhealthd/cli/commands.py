@@ -105,10 +105,40 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _print(_on_call(oncall.restore(config, args.server, args.for_)))
 
 
+WATCH_INTERVAL = 2.0  # seconds between two tables of `status --watch` by default
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, erase the screen
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show every server: LB state, what lbhealthd wants and why, load, overrides."""
+    if args.interval is not None and not args.watch:
+        print("lbhealthd status: --interval needs --watch", file=sys.stderr)
+        return EXIT_USAGE
     config = _load(args)
+    if args.watch:
+        return _watch(config, args.json, args.interval or WATCH_INTERVAL)
     return _print(_on_call(oncall.show_status(config)), as_json=args.json, report=True)
+
+
+def _watch(config: Config, as_json: bool, interval: float) -> int:
+    """The status again and again until Ctrl-C: redrawn in place on a terminal, else one
+    after the other with a blank line between (a pipe or a file keeps every one)."""
+    import time
+
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            outcome = _on_call(oncall.show_status(config))
+            if outcome.code == EXIT_USAGE:  # refused (permissions): asking again changes nothing
+                return _print(outcome)
+            if tty:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                print(f"{CLEAR}every {interval:g}s, Ctrl-C to stop: {stamp}\n")
+            _print(outcome, as_json=as_json, report=True)
+            print(flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
