@@ -37,6 +37,8 @@ p{margin:.3em 0}.muted{color:#666}
 table{border-collapse:collapse;width:100%;background:#fff;margin:.5em 0}
 th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
 th{background:#eee;font-weight:600}td.num{font-variant-numeric:tabular-nums}
+td.name,td.lb,td.weight,td.latency,td.signals,td.when{white-space:nowrap}
+#actions table{width:auto}
 tr[data-state=drain]{background:#fff4d6}tr[data-state=maint]{background:#eceff3}
 tr.ramping td.weight{color:#a05a00;font-weight:600}
 .flag{display:inline-block;padding:0 .4em;border-radius:3px;font-weight:600;margin-left:.4em}
@@ -123,10 +125,11 @@ def _alerts(pool: Mapping[str, Any]) -> str:
 
 
 def _override(o: Mapping[str, Any] | None) -> str:
+    """When an override began and ends; who set it and why are in the ``why`` cell."""
     if not o:
         return "-"
     until = "until restored" if o.get("until") is None else f"until {utc(o['until'])}"
-    return f"{o['kind']} by {o['who']}: {o['reason']} (since {utc(o.get('since'))}, {until})"
+    return f"{o['kind']} since {utc(o.get('since'))}, {until}"
 
 
 def _want(s: Mapping[str, Any]) -> str:
@@ -167,7 +170,7 @@ def _server_row(pool: str, s: Mapping[str, Any]) -> str:
 
 _HEADER = (
     "server",
-    "LB state",
+    "LB",
     "weight",
     "latency",
     "signals",
