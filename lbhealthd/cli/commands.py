@@ -122,7 +122,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _watch(config: Config, as_json: bool, interval: float) -> int:
     """The status again and again until Ctrl-C: redrawn in place on a terminal, else one
-    after the other with a blank line between (a pipe or a file keeps every one)."""
+    after the other with a blank line between (a pipe or a file keeps every one). Each is
+    written at once, so that a reader never sees half of one, nor a half-drawn screen."""
     import time
 
     tty = sys.stdout.isatty()
@@ -131,11 +132,15 @@ def _watch(config: Config, as_json: bool, interval: float) -> int:
             outcome = _on_call(oncall.show_status(config))
             if outcome.code == EXIT_USAGE:  # refused (permissions): asking again changes nothing
                 return _print(outcome)
+            if as_json and outcome.document is not None:
+                body = oncall.dumps(outcome.document)
+            else:
+                body = "\n".join(printable(line) for line in outcome.lines)
             if tty:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-                print(f"{CLEAR}every {interval:g}s, Ctrl-C to stop: {stamp}\n")
-            _print(outcome, as_json=as_json, report=True)
-            print(flush=True)
+                body = f"{CLEAR}every {interval:g}s, Ctrl-C to stop: {stamp}\n\n{body}"
+            sys.stdout.write(body + "\n\n")
+            sys.stdout.flush()
             time.sleep(interval)
     except KeyboardInterrupt:
         return EXIT_OK
