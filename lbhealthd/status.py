@@ -48,6 +48,7 @@ def _lb_view(m: Member) -> dict[str, Any]:
         "weight": m.weight,
         "initial_weight": m.initial_weight,
         "consistent": m.consistent,
+        "in_rotation": m.in_rotation,
         "lb": {
             "sessions": m.sessions,
             "queue": m.queue,
@@ -67,10 +68,12 @@ def pool_budget(pool: PoolReport) -> governor.Budget:
     return governor.budget(len(listed), out, pool.settings)
 
 
-def _pool_summary(pool: PoolReport) -> dict[str, Any]:
+def _pool_summary(r: RoundReport, pool: PoolReport) -> dict[str, Any]:
     settings = pool.settings
     budget = pool_budget(pool)
     size, out = budget.size, budget.out
+    listed = [m for sid, m in pool.members.items() if sid not in pool.partial]
+    owners = [owner(m, r.owned, r.overrides) for m in listed if not m.in_rotation]
     return {
         "name": pool.name,
         "size": size,
@@ -80,6 +83,11 @@ def _pool_summary(pool: PoolReport) -> dict[str, Any]:
         "max_drained": settings.max_drained,
         "min_in_service": settings.min_in_service,
         "at_cap": budget.check(settings) is not None,
+        # Out of rotation by whose hand; the rest of ``out`` is the LB's own (a failed check).
+        "drained_by": {
+            "lbhealthd": owners.count("lbhealthd"),
+            "operator": sum(1 for o in owners if o in ("override", "operator")),
+        },
         "inconsistent": bool(pool.partial),
         "not_on_every_endpoint": sorted(sid.server for sid in pool.partial),
     }
@@ -161,7 +169,7 @@ def document(r: RoundReport, wall: float, mono: float) -> dict[str, Any]:
         servers = [_server(r, m, wall, mono) for _, m in sorted(pool.members.items())]
         pools.append(
             {
-                **_pool_summary(pool),
+                **_pool_summary(r, pool),
                 "blind": pool.blind,
                 "lb_available": pool.lb_error is None,
                 "alerts": pool.alerts,
@@ -178,6 +186,40 @@ def document(r: RoundReport, wall: float, mono: float) -> dict[str, Any]:
             last_round_age_s=None if r.finished_at is None else round(mono - r.finished_at, 3),
         )
     return {"version": VERSION, "daemon": daemon, "pools": pools}
+
+
+def lb_text(s: Mapping[str, Any]) -> str:
+    """A server's state in the LB, short: ``drain``, ``ready+maint`` (imposed), ``ready/down``."""
+    return (
+        str(s["lb_state"])
+        + (f"+{s['lb_imposed']}" if s.get("lb_imposed") else "")
+        + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}")
+    )
+
+
+def signals_text(s: Mapping[str, Any]) -> tuple[str, str]:
+    """A server's latency and other load signals from its newest sample (or what the probe
+    failed with), as text; ``-`` for what is not known."""
+    probe = s.get("probe") or {}
+    signals = dict(probe.get("signals") or {})
+    latency = signals.pop("latency_ms", None)
+    shown = " ".join(f"{k}={v:g}" for k, v in sorted(signals.items()) if isinstance(v, int | float))
+    if probe and probe.get("outcome") != "ok":
+        shown = f"{probe['outcome']}: {probe.get('detail', '')}"
+    return ("-" if latency is None else f"{latency:.0f}ms"), shown or "-"
+
+
+def why_text(s: Mapping[str, Any]) -> str:
+    """Why a server is where it is, in one line: its override, else what was blocked, else the
+    last decision and its rule."""
+    if s.get("override"):
+        o = s["override"]
+        return f"{o['kind']} by {o['who']}: {o['reason']}"
+    if s.get("blocked"):
+        return f"blocked ({s['blocked']['rule']}): {s['blocked']['reason']}"
+    if s.get("last_decision"):
+        return f"{s['last_decision']['rule']}: {s['last_decision']['reason']}"
+    return ""
 
 
 def render(doc: Mapping[str, Any]) -> str:
@@ -209,32 +251,16 @@ def render(doc: Mapping[str, Any]) -> str:
         header = ("server", "lb", "weight", "want", "owner", "latency", "signals", "why")
         rows: list[tuple[str, ...]] = [header]
         for s in pool["servers"]:
-            probe = s.get("probe") or {}
-            signals = dict(probe.get("signals") or {})
-            latency = signals.pop("latency_ms", None)
-            shown = " ".join(
-                f"{k}={v:g}" for k, v in sorted(signals.items()) if isinstance(v, int | float)
-            )
-            if probe and probe.get("outcome") != "ok":
-                shown = f"{probe['outcome']}: {probe.get('detail', '')}"
-            why = ""
-            if s.get("override"):
-                o = s["override"]
-                why = f"{o['kind']} by {o['who']}: {o['reason']}"
-            elif s.get("blocked"):
-                why = f"blocked ({s['blocked']['rule']}): {s['blocked']['reason']}"
-            elif s.get("last_decision"):
-                why = f"{s['last_decision']['rule']}: {s['last_decision']['reason']}"
+            latency, shown = signals_text(s)
+            why = why_text(s)
             row = (
                 s["server"].split("/", 1)[1],
-                s["lb_state"]
-                + (f"+{s['lb_imposed']}" if s.get("lb_imposed") else "")
-                + ("" if s["lb_op"] == "up" else f"/{s['lb_op']}"),
+                lb_text(s),
                 f"{s['weight']}/{s['initial_weight']}",
                 s.get("desired") or "-",
                 s.get("owner") or "-",
-                "-" if latency is None else f"{latency:.0f}ms",
-                shown or "-",
+                latency,
+                shown,
                 why,
             )
             rows.append(tuple(printable(str(c)) for c in row))
@@ -249,4 +275,4 @@ def render(doc: Mapping[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-__all__ = ["VERSION", "document", "pool_budget", "render"]
+__all__ = ["VERSION", "document", "lb_text", "pool_budget", "render", "signals_text", "why_text"]

@@ -148,3 +148,16 @@ def test_for_at_the_maximum_is_accepted(
     assert override.expires_at is not None
     assert override.expires_at - override.created_at == 365 * 86400
     assert driver.sent() == [("s1", "drain")]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--interval", "2s"], ["--watch", "--interval", "0s"], ["--watch", "--interval", "soon"]],
+    ids=["interval-without-watch", "zero-interval", "not-a-duration"],
+)
+def test_status_watch_options_are_checked(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --interval` needs --watch and a positive duration; else a usage error, exit 2."""
+    assert main(["status", "-c", str(tmp_path / "none.yaml"), *args]) == 2
+    assert "--interval" in capsys.readouterr().err

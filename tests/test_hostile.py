@@ -891,8 +891,8 @@ def test_http_listener_defaults_to_loopback() -> None:
     assert _is_loopback(split_address(config.daemon.http)[0])
 
 
-READ_ONLY_PATHS = ["/metrics", "/healthz", "/status"]
-CONTROL_PATHS = ["/drain", "/restore", "/", "/override", "/reload"]
+READ_ONLY_PATHS = ["/", "/metrics", "/healthz", "/status"]
+CONTROL_PATHS = ["/drain", "/restore", "/override", "/reload"]
 
 
 @pytest.mark.integration

@@ -6,7 +6,10 @@ import asyncio
 import json
 import multiprocessing
 import os
+import pty
+import select
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -194,6 +197,81 @@ async def test_status_json_matches_haproxy(
         assert s1["probe"]["signals"]["cpu"] == pytest.approx(0.97)
         code, out, _ = await cli("status", "-c", str(path))
         assert "daemon: running" in out and "fall:" in out
+
+
+async def test_status_watch_redraws_until_ctrl_c(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """status --watch prints a new table every interval (blank-line separated on a pipe, no
+    screen clearing) and ends with exit 0 and no traceback on SIGINT."""
+    path = write_config(tmp_path, haproxy.socket)
+    async with running(config_of(path)) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 1, 5, "first round")
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "lbhealthd", "status", "-c", str(path)),
+            *("--watch", "--interval", "0.2s"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            lines: list[str] = []
+            deadline = time.monotonic() + 15
+            while sum(1 for x in lines if x.startswith("daemon: running")) < 3:
+                left = deadline - time.monotonic()
+                line = await asyncio.wait_for(proc.stdout.readline(), max(left, 0.01))
+                assert line, "status --watch ended before its third table"
+                lines.append(line.decode())
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    text = "".join(lines) + out.decode()
+    assert "\x1b" not in text
+    first, second = text.split("daemon: running")[1:3]
+    assert first.endswith("\n\n") and "  s1 " in first and "  s5 " in second
+
+
+async def test_status_watch_redraws_in_place_on_a_terminal(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """On a terminal, status --watch clears the screen before each table, under a line with
+    the interval, and Ctrl-C still ends it with exit 0."""
+    path = write_config(tmp_path, haproxy.socket)
+    master, terminal = pty.openpty()
+    async with running(config_of(path)) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 1, 5, "first round")
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "lbhealthd", "status", "-c", str(path)),
+            *("--watch", "--interval", "0.2s"),
+            stdout=terminal,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.close(terminal)
+        try:
+            seen = b""
+            deadline = time.monotonic() + 15
+            while seen.count(b"\x1b[H\x1b[2J") < 3:  # the second table is whole
+                left = deadline - time.monotonic()
+                assert left > 0, f"no second table within 15s: {seen[-400:]!r}"
+                ready, _, _ = await asyncio.to_thread(select.select, [master], [], [], left)
+                if ready:
+                    seen += os.read(master, 65536)
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            os.close(master)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    second = seen.split(b"\x1b[H\x1b[2J")[2].decode()
+    assert second.startswith("every 0.2s, Ctrl-C to stop: ") and "daemon: running" in second
 
 
 def _connect_as_nobody(path: str, queue: Any) -> None:

@@ -105,10 +105,45 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _print(_on_call(oncall.restore(config, args.server, args.for_)))
 
 
+WATCH_INTERVAL = 2.0  # seconds between two tables of `status --watch` by default
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, erase the screen
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show every server: LB state, what lbhealthd wants and why, load, overrides."""
+    if args.interval is not None and not args.watch:
+        print("lbhealthd status: --interval needs --watch", file=sys.stderr)
+        return EXIT_USAGE
     config = _load(args)
+    if args.watch:
+        return _watch(config, args.json, args.interval or WATCH_INTERVAL)
     return _print(_on_call(oncall.show_status(config)), as_json=args.json, report=True)
+
+
+def _watch(config: Config, as_json: bool, interval: float) -> int:
+    """The status again and again until Ctrl-C: redrawn in place on a terminal, else one
+    after the other with a blank line between (a pipe or a file keeps every one). Each is
+    written at once, so that a reader never sees half of one, nor a half-drawn screen."""
+    import time
+
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            outcome = _on_call(oncall.show_status(config))
+            if outcome.code == EXIT_USAGE:  # refused (permissions): asking again changes nothing
+                return _print(outcome)
+            if as_json and outcome.document is not None:
+                body = oncall.dumps(outcome.document)
+            else:
+                body = "\n".join(printable(line) for line in outcome.lines)
+            if tty:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                body = f"{CLEAR}every {interval:g}s, Ctrl-C to stop: {stamp}\n\n{body}"
+            sys.stdout.write(body + "\n\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -46,6 +46,16 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1h (got {text})")
+    return seconds
+
+
 def _listen(text: str) -> str:
     from lbhealthd.agent import parse_listen
 
@@ -156,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the pools, servers, decisions and overrides")
     _add_config(p)
     p.add_argument("--json", action="store_true", help="stable JSON instead of a table")
+    p.add_argument(
+        "--watch", action="store_true", help="show it again every --interval until Ctrl-C"
+    )
+    p.add_argument(
+        "--interval",
+        type=_interval,
+        metavar="DURATION",
+        help="time between two tables with --watch (500ms, 2s, 1m; default: 2s)",
+    )
     p.set_defaults(func=cmd_status)
     p = sub.add_parser(
         "agent", help="report this host's load: HTTP /health and HAProxy's agent-check"

@@ -4,12 +4,18 @@
     GET /healthz   200 while rounds complete: the last one within max(3 × round_interval, 5 s);
                    503 with a reason before the first round, when rounds stall, and when stopping
     GET /status    the status document (lbhealthd.status), as ``lbhealthd status --json``
+    GET /          the same document as an HTML page for a browser (lbhealthd.status_page)
 
 Nothing here changes anything: every other method is answered 405, and state-changing
 operations exist only on the control socket. Connections are held within ``daemon.
 max_connections`` and ``daemon.idle_timeout`` (lbhealthd.serving.guard), so that local users
 opening connections cannot take the descriptors the daemon needs nor keep /healthz from
 answering.
+
+The page's headers forbid everything it does not use (scripts, frames, fonts, images, other
+origins: ``PAGE_HEADERS``), so that an operator's text that escaped the escaping still could
+not run; and ask browsers and proxies not to keep a copy of a page that shows reasons and
+names.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from lbhealthd import status
+from lbhealthd import status, status_page
 from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.errors import ListenerError
 from lbhealthd.report import RoundReport
@@ -43,6 +49,11 @@ class Health(Protocol):
 log = structlog.get_logger("lbhealthd.http")
 
 MIN_HEALTHY_AGE = 5.0  # seconds: /healthz never asks for rounds closer together than this
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -81,6 +92,7 @@ class HttpListener:
         app.router.add_get("/metrics", self.get_metrics)
         app.router.add_get("/healthz", self.get_healthz)
         app.router.add_get("/status", self.get_status)
+        app.router.add_get("/", self.get_page)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         assert runner.server is not None  # set up above
@@ -97,7 +109,7 @@ class HttpListener:
         log.info(
             "http_listening",
             address=self.address,
-            paths=["/metrics", "/healthz", "/status"],
+            paths=["/", "/metrics", "/healthz", "/status"],
             max_connections=self.guard.limits.connections,
         )
 
@@ -139,6 +151,18 @@ class HttpListener:
     async def get_status(self, request: web.Request) -> web.Response:
         d = self.daemon
         return web.json_response(status.document(d.report, d.wall(), d.mono()))
+
+    async def get_page(self, request: web.Request) -> web.Response:
+        d = self.daemon
+        wall = d.wall()
+        page = status_page.render_page(
+            status.document(d.report, wall, d.mono()),
+            status_page.refresh_seconds(d.round_interval),
+            wall,
+        )
+        return web.Response(
+            text=page, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
+        )
 
 
 __all__ = ["HttpListener", "split_address"]
