@@ -885,3 +885,15 @@ def test_capacity_signal_names_an_overload_signal() -> None:
     )
     assert parse_config(text).engine_settings().pools["api"].capacity_signal == "cpu"
     assert parse_config(pool()).engine_settings().pools["api"].capacity_signal is None
+
+
+def test_a_mark_may_be_a_percentage_of_a_fraction() -> None:
+    """``high: 90%`` reads as 0.9, as shares do; a percentage that is not a number is refused
+    with its path."""
+    config = parse_config(
+        pool("probe: {load_fields: {cpu: cpu}}", "overload: {cpu: {high: 90%, low: '60%'}}")
+    )
+    marks = config.pools[0].overload["cpu"]
+    assert (marks.high, marks.low) == (0.9, 0.6)
+    error = refused(pool("probe: {load_fields: {cpu: cpu}}", "overload: {cpu: {high: lots%}}"))
+    assert "percentage like 90%" in problem_at(error, "pools[0].overload.cpu.high").message
