@@ -19,7 +19,7 @@ from lbhealthd.engine import governor
 from lbhealthd.model import Member, Override
 from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.printable import printable
-from lbhealthd.report import PoolReport, RoundReport, owner
+from lbhealthd.report import PoolReport, RoundReport, out_text, owner
 
 VERSION = 1
 
@@ -49,6 +49,7 @@ def _lb_view(m: Member) -> dict[str, Any]:
         "initial_weight": m.initial_weight,
         "consistent": m.consistent,
         "in_rotation": m.in_rotation,
+        "out_reason": None if m.in_rotation else out_text(m),
         "lb": {
             "sessions": m.sessions,
             "queue": m.queue,
@@ -215,6 +216,10 @@ def why_text(s: Mapping[str, Any]) -> str:
     if s.get("override"):
         o = s["override"]
         return f"{o['kind']} by {o['who']}: {o['reason']}"
+    if s.get("out_reason") and s.get("owner") != "lbhealthd":
+        # out, and not by lbhealthd's hand: what the LB says, not an old decision of ours
+        by = "set outside lbhealthd" if s.get("owner") == "operator" else "not lbhealthd's doing"
+        return f"out: {s['out_reason']} ({by})"
     if s.get("blocked"):
         return f"blocked ({s['blocked']['rule']}): {s['blocked']['reason']}"
     if s.get("last_decision"):
