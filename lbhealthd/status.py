@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lbhealthd.engine import governor
-from lbhealthd.model import Member, Override
+from lbhealthd.model import AdminState, Member, Override
 from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.printable import printable
 from lbhealthd.report import PoolReport, RoundReport, out_text, owner
@@ -91,6 +91,17 @@ def _pool_summary(r: RoundReport, pool: PoolReport) -> dict[str, Any]:
         },
         "inconsistent": bool(pool.partial),
         "not_on_every_endpoint": sorted(sid.server for sid in pool.partial),
+        # In a dry run nothing is sent: the servers lbhealthd wants out are in rotation still,
+        # but its caps count them as out (as they would be).
+        "would_be_out": sum(
+            1
+            for m in listed
+            if m.in_rotation
+            and (want := r.desired.get(m.id)) is not None
+            and want.admin is not AdminState.READY
+        )
+        if r.dry_run
+        else 0,
     }
 
 
@@ -246,6 +257,8 @@ def render(doc: Mapping[str, Any]) -> str:
                 f": {pool['in_service']}/{pool['size']} in service, {pool['out']} out "
                 f"(cap {pool['max_out']}, min_in_service {pool['min_in_service']})"
             )
+            if pool.get("would_be_out"):
+                head += f"  DRY RUN: {pool['would_be_out']} more would be out"
         if pool.get("blind"):
             head += "  BLIND: not draining"
         if pool.get("inconsistent"):

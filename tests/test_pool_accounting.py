@@ -75,3 +75,29 @@ async def test_a_blind_pool_says_how_many_servers_were_not_counted(
         "(1 more not counted: out of rotation or not probed yet)"
     )
     assert blind["evidence"]["pool_size"] == 5
+
+
+async def test_a_dry_run_status_says_how_many_more_would_be_out(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """In a dry run the LB shows 0 out while the engine counts the drain it decided: the pool
+    line says so, and the count agrees with the blocked drain's evidence."""
+    from lbhealthd.status import render
+
+    h = make(daemon={"dry_run": True})
+    h.probes.set("s1", "s2", "s3", cpu=0.97)
+    await h.tick(4)
+    doc = status_of(h)
+    pool = doc["pools"][0]
+    assert (pool["out"], pool["would_be_out"]) == (0, 2)
+    blocked = events(logs, "drain_blocked")
+    assert blocked and blocked[0]["evidence"]["out"] == pool["out"] + pool["would_be_out"]
+    assert "DRY RUN: 2 more would be out" in render(doc)
+
+
+async def test_a_live_status_has_nothing_that_would_be_out(make: Callable[..., Harness]) -> None:
+    h = make()
+    h.probes.set("s1", "s2", "s3", cpu=0.97)
+    await h.tick(4)
+    pool = status_of(h)["pools"][0]
+    assert (pool["out"], pool["would_be_out"]) == (2, 0)
