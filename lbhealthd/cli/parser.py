@@ -7,6 +7,7 @@ import argparse
 import re
 
 from lbhealthd import __version__
+from lbhealthd.cli import habits
 from lbhealthd.cli.commands import (
     cmd_agent,
     cmd_audit,
@@ -89,7 +90,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         metavar="FILE",
-        help="config file (default: $LBHEALTHD_CONFIG)",
+        help="config file (default: $LBHEALTHD_CONFIG, else /etc/lbhealthd/config.yaml)",
     )
 
 
@@ -247,4 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the daemon with enforce_weights on: it sets the weights back itself",
     )
     p.set_defaults(func=cmd_demo)
+
+    habits.add_commands(parser, sub)
     return parser
