@@ -15,6 +15,7 @@ import yaml
 from lbhealthd.cli import main
 from lbhealthd.drivers.haproxy.process import ServerSpec, wait_exit
 from lbhealthd.model import ServerId
+from lbhealthd.oncall import audit as audit_cli
 from lbhealthd.oncall import commands as oncall
 from lbhealthd.store import Store
 from tests.daemon_harness import FAST, make_config, running, wait_for
@@ -182,3 +183,44 @@ async def test_a_renamed_server_through_the_running_daemon(
         assert r.reader.discovered["api"] == ["s1", "s2", "s3b", "s4", "s5"]
         await wait_for(lambda: "s3b" in _recorded(state), 5, "discovered written")
         await wait_for(lambda: not r.report.pool("api").findings, 5, "the daemon's audit clean")
+
+
+async def test_a_file_is_compared_with_the_live_pool_when_nothing_is_recorded(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """No `servers:` and no recorded set: a candidate file is compared with the servers the
+    LB lists now, and a server renamed in the file is named as such."""
+    haproxy = await haproxy_factory({"api": api_backend(api_servers)})
+    config = make_config([haproxy.socket], tmp_path / "state")
+    specs = api_backend(api_servers)
+    s3 = specs[2]
+    specs[2] = ServerSpec("s3b", s3.host, s3.port, s3.weight, s3.extra)
+    haproxy.proc.backends = {"api": specs}
+    path = tmp_path / "candidate.cfg"
+    path.write_text(haproxy.proc.config_text())
+    outcome = audit_cli.candidate(config, str(path))
+    assert outcome.code == 1, outcome.lines
+    assert "  compared with api: the servers the load balancer lists now" in outcome.lines
+    assert f"  renamed             api/s3 -> api/s3b (same address {s3.host}:{s3.port})" in (
+        outcome.lines
+    )
+    assert outcome.document is not None
+    assert outcome.document["renamed"] == [
+        {"pool": "api", "old": "s3", "new": "s3b", "address": f"{s3.host}:{s3.port}", "sure": True}
+    ]
+
+
+async def test_a_set_recorded_without_addresses_gives_a_likely_rename(
+    api_servers: ApiServers, haproxy_factory: HAProxyFactory, tmp_path: Path
+) -> None:
+    """A set recorded before addresses were kept: one server gone and one new are named as a
+    likely rename, said to be a guess."""
+    haproxy = await haproxy_factory({"api": api_backend(api_servers)})
+    config = make_config([haproxy.socket], tmp_path / "state")
+    Store(tmp_path / "state").save_blob(
+        "discovered", {"pools": {"api": ["s1", "s2", "s4", "s5", "s6"]}}
+    )
+    outcome = await audit_cli.live(config, fix=False, yes=False, confirm=lambda _: False)
+    assert outcome.code == 1
+    [line] = [x for x in outcome.lines if x.startswith("  renamed?")]
+    assert "api/s6 -> api/s3" in line and "old address is not known" in line
