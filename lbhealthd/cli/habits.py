@@ -11,6 +11,7 @@ pyproject's package-data); each points at the document that says more.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 from dataclasses import dataclass
@@ -109,9 +110,10 @@ def _options(parser: argparse.ArgumentParser) -> list[Option]:
     for a in parser._actions:
         choices = tuple(str(c) for c in a.choices) if a.choices else ()
         metavar = a.metavar if isinstance(a.metavar, str) else a.dest.upper()
-        out.append(
-            Option(tuple(a.option_strings), str(a.help or ""), a.nargs != 0, choices, metavar)
-        )
+        text = str(a.help or "")
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # as argparse expands it
+            text = text % {**vars(a), "prog": parser.prog}
+        out.append(Option(tuple(a.option_strings), text, a.nargs != 0, choices, metavar))
     return out
 
 
@@ -179,12 +181,17 @@ complete -o default -F _lbhealthd lbhealthd
 
 # --- zsh ---------------------------------------------------------------------------------------
 
-_UNSAFE = re.compile(r"[\[\]:'\\`$\"]")
+_UNSAFE = re.compile(r"[\[\]'\\`$\"]")
 
 
 def _z(text: str) -> str:
-    """Text made safe inside a single-quoted _arguments spec (no quote, bracket or colon)."""
+    """Text made safe inside a single-quoted _arguments description (no quote or bracket)."""
     return _UNSAFE.sub("", " ".join(text.replace("%%", "%").split()))[:80]
+
+
+def _zm(text: str) -> str:
+    """A message field of an _arguments spec: safe text with its colons escaped."""
+    return _z(text).replace(":", "\\:")
 
 
 def zsh_script(commands: list[Command]) -> str:
@@ -202,10 +209,10 @@ def zsh_script(commands: list[Command]) -> str:
                 action = " "
             if not o.names:
                 position += 1
-                specs.append(f"'{position}:{_z(o.metavar)}:{action}'")
+                specs.append(f"'{position}:{_zm(o.metavar)}:{action}'")
                 continue
             for name in o.names:
-                value = f":{_z(o.metavar)}:{action}" if o.takes_value else ""
+                value = f":{_zm(o.metavar)}:{action}" if o.takes_value else ""
                 specs.append(f"'{name}[{_z(o.help)}]{value}'")
         cases.append(
             f"    {c.name})\n      _arguments \\\n        "
