@@ -846,7 +846,9 @@ def test_resolve_path_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("env", [None, ""], ids=["unset", "empty"])
 def test_resolve_path_without_any_source(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
-    """With neither -c nor a non-empty $LBHEALTHD_CONFIG, a ConfigError says how to give one."""
+    """With neither -c nor a non-empty $LBHEALTHD_CONFIG, and no file at the default path, a
+    ConfigError says how to give one."""
+    monkeypatch.setattr("lbhealthd.config.loading.DEFAULT_PATH", "/nonexistent/config.yaml")
     if env is None:
         monkeypatch.delenv(ENV_VAR, raising=False)
     else:

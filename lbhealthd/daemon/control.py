@@ -10,6 +10,8 @@ checked first (lbhealthd.daemon.socket_file).
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
     POST /restore {server, for_s}
+    POST /forget  {server, reason, force}   (lbhealthd.daemon.memory_requests)
+    POST /accept  {pool, reason}
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ import os
 import pwd
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import web
 
 from lbhealthd import overrides, status
 from lbhealthd.config import Config
+from lbhealthd.daemon import memory_requests
 from lbhealthd.daemon.socket_file import prepare
 from lbhealthd.errors import (
     CapRefused,
+    DriverError,
     InvalidDuration,
     InvalidName,
     LbhealthdError,
+    StillListed,
     UnknownServer,
 )
 from lbhealthd.model import Member, ServerId
@@ -41,6 +46,9 @@ from lbhealthd.report import RoundReport
 from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
+
+if TYPE_CHECKING:
+    from lbhealthd.daemon.reconciler import Reconciler
 
 log = structlog.get_logger("lbhealthd.daemon.control")
 
@@ -56,6 +64,8 @@ class Operations(Protocol):
     def store(self) -> Store: ...
     @property
     def writer(self) -> LbWriter: ...
+    @property
+    def reconciler(self) -> Reconciler: ...
     async def next_round(self) -> bool: ...
 
 
@@ -119,6 +129,8 @@ class ControlServer:
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
+        app.router.add_post("/forget", self.post_forget)
+        app.router.add_post("/accept", self.post_accept)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         assert self.runner.server is not None  # set up above
@@ -186,18 +198,27 @@ class ControlServer:
         return web.json_response(status.document(self.daemon.report, time.time(), time.monotonic()))
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], ServerId]:
+        body = await self._object(request)
+        try:
+            return body, ServerId.parse(str(body.get("server", "")))
+        except InvalidName as exc:
+            raise web.HTTPBadRequest(
+                text=_json({"error": str(exc)}), content_type="application/json"
+            ) from None
+
+    async def _object(self, request: web.Request) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.guard.limits.idle_timeout):
                 body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
-            return body, ServerId.parse(str(body.get("server", "")))
+            return body
         except TimeoutError:
             raise web.HTTPRequestTimeout(
                 text=_json({"error": "the request body did not arrive in time"}),
                 content_type="application/json",
             ) from None
-        except (ValueError, InvalidName) as exc:
+        except ValueError as exc:
             raise web.HTTPBadRequest(
                 text=_json({"error": str(exc)}), content_type="application/json"
             ) from None
@@ -260,6 +281,41 @@ class ControlServer:
             return web.json_response({"error": done.lb_error}, status=502)
         await d.next_round()
         return web.json_response(self._result(sid, "restored", done))
+
+    # -- an operator's changes to the daemon's memory ---------------------------------------
+
+    async def post_forget(self, request: web.Request) -> web.Response:
+        body, sid = await self._body(request)
+        reason = str(body.get("reason") or "").strip() or "(none given)"
+        force = bool(body.get("force"))
+        r = self.daemon.reconciler
+        who = _who(request)
+        done = memory_requests.submit(r, lambda: memory_requests.forget(r, sid, who, reason, force))
+        return await self._answer(done)
+
+    async def post_accept(self, request: web.Request) -> web.Response:
+        body = await self._object(request)
+        pool = str(body.get("pool") or "")
+        reason = str(body.get("reason") or "").strip() or "(none given)"
+        r = self.daemon.reconciler
+        who = _who(request)
+        done = memory_requests.submit(r, lambda: memory_requests.accept(r, pool, who, reason))
+        return await self._answer(done)
+
+    async def _answer(self, done: asyncio.Future[dict[str, Any]]) -> web.Response:
+        """The answer of a change queued for the next round, started now and waited for."""
+        await self.daemon.next_round()
+        if not done.done():
+            error = "queued, but no round ran in time: it is made at the next round"
+            return web.json_response({"error": error}, status=504)
+        try:
+            return web.json_response(done.result())
+        except StillListed as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        except UnknownServer as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except DriverError as exc:
+            return web.json_response({"error": str(exc)}, status=502)
 
     def _result(self, sid: ServerId, what: str, done: overrides.Done) -> dict[str, Any]:
         report = self.daemon.report

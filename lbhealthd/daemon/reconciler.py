@@ -128,6 +128,8 @@ class Reconciler:
         self.observations = Observations()
         #: Called when a sample asks for a round now (see ``sample_arrived``).
         self.on_evidence: Callable[[], None] | None = None
+        #: Operators' changes to the memory, made as the next round starts (memory_requests).
+        self.requests: list[Callable[[], None]] = []
         self.report = self._report(None, rounds=0, finished_at=None)
 
     @property
@@ -169,6 +171,9 @@ class Reconciler:
         frozen = starved > limit
         self.decisions.starvation(starved, frozen, limit)
         self.metrics.starvation(starved, frozen)
+        requests, self.requests = self.requests, []
+        for request in requests:
+            request()
         self.book.refresh(wall)
         read: list[PoolConfig] = []
         hands: dict[ServerId, ByHand] = {}

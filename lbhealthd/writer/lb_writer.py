@@ -125,6 +125,11 @@ class LbWriter:
         if self.owned.pop(sid, None) is not None:
             self.journal.stage_owned(self.owned)
 
+    def drop_pending(self, sid: ServerId) -> None:
+        """Forget a change of ``sid`` recorded but never confirmed (the server is gone)."""
+        self._recovering.discard(sid)
+        self._settled(sid)
+
     def notice_hand_change(self, sid: ServerId, member: Member) -> ByHand | None:
         """Compare what lbhealthd set with what the LB shows; if an operator changed it by
         other means, let go of it (logged and recorded) and say what changed. An agent-check
