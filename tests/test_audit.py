@@ -862,7 +862,9 @@ async def test_fix_never_moves_a_weight_to_or_from_zero(
     await driver.set_weight(sid("s2"), 0)
     await driver.set_weight(sid("s3"), 5)
     config = make_config(
-        [haproxy.socket], tmp_path / "state", expected_weights={"default": 100, "s4": 0}
+        [haproxy.socket],
+        tmp_path / "state",
+        expected_weights={"default": 100, "s4": 0, "s5": 50},
     )
     try:
         outcome = await live(config, fix=True, yes=True, confirm=lambda _: False)
@@ -870,9 +872,15 @@ async def test_fix_never_moves_a_weight_to_or_from_zero(
     finally:
         await driver.close()
 
-    assert (weights["s2"], weights["s3"], weights["s4"]) == (0, 100, 100)
+    assert (weights["s2"], weights["s3"], weights["s4"], weights["s5"]) == (0, 100, 100, 50)
     assert outcome.document is not None
-    assert outcome.document["fixed"] == ["api/s3: weight 5 -> 100"]
+    assert outcome.document["fixed"] == ["api/s3: weight 5 -> 100", "api/s5: weight 100 -> 50"]
+    # HAProxy's file gives s3 its expected 100 already, and s5 100 where 50 is expected.
+    (about_file,) = [ln for ln in outcome.lines if ln.startswith("--fix changed runtime")]
+    assert about_file == (
+        "--fix changed runtime weights only: the HAProxy configuration gives api/s5 weight "
+        "100 (expected 50); fix it there too, or the next reload brings the old weights back"
+    )
     assert [(s["server"], s["weight"], s["expected"]) for s in outcome.document["skipped"]] == [
         ("api/s2", 0, 100),
         ("api/s4", 100, 0),
@@ -881,4 +889,14 @@ async def test_fix_never_moves_a_weight_to_or_from_zero(
     assert "  skipped: api/s2: weight 0 (out of rotation by weight" in text
     assert "  skipped: api/s4: expected weight 0 would take it out of rotation" in text
     fixes = [a for a in Store(tmp_path / "state").read_actions() if a.get("rule") == "audit_fix"]
-    assert [a["server"] for a in fixes] == ["api/s3"]
+    assert [a["server"] for a in fixes] == ["api/s3", "api/s5"]
+
+
+def test_fix_says_a_reload_keeps_weights_the_file_already_gives() -> None:
+    """When HAProxy's initial weight (its file's) is the one set back, nothing is to be fixed
+    in the file, and --fix says so instead of asking for it."""
+    from lbhealthd.oncall.audit import _file_lines
+
+    s3 = Member(sid("s3"), "127.0.0.1", 1, AdminState.READY, OpState.UP, 5, 100)
+    (line,) = _file_lines({"api": {sid("s3"): s3}}, [(sid("s3"), 100, 5)])
+    assert line.endswith("already gives each of them that weight, so a reload keeps it")

@@ -178,16 +178,35 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
         else:
             fixed = await _apply(config, members, plan)
             lines += [f"  fixed: {f}" for f in fixed]
-            lines.append(
-                "--fix changed runtime weights only: fix the HAProxy configuration "
-                "file too, or the next reload brings the old weights back"
-            )
+            lines += _file_lines(members, plan)
             members, pair, errors = await _read(config)
             findings = _findings(config, members, pair)
             lines += _lines(findings, "live pool after --fix")
     code = 1 if findings else (2 if errors else 0)
     doc = _doc(findings, errors=errors, fixed=fixed, skipped=skipped)
     return Outcome(code, tuple(lines), doc | {"renamed": [r.as_dict() for r in renamed]})
+
+
+def _file_lines(
+    members: dict[str, dict[ServerId, Member]], plan: list[tuple[ServerId, int, int]]
+) -> list[str]:
+    """What a reload would do to the weights just set: HAProxy's initial weight of a server is
+    the one its configuration file gives it, so a reload brings that one back."""
+    stale = [
+        (sid, members[sid.pool][sid].initial_weight, want)
+        for sid, want, _ in plan
+        if members[sid.pool][sid].initial_weight != want
+    ]
+    if not stale:
+        return [
+            "--fix changed runtime weights; HAProxy's configuration already gives each of "
+            "them that weight, so a reload keeps it"
+        ]
+    return [
+        "--fix changed runtime weights only: the HAProxy configuration gives "
+        + ", ".join(f"{sid} weight {file} (expected {want})" for sid, file, want in stale)
+        + "; fix it there too, or the next reload brings the old weights back"
+    ]
 
 
 def _out_of_rotation(sid: ServerId, weight: int, want: int) -> str | None:
