@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -33,28 +32,11 @@ from lbhealthd.errors import DriverError, LbhealthdError
 from lbhealthd.model import Action, ActionKind, AdminState, ByHand, Desired, Member, ServerId
 from lbhealthd.store import OwnedEntry
 from lbhealthd.writer.journal import Journal
+from lbhealthd.writer.why import Why
 
 log = structlog.get_logger("lbhealthd.writer")
 
 __all__ = ["LbWriter", "Why"]
-
-
-@dataclass(frozen=True, slots=True)
-class Why:
-    """Why a command is sent: the rule, a one-line reason, who asked."""
-
-    rule: str = "reconcile"
-    reason: str = "converging to the desired state"
-    who: str = "lbhealthd"
-
-    @classmethod
-    def of(cls, action: Action | None) -> Why:
-        if action is None:
-            return cls()
-        who = action.reason.evidence.get("who")
-        return cls(
-            action.reason.rule.value, action.reason.message, str(who) if who else "lbhealthd"
-        )
 
 
 #: Called after every command: (server, what was set, ok, the action it carried out or None).
