@@ -45,7 +45,7 @@ from lbhealthd.model import (
     Rule,
     ServerId,
 )
-from lbhealthd.store import Store
+from lbhealthd.store import OwnedEntry, Store
 from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.overrides")
@@ -57,6 +57,7 @@ __all__ = [
     "check_caps",
     "drain",
     "find_member",
+    "full_weight",
     "restore",
     "seconds",
 ]
@@ -72,6 +73,7 @@ class Done:
     override: Override | None
     notes: tuple[str, ...] = ()
     lb_error: str | None = None  # the LB refused the change (direct path only)
+    warnings: tuple[str, ...] = ()  # what the caller must know: a pool left beyond its caps
 
 
 def seconds(value: object, name: str = "for_s") -> float | None:
@@ -109,36 +111,102 @@ def check_caps(
     members: Mapping[ServerId, Member],
     recorded: Mapping[ServerId, Override] | None = None,
     now: float = 0.0,
+    owned: Mapping[ServerId, OwnedEntry] | None = None,
 ) -> None:
-    """Raise CapRefused, naming the cap, if taking ``sid`` out breaks the pool's caps.
+    """Raise CapRefused, naming the cap and the servers out and who took them out, if taking
+    ``sid`` out breaks the pool's caps.
 
     Out counts the servers out of rotation in the LB and those with a drain or maint override
     in ``recorded`` not expired at wall time ``now``: recorded, they go out at the next round
-    (or the next command), whatever the LB showed when ``members`` was read."""
+    (or the next command), whatever the LB showed when ``members`` was read. ``owned`` (what
+    lbhealthd took out itself) only names who took a server out."""
+    broken = _cap_broken(config, sid, members, recorded or {}, now)
+    if broken is None:
+        return
+    rule, budget, out = broken
+    settings = config.engine_settings().pools[sid.pool]
+    if rule is Rule.MAX_DRAINED:
+        limit = (
+            f"pool {sid.pool} allows {budget.max_out} of {budget.size} out "
+            f"(max_drained {settings.max_drained:.0%})"
+        )
+    else:
+        limit = (
+            f"pool {sid.pool} keeps at least {settings.min_in_service} of {budget.size} in "
+            f"rotation (min_in_service {settings.min_in_service})"
+        )
+    listed = _who_out(out, members, recorded or {}, owned or {}, now)
+    raise CapRefused(
+        f"refused: {sid} stays in: {limit}, and {_count(len(out))} out{listed}; "
+        "use --force to go beyond"
+    )
+
+
+def _cap_broken(
+    config: Config,
+    sid: ServerId,
+    members: Mapping[ServerId, Member],
+    recorded: Mapping[ServerId, Override],
+    now: float,
+) -> tuple[Rule, governor.Budget, list[ServerId]] | None:
+    """The cap taking ``sid`` out breaks, the pool's budget, and the other servers out."""
     settings = config.engine_settings().pools[sid.pool]
     leaving = {
-        s
-        for s, o in (recorded or {}).items()
-        if o.kind is not OverrideKind.READY and not o.expired(now)
+        s for s, o in recorded.items() if o.kind is not OverrideKind.READY and not o.expired(now)
     }
-    others_out = sum(
-        1 for m in members.values() if m.id != sid and (not m.in_rotation or m.id in leaving)
+    out = sorted(
+        m.id for m in members.values() if m.id != sid and (not m.in_rotation or m.id in leaving)
     )
-    size = len(members)
-    budget = governor.budget(size, others_out, settings)
+    budget = governor.budget(len(members), len(out), settings)
     rule = budget.check(settings)
-    if rule is None:
-        return
+    return None if rule is None else (rule, budget, out)
+
+
+def _beyond_warning(config: Config, sid: ServerId, rule: Rule, budget: governor.Budget) -> str:
+    """What a forced drain left: the pool beyond a cap, on the operator's word."""
+    settings = config.engine_settings().pools[sid.pool]
+    now_out = budget.out + 1
     if rule is Rule.MAX_DRAINED:
-        raise CapRefused(
-            f"refused: taking {sid} out would put {others_out + 1} of {size} servers out of "
-            f"rotation, above max_drained {settings.max_drained:.0%} ({budget.max_out} "
-            f"server(s)); use --force to do it anyway"
-        )
-    raise CapRefused(
-        f"refused: taking {sid} out would leave {size - others_out - 1} of {size} servers in "
-        f"rotation, below min_in_service {settings.min_in_service}; use --force to do it anyway"
-    )
+        cap = f"beyond max_drained {settings.max_drained:.0%} ({budget.max_out} allowed)"
+    else:
+        cap = f"below min_in_service {settings.min_in_service} in rotation"
+    return f"{sid.pool} is now {now_out} out of {budget.size}, {cap}: on you (--force)"
+
+
+_NAMED = 10  # servers named in a refusal; the rest are counted
+
+
+def _count(n: int) -> str:
+    return "none is" if n == 0 else ("1 is" if n == 1 else f"{n} are")
+
+
+def _who_out(
+    out: list[ServerId],
+    members: Mapping[ServerId, Member],
+    recorded: Mapping[ServerId, Override],
+    owned: Mapping[ServerId, OwnedEntry],
+    now: float,
+) -> str:
+    if not out:
+        return ""
+    named = [f"{s} ({_why_out(members[s], recorded.get(s), owned.get(s), now)})" for s in out]
+    more = f", and {len(named) - _NAMED} more" if len(named) > _NAMED else ""
+    return ": " + ", ".join(named[:_NAMED]) + more
+
+
+def _why_out(m: Member, o: Override | None, mine: OwnedEntry | None, now: float) -> str:
+    """Who took a server out, in a few words."""
+    if o is not None and o.kind is not OverrideKind.READY and not o.expired(now):
+        done = "drained" if o.kind is OverrideKind.DRAIN else "put in maint"
+        return f"{done} by {o.who}: {o.reason}"
+    if mine is not None and mine.admin is not AdminState.READY:
+        done = "drained" if mine.admin is AdminState.DRAIN else "put in maint"
+        return f"{done} by lbhealthd: {mine.reason}"
+    if m.admin is not AdminState.READY:
+        return f"{m.admin.value}, not set by lbhealthd"
+    if m.imposed is not None:
+        return f"{m.imposed.value}, imposed by the LB"
+    return f"{m.op.value} in the LB's own checks"
 
 
 async def drain(
@@ -161,13 +229,19 @@ async def drain(
     member = find_member(config, sid, members)
     kind = OverrideKind.MAINT if maint else OverrideKind.DRAIN
     override = Override(sid, kind, reason, who, now, _until(now, for_s))
+    warnings: tuple[str, ...] = ()
     with store.serialised():  # no other process records a drain between check and record
+        recorded = store.load_overrides()
         if member.in_rotation and not force:
             try:
-                check_caps(config, sid, members, store.load_overrides(), now)
+                check_caps(config, sid, members, recorded, now, writer.owned)
             except CapRefused as exc:
                 log.warning("manual_drain_refused", server=str(sid), who=who, reason=str(exc))
                 raise
+        elif member.in_rotation:
+            broken = _cap_broken(config, sid, members, recorded, now)
+            if broken is not None:
+                warnings = (_beyond_warning(config, sid, broken[0], broken[1]),)
         store.put_override(override)
     writer.record(
         sid,
@@ -193,7 +267,7 @@ async def drain(
         kind_done = ActionKind.MAINT if maint else ActionKind.DRAIN
         action = Action(sid, kind_done, override.as_reason())
         error = await _apply(writer, sid, Desired(admin, manual=True), member, action)
-    return Done(override, lb_error=error)
+    return Done(override, lb_error=error, warnings=warnings)
 
 
 async def restore(
@@ -206,10 +280,13 @@ async def restore(
     who: str,
     now: float,
     for_s: float | None = None,
+    reason: str = "",
     apply: bool,
 ) -> Done:
     """End any override; keep a server lbhealthd held out in rotation for a while; set a
-    server out by someone else's hand ready. With ``apply``, the LB is changed now."""
+    server out by someone else's hand ready. With ``apply``, the LB is changed now, and a
+    weight lbhealthd lowered (a slow-start step, kept through a drain) is set back to the
+    server's full weight: no daemon runs to finish the ramp."""
     for_s = seconds(for_s)
     member = find_member(config, sid, members)
     notes = []
@@ -219,25 +296,55 @@ async def restore(
         writer.record(sid, "override_removed", who=who, kind=removed.kind.value)
     keep = None
     error = None
-    reason = Reason(Rule.OVERRIDE, "restore by an operator", {"who": who})
-    action = Action(sid, ActionKind.RESTORE, reason)
+    said = "restored by an operator" + (f": {reason}" if reason else "")
+    why = Reason(Rule.OVERRIDE, said, {"who": who})
+    action = Action(sid, ActionKind.RESTORE, why)
+    full = full_weight(config, member)
+    mine = writer.owned.get(sid)
+    lowered = mine is not None and member.weight != full
     if writer.holds_out(sid):
         hold = for_s if for_s else config.daemon.manual_change_hold
-        keep = Override(
-            sid, OverrideKind.READY, "restored by an operator", who, now, _until(now, hold)
-        )
+        keep = Override(sid, OverrideKind.READY, said, who, now, _until(now, hold))
         store.put_override(keep)
         notes.append("kept in rotation" + (f" for {hold:g}s" if hold else ""))
         if apply:
-            error = await _apply(
-                writer, sid, Desired(AdminState.READY, manual=True), member, action
-            )
+            want = Desired(AdminState.READY, manual=True, weight=full if lowered else None)
+            error = await _apply(writer, sid, want, member, action)
     elif member.admin is not AdminState.READY:
         error = await _apply(writer, sid, Desired(AdminState.READY, manual=True), member, action)
         if error is None:
             notes.append(f"set ready (it was {member.admin.value}, not set by lbhealthd)")
-    log.info("server_restore_requested", server=str(sid), who=who, notes=notes)
+    elif apply and lowered:  # in rotation, its ramp stopped where the daemon left it
+        error = await _apply(
+            writer, sid, Desired(AdminState.READY, manual=True, weight=full), member, action
+        )
+    if apply and member.weight != full:
+        if lowered and error is None:
+            notes.append(f"weight {member.weight} → {full}")
+        elif lowered:
+            notes.append(f"weight NOT set back: still {member.weight}, {full} expected")
+        else:
+            notes.append(
+                f"weight {member.weight} left as it is ({full} expected): not set by lbhealthd"
+            )
+    writer.record(
+        sid,
+        "restore_requested",
+        who=who,
+        reason=reason or None,
+        until=keep.expires_at if keep else None,
+        kept_in=keep is not None,
+    )
+    log.info("server_restore_requested", server=str(sid), who=who, reason=reason, notes=notes)
     return Done(keep, tuple(notes), error)
+
+
+def full_weight(config: Config, member: Member) -> int:
+    """The weight a server has in rotation when lbhealthd lowers nothing: the pool's expected
+    weight for it if the config gives one, else the weight the LB's own configuration gives."""
+    pool = next((p for p in config.pools if p.name == member.id.pool), None)
+    expected = pool.expected_weights.get(member.id.server) if pool is not None else None
+    return expected if expected is not None else member.initial_weight
 
 
 async def _apply(

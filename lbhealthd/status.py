@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lbhealthd.engine import governor
-from lbhealthd.model import AdminState, Member, Override
+from lbhealthd.engine.reasons import over_marks
+from lbhealthd.model import AdminState, Member, Override, ServerId
 from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.printable import printable
 from lbhealthd.report import PoolReport, RoundReport, out_text, owner
@@ -238,6 +239,23 @@ def why_text(s: Mapping[str, Any]) -> str:
     return ""
 
 
+def server(r: RoundReport, sid: ServerId, wall: float, mono: float) -> dict[str, Any] | None:
+    """One server's entry of the document, with what its verdict is measured against: the
+    pool's ``fall`` and ``rise``, and ``over``, the signals of its newest probe at or over
+    their high mark (``cpu 0.95 >= 0.9``), or the probe's failure."""
+    pool = r.pool(sid.pool)
+    member = r.member(sid)
+    if pool is None or member is None:
+        return None
+    entry = _server(r, member, wall, mono)
+    sample = r.samples.get(sid)
+    over = ""
+    if sample is not None:
+        failed = f"{sample.outcome.value}: {sample.detail}".rstrip(": ")
+        over = over_marks(dict(sample.signals), pool.settings.marks) if sample.ok else failed
+    return entry | {"fall": pool.settings.fall, "rise": pool.settings.rise, "over": over}
+
+
 def render(doc: Mapping[str, Any]) -> str:
     """A table for a person at a terminal."""
     lines = []
@@ -293,4 +311,13 @@ def render(doc: Mapping[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-__all__ = ["VERSION", "document", "lb_text", "pool_budget", "render", "signals_text", "why_text"]
+__all__ = [
+    "VERSION",
+    "document",
+    "lb_text",
+    "pool_budget",
+    "render",
+    "server",
+    "signals_text",
+    "why_text",
+]

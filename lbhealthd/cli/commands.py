@@ -8,8 +8,10 @@ from typing import Any
 
 from lbhealthd import logs
 from lbhealthd.config import Config, load_config, resolve_path
+from lbhealthd.config.lenient import Broken
 from lbhealthd.errors import (
     CapRefused,
+    ConfigError,
     ControlRefused,
     DaemonNotAnswering,
     DriverError,
@@ -26,6 +28,20 @@ EXIT_USAGE = 2
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(resolve_path(args.config))
+
+
+def _load_reachable(args: argparse.Namespace) -> Config | Broken:
+    """The config, or for a file that does not validate what can be read of it to reach the
+    running daemon (which runs the config it accepted last)."""
+    path = resolve_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return Broken.of(exc, path).at(args.socket)
+    if args.socket:
+        daemon = config.daemon.model_copy(update={"control_socket": args.socket})
+        config = config.model_copy(update={"daemon": daemon})
+    return config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -67,6 +83,8 @@ def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False)
     their findings are the output), on stderr when it failed. Text carries what others wrote
     (reasons, names, HAProxy's messages), so its control characters are escaped; JSON escapes
     them itself."""
+    for warning in outcome.warnings:
+        print(printable(f"warning: {warning}"), file=sys.stderr)
     if as_json and outcome.document is not None:
         print(oncall.dumps(outcome.document))
     else:
@@ -93,7 +111,7 @@ def _on_call(coro: Any) -> oncall.Outcome:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """Take a server out of rotation with a reason, optionally for a while."""
-    config = _load(args)
+    config = _load_reachable(args)
     return _print(
         _on_call(oncall.drain(config, args.server, args.reason, args.for_, args.force, args.maint))
     )
@@ -101,8 +119,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Put a server back in rotation and end its override."""
-    config = _load(args)
-    return _print(_on_call(oncall.restore(config, args.server, args.for_)))
+    config = _load_reachable(args)
+    return _print(_on_call(oncall.restore(config, args.server, args.for_, args.reason or "")))
 
 
 WATCH_INTERVAL = 2.0  # seconds between two tables of `status --watch` by default
@@ -114,13 +132,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.interval is not None and not args.watch:
         print("lbhealthd status: --interval needs --watch", file=sys.stderr)
         return EXIT_USAGE
-    config = _load(args)
+    config = _load_reachable(args)
     if args.watch:
         return _watch(config, args.json, args.interval or WATCH_INTERVAL)
     return _print(_on_call(oncall.show_status(config)), as_json=args.json, report=True)
 
 
-def _watch(config: Config, as_json: bool, interval: float) -> int:
+def _watch(config: Config | Broken, as_json: bool, interval: float) -> int:
     """The status again and again until Ctrl-C: redrawn in place on a terminal, else one
     after the other with a blank line between (a pipe or a file keeps every one). Each is
     written at once, so that a reader never sees half of one, nor a half-drawn screen."""

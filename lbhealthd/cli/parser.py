@@ -94,6 +94,15 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_socket(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the running daemon's control socket (default: daemon.control_socket of the config, "
+        "read even from a file that does not validate)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbhealthd",
@@ -117,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drain", help="take POOL/SERVER out of rotation (a manual override)")
     p.add_argument("server", type=_server, metavar="POOL/SERVER")
     _add_config(p)
+    _add_socket(p)
     p.add_argument(
         "--reason",
         required=True,
@@ -138,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="put POOL/SERVER back in rotation, ending its override")
     p.add_argument("server", type=_server, metavar="POOL/SERVER")
     _add_config(p)
+    _add_socket(p)
     p.add_argument(
         "--for",
         dest="for_",
@@ -145,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="keep it in for this long if lbhealthd had drained it, at most 365d "
         "(default: daemon.manual_change_hold)",
+    )
+    p.add_argument(
+        "--reason",
+        help="why (optional; recorded, and shown in status to every local user: no secrets)",
     )
     p.set_defaults(func=cmd_restore)
 
@@ -167,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show the pools, servers, decisions and overrides")
     _add_config(p)
+    _add_socket(p)
     p.add_argument("--json", action="store_true", help="stable JSON instead of a table")
     p.add_argument(
         "--watch", action="store_true", help="show it again every --interval until Ctrl-C"

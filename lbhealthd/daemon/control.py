@@ -9,9 +9,13 @@ checked first (lbhealthd.daemon.socket_file).
 
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
-    POST /restore {server, for_s}
+    POST /restore {server, for_s, reason}
     POST /forget  {server, reason, force}   (lbhealthd.daemon.memory_requests)
     POST /accept  {pool, reason}
+
+The answer to a drain or restore says what the round it started made of the server: its
+state, the warnings the caller must see (a forced drain leaving the pool beyond its caps) and,
+for a restore, the server's entry of the status document (its verdict, streaks, ``fall``).
 """
 
 from __future__ import annotations
@@ -275,12 +279,16 @@ class ControlServer:
             who=_who(request),
             now=time.time(),
             for_s=overrides.seconds(body.get("for_s")),
+            reason=str(body.get("reason") or "").strip(),
             apply=False,
         )
         if done.lb_error is not None:
             return web.json_response({"error": done.lb_error}, status=502)
         await d.next_round()
-        return web.json_response(self._result(sid, "restored", done))
+        result = self._result(sid, "restored", done)
+        result["kept_in"] = done.override is not None
+        result["status"] = status.server(d.report, sid, time.time(), time.monotonic())
+        return web.json_response(result)
 
     # -- an operator's changes to the daemon's memory ---------------------------------------
 
@@ -340,6 +348,7 @@ class ControlServer:
             "lb_state": member.admin.value if member else None,
             "until": done.override.expires_at if done.override else None,
             "notes": list(done.notes),
+            "warnings": list(done.warnings),
         }
 
 

@@ -102,11 +102,12 @@ def fall_message(st: ServerState, ps: PoolSettings, evidence: Mapping[str, objec
             f"{st.bad} bad samples in a row (fall {ps.fall}), the last a failed probe "
             f"({outcome}{': ' + str(detail) if detail else ''})"
         )
-    detail = _over_marks(evidence.get("signals"), ps.marks)
+    detail = over_marks(evidence.get("signals"), ps.marks)
     return f"{st.bad} overloaded samples in a row (fall {ps.fall}){': ' + detail if detail else ''}"
 
 
-def _over_marks(signals: object, marks: Mapping[str, Marks]) -> str:
+def over_marks(signals: object, marks: Mapping[str, Marks]) -> str:
+    """The signals at or over their high mark, as `cpu 0.95 >= 0.9`."""
     if not isinstance(signals, dict):
         return ""
     parts = [

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from lbhealthd.config import Config
+from lbhealthd.config.lenient import Reach
 from lbhealthd.errors import ControlRefused, DaemonNotAnswering, UntrustedDaemon
 from lbhealthd.peercred import Peer, peer_of
 
@@ -45,17 +46,19 @@ def trusted_uids(state_dir: str) -> frozenset[int]:
 
 
 async def call_daemon(
-    config: Config, method: str, route: str, body: dict[str, Any] | None = None
+    config: Config | Reach, method: str, route: str, body: dict[str, Any] | None = None
 ) -> tuple[int, dict[str, Any]] | None:
-    """(HTTP status, JSON) from the daemon, or None when no daemon listens on the socket."""
-    return await asyncio.to_thread(_call, config, method, route, body)
+    """(HTTP status, JSON) from the daemon, or None when no daemon listens on the socket.
+    A :class:`Reach` is enough: a config file refused on disk still names the socket."""
+    reach = config if isinstance(config, Reach) else Reach.of(config)
+    return await asyncio.to_thread(_call, reach, method, route, body)
 
 
 def _call(
-    config: Config, method: str, route: str, body: dict[str, Any] | None
+    reach: Reach, method: str, route: str, body: dict[str, Any] | None
 ) -> tuple[int, dict[str, Any]] | None:
-    path = config.daemon.control_socket
-    conn = _Connection(path, trusted_uids(config.daemon.state_dir), config.daemon.state_dir)
+    path = reach.control_socket
+    conn = _Connection(path, trusted_uids(reach.state_dir), reach.state_dir)
     try:
         payload = None if body is None else json.dumps(body)
         headers = {"Content-Type": "application/json"} if payload is not None else {}

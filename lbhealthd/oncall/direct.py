@@ -95,7 +95,9 @@ async def drain(
         return done, None
 
 
-async def restore(config: Config, sid: ServerId, for_s: float | None) -> DirectResult:
+async def restore(
+    config: Config, sid: ServerId, for_s: float | None, reason: str = ""
+) -> DirectResult:
     """End the override and put the server in rotation now; (done, None) or (None, why not)."""
     async with _session(config) as (driver, store, writer):
         try:
@@ -111,6 +113,7 @@ async def restore(config: Config, sid: ServerId, for_s: float | None) -> DirectR
             who=who(),
             now=time.time(),
             for_s=for_s,
+            reason=reason,
             apply=True,
         )
         return done, None
