@@ -292,7 +292,11 @@ async def restore(
     notes = []
     removed = store.remove_override(sid)
     if removed is not None:
-        notes.append(f"removed the {removed.kind.value} override by {removed.who}")
+        notes.append(
+            f"ended the keep-in hold set by {removed.who}"
+            if removed.kind is OverrideKind.READY
+            else f"removed the {removed.kind.value} override by {removed.who}"
+        )
         writer.record(sid, "override_removed", who=who, kind=removed.kind.value)
     keep = None
     error = None

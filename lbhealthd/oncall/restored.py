@@ -28,31 +28,29 @@ __all__ = ["restore_lines"]
 
 def restore_lines(sid: ServerId, doc: dict[str, Any], reason: str) -> tuple[str, ...]:
     st: dict[str, Any] = doc.get("status") or {}
-    notes = list(doc.get("notes") or [])
-    if reason:
-        notes.append(f"your reason: {reason}")
-    done = "; ".join(notes) or "nothing to undo"
+    done = "; ".join(doc.get("notes") or []) or "nothing to undo"
+    said = f" (your reason: {reason})" if reason else ""
     desired = st.get("desired")
     if doc.get("applied") is False and desired == "ready":
         problem = doc.get("lb_error") or f"the LB shows {doc.get('lb_state')}"
         return (
-            f"restore: recorded for {sid} ({done}), but NOT yet applied ({problem}); the "
+            f"restore: recorded for {sid} ({done}{said}), but NOT yet applied ({problem}); the "
             "daemon keeps trying every round",
         )
     if doc.get("kept_in"):
         return (
-            f"restore: {sid} is back in rotation{_weight(st)}: {done}{_until(doc)} "
+            f"restore: {sid} is back in rotation{_weight(st)}: {done}{_until(doc)}{said} "
             "(via the running daemon)",
             _after_hold(sid, st, doc.get("until")),
         )
     if desired in ("drain", "maint"):
         return (
-            f"restore: {done} (via the running daemon)",
+            f"restore: {done}{said} (via the running daemon)",
             f"{sid} is out of rotation again: lbhealthd took it out at once, "
             f"{_decision(st)}. To keep it in anyway: lbhealthd restore {sid} "
             "(a hold of daemon.manual_change_hold, or --for)",
         )
-    return (f"restore: {done} (via the running daemon)", _in_rotation(sid, st))
+    return (f"restore: {done}{said} (via the running daemon)", _in_rotation(sid, st))
 
 
 def _after_hold(sid: ServerId, st: dict[str, Any], until: object) -> str:
