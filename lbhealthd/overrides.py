@@ -17,9 +17,16 @@ Semantics, whichever path:
   expiry. Anything else (infinite, NaN, negative, longer, not a number) is refused with
   :class:`InvalidDuration` before anything is recorded: an expiry must be a time the state
   files, the logs and the on-call commands can all write.
+- A refusal names the cap and every other server out with who took it out (an override's
+  author and reason, lbhealthd's own reason, or a state lbhealthd did not set); a forced drain
+  that leaves the pool beyond a cap says so in ``Done.warnings``.
 - A restore removes any override. A server lbhealthd holds out gets a keep-in override for
   ``for_s`` (default ``daemon.manual_change_hold``) so it is not drained again at once; a server
-  out by someone else's hand is set ready (the operator asked for exactly that).
+  out by someone else's hand is set ready (the operator asked for exactly that). Its optional
+  reason is recorded (``restore_requested`` in the action log) and is the keep-in's reason.
+- With ``apply`` (no daemon runs to finish a slow-start ramp), a restore also sets back the
+  full weight (:func:`full_weight`) of a server whose weight lbhealthd lowered, and says so;
+  a weight lbhealthd did not set is left, and said to be.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from lbhealthd.config.lenient import Broken
 from lbhealthd.daemon.loop import Daemon
 from lbhealthd.errors import ConfigError
 from lbhealthd.model import AdminState
+from lbhealthd.oncall import commands as oncall
 from lbhealthd.store import Store
 from tests.daemon_harness import LBView, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
@@ -39,6 +40,15 @@ def test_a_file_that_does_not_parse_reaches_the_default_socket(tmp_path: Path) -
     assert broken.reach.state_dir == "/var/lib/lbhealthd"
     assert not broken.reach.from_file
     assert "(yaml)" in broken.problem and str(path) in broken.warning
+    said = oncall._no_daemon(broken, "drain", "set server api/s1 state drain")
+    assert said.code == 2
+    assert (
+        "nothing answers on /run/lbhealthd/control.sock, the default: give --socket"
+        in (said.lines[0])
+    )
+    assert "socat stdio unix-connect:HAPROXY_ADMIN_SOCKET" in said.lines[0]
+    given = broken.at("/tmp/x/control.sock")
+    assert given.reach.control_socket == "/tmp/x/control.sock" and given.reach.from_file
 
 
 def test_a_file_that_parses_but_does_not_validate_gives_its_socket(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ async def test_restore_of_a_server_still_sick_says_what_comes_next(
         assert re.search(r"kept in rotation for 600s, until \d{4}-\d\d-\d\d .* UTC", first)
         assert "(your reason: fix out) (via the running daemon)" in first
         assert second.startswith("api/s1 is still overloaded (cpu 0.95 >= 0.9): lbhealthd")
-        assert "does not drain it during the hold; when the hold ends, it drains it again" in second
+        assert "during the hold; when the hold ends, it drains it again at once, caps" in second
         assert "3 bad samples in a row (fall 3)" in second
         assert (await lb.states())["s1"] is AdminState.READY
         for _ in range(8):  # held in, overloaded all along

@@ -135,7 +135,7 @@ async def show_status(config: Config | Broken) -> Outcome:
 def _no_daemon(config: Broken, what: str, command: str) -> Outcome:
     """No daemon answered and the file is refused: nothing is done, and the way by hand."""
     reach = config.reach
-    where = reach.control_socket + ("" if reach.from_file else " (the default path)")
+    where = reach.control_socket + ("" if reach.from_file else ", the default: give --socket")
     did = "nothing was read" if what == "status" else "nothing was changed"
     line = (
         f"{what}: the daemon is not running (nothing answers on {where}) and {config.source} "

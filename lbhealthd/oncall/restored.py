@@ -60,8 +60,9 @@ def _after_hold(sid: ServerId, st: dict[str, Any], until: object) -> str:
     if st.get("verdict") in ("overloaded", "failed"):
         return (
             f"{sid} is still {_sick(st)}: lbhealthd does not drain it during the hold; {when}, "
-            f"it drains it again at once if by then it has had {fall} bad samples in a row "
-            f"(fall {fall}). To take it out now: lbhealthd drain {sid} --reason TEXT; {end}"
+            f"it drains it again at once, caps permitting, if by then it has had {fall} bad "
+            f"samples in a row (fall {fall}). To take it out now: lbhealthd drain {sid} "
+            f"--reason TEXT; {end}"
         )
     return (
         f"{sid} is {_state_of(st)}: lbhealthd does not drain it during the hold; {when}, it "
