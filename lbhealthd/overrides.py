@@ -312,7 +312,13 @@ async def restore(
     action = Action(sid, ActionKind.RESTORE, why)
     full = full_weight(config, member)
     mine = writer.owned.get(sid)
-    lowered = mine is not None and member.weight != full
+    # lbhealthd lowered the weight: a slow-start step it holds, or one kept through a drain
+    # (a server it holds out below its full weight). A weight above it is no step of ours.
+    lowered = (
+        mine is not None
+        and member.weight != full
+        and (mine.weight is not None or member.weight < full)
+    )
     if writer.holds_out(sid):
         hold = for_s if for_s else config.daemon.manual_change_hold
         keep = Override(sid, OverrideKind.READY, said, who, now, _until(now, hold))

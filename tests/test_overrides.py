@@ -95,3 +95,30 @@ async def test_a_drain_checks_the_caps_only_once_another_writer_is_done(
         await asyncio.to_thread(writer.join, 10)
     assert set(Store(h.config.daemon.state_dir).load_overrides()) == {sid("s2")}
     assert h.driver.sent() == []
+
+
+async def test_a_restore_with_the_daemon_down_says_when_the_weight_was_not_set_back(
+    make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server the daemon drained again mid-ramp is left at a slow-start weight; a restore
+    with the daemon down whose weight command the LB refuses says the weight was not set
+    back, and exits 1; once the LB takes commands, the same restore sets it back."""
+    h = make(slow_start="60s")
+    h.probes.set("s1", cpu=0.97)
+    await h.tick_until(lambda: h.driver.member("s1").admin is AdminState.DRAIN)
+    h.probes.set("s1", cpu=0.1)
+    await h.tick_until(lambda: h.driver.member("s1").admin is AdminState.READY)
+    h.probes.set("s1", cpu=0.97)
+    await h.tick_until(lambda: h.driver.member("s1").admin is AdminState.DRAIN)
+    left = h.driver.member("s1").weight
+    assert left < 100
+    monkeypatch.setattr(direct, "make_driver", lambda config, **kw: h.driver)
+    h.driver.fail_endpoint(0)
+    refused = await oncall.restore(h.config, sid("s1"), None)
+    assert refused.code == 1 and "daemon not running; the LB refused:" in refused.lines[0]
+    assert f"weight NOT set back: still {left}, 100 expected" in refused.lines[0]
+    assert (h.driver.member("s1").admin, h.driver.member("s1").weight) == (AdminState.DRAIN, left)
+    h.driver.fail_endpoint(0, calls=0)
+    done = await oncall.restore(h.config, sid("s1"), None)
+    assert done.code == 0 and f"weight {left} → 100" in done.lines[0]
+    assert (h.driver.member("s1").admin, h.driver.member("s1").weight) == (AdminState.READY, 100)

@@ -202,7 +202,8 @@ async def _direct_restore(
     if done is None:
         return Outcome(1, (f"daemon not running, and {problem}",))
     if done.lb_error is not None:
-        return Outcome(1, (f"daemon not running; the LB refused: {done.lb_error}",))
+        notes = "".join(f"; {note}" for note in done.notes)
+        return Outcome(1, (f"daemon not running; the LB refused: {done.lb_error}{notes}",))
     return Outcome(
         0,
         (
