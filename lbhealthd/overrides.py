@@ -52,6 +52,7 @@ from lbhealthd.model import (
     Rule,
     ServerId,
 )
+from lbhealthd.report import out_text
 from lbhealthd.store import OwnedEntry, Store
 from lbhealthd.writer import LbWriter
 
@@ -209,11 +210,9 @@ def _why_out(m: Member, o: Override | None, mine: OwnedEntry | None, now: float)
     if mine is not None and mine.admin is not AdminState.READY:
         done = "drained" if mine.admin is AdminState.DRAIN else "put in maint"
         return f"{done} by lbhealthd: {mine.reason}"
-    if m.admin is not AdminState.READY:
-        return f"{m.admin.value}, not set by lbhealthd"
-    if m.imposed is not None:
-        return f"{m.imposed.value}, imposed by the LB"
-    return f"{m.op.value} in the LB's own checks"
+    if m.admin is not AdminState.READY and m.imposed is None:
+        return f"{out_text(m)}, not set by lbhealthd"
+    return out_text(m)
 
 
 async def drain(
