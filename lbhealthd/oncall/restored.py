@@ -31,6 +31,11 @@ def restore_lines(sid: ServerId, doc: dict[str, Any], reason: str) -> tuple[str,
     done = "; ".join(doc.get("notes") or []) or "nothing to undo"
     said = f" (your reason: {reason})" if reason else ""
     desired = st.get("desired")
+    if not st:  # the round did not read the server: say only what was done
+        return (
+            f"restore: {sid} is {doc.get('lb_state')} in the LB: {done}{said} "
+            "(via the running daemon)",
+        )
     if doc.get("applied") is False and desired == "ready":
         problem = doc.get("lb_error") or f"the LB shows {doc.get('lb_state')}"
         return (
