@@ -156,3 +156,22 @@ async def test_a_file_refused_by_the_schema_still_names_the_daemons_socket(
     socket_path = haproxy.socket.removeprefix("unix:")
     assert f"echo 'set server api/s4 state ready' | socat stdio unix-connect:{socket_path}" in err
     assert (await lb.states())["s4"] is AdminState.DRAIN
+
+
+def test_a_config_path_that_does_not_exist_is_still_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No file at the path given is a wrong path, not a file broken on disk: the command
+    refuses it (exit 2) before reaching any daemon, while a file that is there but broken
+    is reached past (here with no daemon: exit 2 naming the daemon)."""
+    from lbhealthd.cli import main
+
+    missing = tmp_path / "nope.yaml"
+    assert main(["status", "-c", str(missing), "--socket", str(tmp_path / "none.sock")]) == 2
+    err = capsys.readouterr().err
+    assert "config refused" in err and "daemon" not in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BAD_YAML)
+    assert main(["status", "-c", str(broken), "--socket", str(tmp_path / "none.sock")]) == 2
+    err = capsys.readouterr().err
+    assert "status: the daemon is not running" in err and "config refused" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -37,6 +38,8 @@ def _load_reachable(args: argparse.Namespace) -> Config | Broken:
     try:
         config = load_config(path)
     except ConfigError as exc:
+        if not os.path.exists(path):
+            raise  # no file at all is a wrong path, not a file broken on disk
         return Broken.of(exc, path).at(args.socket)
     if args.socket:
         daemon = config.daemon.model_copy(update={"control_socket": args.socket})
