@@ -22,7 +22,7 @@ EXIT_USAGE = 2
 
 SHELLS = ("bash", "zsh")
 # Options whose value is a path: completed with file names.
-FILE_OPTIONS = frozenset({"-c", "--config", "--haproxy-cfg", "--out", "--cgroup-root"})
+FILE_OPTIONS = frozenset({"-c", "--config", "--haproxy-cfg", "--out", "--cgroup-root", "--socket"})
 
 
 def topics() -> dict[str, str]:
