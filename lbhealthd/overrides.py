@@ -46,6 +46,7 @@ from lbhealthd.model import (
     ServerId,
 )
 from lbhealthd.store import Store
+from lbhealthd.times import iso_utc, who_text
 from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.overrides")
@@ -185,6 +186,7 @@ async def drain(
         who=who,
         reason=reason,
         until=override.expires_at,
+        until_utc=iso_utc(override.expires_at),
         force=force,
     )
     error = None
@@ -215,7 +217,7 @@ async def restore(
     notes = []
     removed = store.remove_override(sid)
     if removed is not None:
-        notes.append(f"removed the {removed.kind.value} override by {removed.who}")
+        notes.append(f"removed the {removed.kind.value} override by {who_text(removed.who)}")
         writer.record(sid, "override_removed", who=who, kind=removed.kind.value)
     keep = None
     error = None

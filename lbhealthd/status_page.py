@@ -84,6 +84,19 @@ def _daemon(d: Mapping[str, Any], now: float) -> str:
     )
 
 
+def _daemon_alerts(d: Mapping[str, Any]) -> str:
+    """The daemon's own alerts (a refused reload): above every pool, since they concern all."""
+    alerts = d.get("alerts") or []
+    if not alerts:
+        return ""
+    items = "".join(
+        f'<li class="alert" data-rule="{_e(a.get("rule", ""))}"><b>{_e(a.get("rule", ""))}</b>: '
+        f"{_e(a.get('message', ''))}</li>"
+        for a in alerts
+    )
+    return f'<ul class="alerts" id="daemon-alerts">{items}</ul>'
+
+
 def _counts(pool: Mapping[str, Any]) -> str:
     if "size" not in pool:
         return ""
@@ -235,7 +248,7 @@ def render_page(doc: Mapping[str, Any], refresh: int, now: float) -> str:
         f'<meta http-equiv="refresh" content="{int(refresh)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>lbhealthd status</title><style>{_STYLE}</style></head><body>"
-        f"<h1>lbhealthd status</h1>{_daemon(doc['daemon'], now)}"
+        f"<h1>lbhealthd status</h1>{_daemon(doc['daemon'], now)}{_daemon_alerts(doc['daemon'])}"
         f"{pools}{_last_actions(doc)}"
         f'<p class="muted">read-only; reloads every {int(refresh)}s. '
         "The same data: /status (JSON), <code>lbhealthd status</code>.</p>"

@@ -10,12 +10,15 @@ checked first (lbhealthd.daemon.socket_file).
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
     POST /restore {server, for_s}
+    POST /reload  {path}                  reload the config file at the next round and answer
+                                          with the outcome: what changed, or why it was refused
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pwd
 import time
@@ -37,7 +40,7 @@ from lbhealthd.errors import (
 )
 from lbhealthd.model import Member, ServerId
 from lbhealthd.peercred import Peer, peer_of
-from lbhealthd.report import RoundReport
+from lbhealthd.report import Reload, RoundReport
 from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
@@ -56,10 +59,14 @@ class Operations(Protocol):
     def store(self) -> Store: ...
     @property
     def writer(self) -> LbWriter: ...
+    @property
+    def config_path(self) -> str | None: ...
     async def next_round(self) -> bool: ...
+    async def request_reload(self, within: float) -> Reload | None: ...
 
 
 SOCKET_MODE = 0o660
+RELOAD_WAIT = 10.0  # seconds for a round to start and reload; under the client's 15 s
 
 
 def peer(request: web.Request) -> Peer | None:
@@ -119,6 +126,7 @@ class ControlServer:
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
+        app.router.add_post("/reload", self.post_reload)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         assert self.runner.server is not None  # set up above
@@ -261,6 +269,57 @@ class ControlServer:
         await d.next_round()
         return web.json_response(self._result(sid, "restored", done))
 
+    async def post_reload(self, request: web.Request) -> web.Response:
+        """Reload the config file the daemon was started with; ``path``, when given, must name
+        that same file (the one the caller checked)."""
+        try:
+            async with asyncio.timeout(self.guard.limits.idle_timeout):
+                text = await request.text()
+            body = json.loads(text) if text.strip() else {}
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+        except TimeoutError:
+            return web.json_response(
+                {"error": "the request body did not arrive in time"}, status=408
+            )
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        d = self.daemon
+        mine = d.config_path
+        if mine is None:
+            return web.json_response(
+                {"error": "this daemon was not started from a config file: nothing to reload"},
+                status=409,
+            )
+        asked = body.get("path")
+        if asked is not None and not _same_file(str(asked), mine):
+            return web.json_response(
+                {"error": f"the daemon reads {mine}, not {asked}: nothing was reloaded"},
+                status=400,
+            )
+        log.info("config_reload_requested", who=_who(request), path=mine)
+        outcome = await d.request_reload(RELOAD_WAIT)
+        if outcome is None:
+            return web.json_response(
+                {
+                    "error": f"no round started within {RELOAD_WAIT:g}s to reload in; the reload "
+                    "stays asked for: see `lbhealthd status` for its outcome"
+                },
+                status=503,
+            )
+        doc: dict[str, Any] = {
+            "result": "reloaded" if outcome.ok else "refused",
+            "path": mine,
+            "at": outcome.at,
+            "changed": list(outcome.changed),
+            "problems": list(outcome.problems),
+        }
+        if outcome.ok:
+            return web.json_response(doc)
+        config = d.report.config
+        doc["error"] = status.reload_alert(outcome, config.loaded_at if config else None)
+        return web.json_response(doc, status=422)
+
     def _result(self, sid: ServerId, what: str, done: overrides.Done) -> dict[str, Any]:
         report = self.daemon.report
         member = report.member(sid)
@@ -287,7 +346,13 @@ class ControlServer:
         }
 
 
-def _json(doc: dict[str, Any]) -> str:
-    import json
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (by device and inode: links and mounts agree)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
+
+def _json(doc: dict[str, Any]) -> str:
     return json.dumps(doc)
