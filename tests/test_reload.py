@@ -111,6 +111,25 @@ async def test_a_refused_reload_is_seen_until_a_good_one(
     assert [e["changed"] for e in reloaded] == [["pools[api].fall: 3 -> 4"]]
 
 
+async def test_status_with_the_refused_file_still_shows_the_daemon(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """After a SIGHUP with an invalid file, `status -c` that file names its problems and exits 2
+    (a config error), and shows the running daemon's view with the refused reload."""
+    path = write_config(tmp_path, haproxy.socket)
+    async with running(config_of(path), str(path)) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "first rounds")
+        _edit(path, fall=0)
+        daemon.reload_requested = True  # what SIGHUP does
+        await wait_for(lambda: daemon.report.config and daemon.report.config.refused, 5, "refusal")
+        code, out, err = await cli("status", "-c", str(path))
+    assert code == 2
+    assert BAD_FALL in err
+    assert "is invalid (see below); the running daemon shows:" in err
+    assert out.startswith("daemon: running")
+    assert "ALERT config_reload: config reload refused at" in out
+
+
 async def test_reload_of_an_unchanged_file_says_so(
     haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
 ) -> None:

@@ -11,10 +11,12 @@ from lbhealthd import logs
 from lbhealthd.config import Config, load_config, resolve_path
 from lbhealthd.errors import (
     CapRefused,
+    ConfigError,
     ControlRefused,
     DaemonNotAnswering,
     DriverError,
     InvalidDuration,
+    LbhealthdError,
     UnknownServer,
 )
 from lbhealthd.oncall import commands as oncall
@@ -127,7 +129,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.check and args.watch:
         print("lbhealthd status: --check and --watch do not go together", file=sys.stderr)
         return EXIT_USAGE
-    config = _load(args)
+    try:
+        config = _load(args)
+    except ConfigError:
+        _running_view(resolve_path(args.config), args.json)
+        raise
     if args.watch:
         return _watch(config, args.json, args.interval or WATCH_INTERVAL)
     outcome = _on_call(oncall.show_status(config))
@@ -140,6 +146,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     for problem in problems:
         print(printable(f"lbhealthd status --check: {problem}"), file=sys.stderr)
     return EXIT_PROBLEM if problems else EXIT_OK
+
+
+def _running_view(path: str, as_json: bool) -> None:
+    """With an invalid file, the running daemon's view all the same (a reload refused it, or
+    will): on stdout, before the file's problems and exit 2."""
+    from lbhealthd.oncall.reload import daemon_config, daemon_view
+
+    config = daemon_config(path)
+    try:
+        outcome = None if config is None else _on_call(daemon_view(config))
+    except LbhealthdError:  # an untrusted socket, a state_dir refused: the file's error stands
+        return
+    if outcome is None or outcome.document is None:
+        return
+    print(printable(f"{path} is invalid (see below); the running daemon shows:"), file=sys.stderr)
+    _print(outcome, as_json=as_json, report=True)
 
 
 def _watch(config: Config, as_json: bool, interval: float) -> int:

@@ -39,3 +39,33 @@ async def reload(config: Config, path: str) -> Outcome:
     if code == 422:
         return Outcome(1, (message,), doc)
     return Outcome(2 if code == 400 else 1, (f"reload not done: {message}",), doc)
+
+
+def daemon_config(path: str) -> Config | None:
+    """Where the daemon of an invalid config file listens: its ``daemon.control_socket`` and
+    ``daemon.state_dir`` when the file gives them usably, else the defaults; None when even
+    those cannot be made out. Only to ask the running daemon for its view: a file refused by
+    a reload is the moment an operator needs `status` most."""
+    import yaml
+
+    from lbhealthd.config import DaemonConfig
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        section = doc.get("daemon") if isinstance(doc, dict) else None
+        keys = ("control_socket", "state_dir")
+        given = {k: section[k] for k in keys if isinstance(section, dict) and k in section}
+        return Config.model_construct(daemon=DaemonConfig(**given), pools=[])
+    except (OSError, yaml.YAMLError, ValueError, TypeError):
+        return None
+
+
+async def daemon_view(config: Config) -> Outcome | None:
+    """The running daemon's status, or None when no daemon answers."""
+    from lbhealthd import status
+
+    answer = await call_daemon(config, "GET", "/status")
+    if answer is None or answer[0] != 200:
+        return None
+    return Outcome(0, tuple(status.render(answer[1]).split("\n")), answer[1])
