@@ -153,7 +153,7 @@ def _want(s: Mapping[str, Any]) -> str:
     return str(want)
 
 
-def _server_row(pool: str, s: Mapping[str, Any]) -> str:
+def _server_row(pool: str, s: Mapping[str, Any], now: float) -> str:
     name = s["server"].split("/", 1)[1]
     latency, signals = signals_text(s)
     probe = s.get("probe") or {}
@@ -169,7 +169,7 @@ def _server_row(pool: str, s: Mapping[str, Any]) -> str:
             ("signals", signals),
             ("want", _want(s)),
             ("owner", s.get("owner") or "-"),
-            ("why", why_text(s) or "-"),
+            ("why", why_text(s, now) or "-"),
             ("override", _override(s.get("override"))),
         ]
     )
@@ -194,7 +194,7 @@ _HEADER = (
 )
 
 
-def _pool(pool: Mapping[str, Any]) -> str:
+def _pool(pool: Mapping[str, Any], now: float) -> str:
     name = pool["name"]
     balance = pool.get("balance") or {}
     imbalance = balance.get("imbalance")
@@ -204,7 +204,7 @@ def _pool(pool: Mapping[str, Any]) -> str:
         else f'<p class="muted">traffic spread against weights: imbalance {_e(imbalance)}</p>'
     )
     head = "".join(f"<th>{_e(h)}</th>" for h in _HEADER)
-    rows = "".join(_server_row(name, s) for s in pool.get("servers", []))
+    rows = "".join(_server_row(name, s, now) for s in pool.get("servers", []))
     return (
         f'<section class="pool" id="{_e(f"pool-{name}")}" '
         f'data-blind="{"true" if pool.get("blind") else "false"}">'
@@ -241,7 +241,7 @@ def _last_actions(doc: Mapping[str, Any]) -> str:
 
 def render_page(doc: Mapping[str, Any], refresh: int, now: float) -> str:
     """The page of a status document; ``refresh`` seconds between reloads, ``now`` wall time."""
-    pools = "".join(_pool(p) for p in doc["pools"])
+    pools = "".join(_pool(p, now) for p in doc["pools"])
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

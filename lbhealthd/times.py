@@ -45,10 +45,14 @@ def relative(seconds: float) -> str:
     elif span < 3600:
         text = f"{span // 60:.0f}m"
     elif span < DAY:
-        text = f"{span // 3600:.0f}h {span % 3600 // 60:.0f}m"
+        text = f"{span // 3600:.0f}h" + _more(span % 3600 // 60, "m")
     else:
-        text = f"{span // DAY:.0f}d {span % DAY // 3600:.0f}h"
+        text = f"{span // DAY:.0f}d" + _more(span % DAY // 3600, "h")
     return f"in {text}" if seconds >= 0 else f"{text} ago"
+
+
+def _more(count: float, unit: str) -> str:
+    return f" {count:.0f}{unit}" if count else ""
 
 
 def until_text(until: float | None, now: float) -> str:
