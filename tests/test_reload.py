@@ -76,6 +76,8 @@ async def test_a_refused_reload_is_seen_until_a_good_one(
         assert "running the config loaded at" in outcome.lines[0]
 
         assert await _metric(address, OK) == 0
+        health = json.loads(await asyncio.to_thread(_read, f"http://{address}/healthz"))
+        assert (health["ok"], health["config_reload_ok"]) == (True, False)
         assert await _metric(address, STAMP) == loaded
         doc = document(daemon.report, daemon.wall(), daemon.mono())
         alerts = doc["daemon"]["alerts"]
