@@ -16,7 +16,8 @@
      ├── DaemonNotAnswering     the daemon is there but does not answer on the control socket
      ├── UnknownServer          a server or pool named by an operator is not in the pool/config
      ├── InvalidDuration        an override's duration is not a number of seconds in range
-     └── CapRefused             a manual drain would break max_drained or min_in_service
+     ├── CapRefused             a manual drain would break max_drained or min_in_service
+     └── StillListed            a server to forget is still listed by the load balancer
 
 A bad probe is data (a failed Sample), never an exception. Lower-library errors are mapped to
 these at the edge with ``raise ... from exc``.
@@ -132,3 +133,7 @@ class InvalidDuration(LbhealthdError, ValueError):
 
 class CapRefused(LbhealthdError):
     """A manual drain would break the pool's max_drained or min_in_service."""
+
+
+class StillListed(LbhealthdError):
+    """The load balancer still lists a server an operator asked lbhealthd to forget."""

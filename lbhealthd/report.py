@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lbhealthd.engine import PoolSettings, ServerState
+from lbhealthd.engine import PoolSettings, ServerState, governor
 from lbhealthd.model import (
     Action,
     AdminState,
@@ -122,9 +122,42 @@ class PoolReport:
         out += [
             {"rule": "audit", "message": f.message, "kind": f.kind.value} for f in self.findings
         ]
+        beyond = self._beyond_cap()
+        if beyond is not None and not any(
+            w.get("rule") == Rule.OVERRIDE_OVER_CAP.value for w in out
+        ):
+            out.append(beyond)
         if self.lb_error is not None:
             out.append({"rule": "lb_unavailable", "message": self.lb_error})
         return out
+
+    def _beyond_cap(self) -> dict[str, object] | None:
+        """An alert when more servers are out than the pool's caps allow, whoever took them
+        out (the engine warns of its operators' overrides itself): a server HAProxy's own
+        check marked down counts, as it does for the caps."""
+        listed = [m for sid, m in self.members.items() if sid not in self.partial]
+        gone = [m for m in listed if not m.in_rotation]
+        ps = self.settings
+        pool = governor.budget(len(listed), len(gone), ps)
+        if not listed or (pool.out <= pool.max_out and pool.size - pool.out >= ps.min_in_service):
+            return None
+        names = ", ".join(f"{m.id.server} ({out_text(m)})" for m in gone[:20])
+        return {
+            "rule": "beyond_cap",
+            "message": f"{pool.out} of {pool.size} servers out, beyond the pool's caps (at "
+            f"most {pool.max_out} out, at least {ps.min_in_service} in service): {names}"
+            f"{' ...' if len(gone) > 20 else ''}",
+        }
+
+
+def out_text(m: Member) -> str:
+    """Why the LB has a server out of rotation, in a few words."""
+    if m.admin is not AdminState.READY:
+        return m.admin.value if m.imposed is None else f"{m.admin.value}, imposed by HAProxy"
+    if m.imposed is not None:
+        return f"{m.imposed.value}, imposed by HAProxy"
+    check = f": {m.check_status}" if m.check_status else ""
+    return f"{m.op.value} by HAProxy's own check{check}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from lbhealthd.engine import governor
-from lbhealthd.model import Member, Override
+from lbhealthd.model import AdminState, Member, Override
 from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.printable import printable
-from lbhealthd.report import ConfigStatus, PoolReport, Reload, RoundReport, owner
+from lbhealthd.report import ConfigStatus, PoolReport, Reload, RoundReport, out_text, owner
 from lbhealthd.times import at_text, iso_utc, until_text, who_text
 
 VERSION = 1
@@ -52,6 +52,7 @@ def _lb_view(m: Member) -> dict[str, Any]:
         "initial_weight": m.initial_weight,
         "consistent": m.consistent,
         "in_rotation": m.in_rotation,
+        "out_reason": None if m.in_rotation else out_text(m),
         "lb": {
             "sessions": m.sessions,
             "queue": m.queue,
@@ -93,6 +94,17 @@ def _pool_summary(r: RoundReport, pool: PoolReport) -> dict[str, Any]:
         },
         "inconsistent": bool(pool.partial),
         "not_on_every_endpoint": sorted(sid.server for sid in pool.partial),
+        # In a dry run nothing is sent: the servers lbhealthd wants out are in rotation still,
+        # but its caps count them as out (as they would be).
+        "would_be_out": sum(
+            1
+            for m in listed
+            if m.in_rotation
+            and (want := r.desired.get(m.id)) is not None
+            and want.admin is not AdminState.READY
+        )
+        if r.dry_run
+        else 0,
     }
 
 
@@ -283,6 +295,10 @@ def why_text(s: Mapping[str, Any], now: float | None = None) -> str:
         o = s["override"]
         until = until_text(o.get("until"), time.time() if now is None else now)
         return f"{o['kind']} by {who_text(str(o['who']))}, {until}: {o['reason']}"
+    if s.get("out_reason") and s.get("owner") != "lbhealthd":
+        # out, and not by lbhealthd's hand: what the LB says, not an old decision of ours
+        by = "set outside lbhealthd" if s.get("owner") == "operator" else "not lbhealthd's doing"
+        return f"out: {s['out_reason']} ({by})"
     if s.get("blocked"):
         return f"blocked ({s['blocked']['rule']}): {s['blocked']['reason']}"
     if s.get("last_decision"):
@@ -312,6 +328,8 @@ def render(doc: Mapping[str, Any]) -> str:
                 f": {pool['in_service']}/{pool['size']} in service, {pool['out']} out "
                 f"(cap {pool['max_out']}, min_in_service {pool['min_in_service']})"
             )
+            if pool.get("would_be_out"):
+                head += f"  DRY RUN: {pool['would_be_out']} more would be out"
         if pool.get("blind"):
             head += "  BLIND: not draining"
         if pool.get("inconsistent"):

@@ -110,8 +110,15 @@ def _counts(pool: Mapping[str, Any]) -> str:
         f', by an operator <b id="{_e(pid)}-by-operator">{_e(by.get("operator", 0))}</b>)'
         f' · cap: at most <span id="{_e(pid)}-max-out">{_e(pool["max_out"])}</span> out '
         f"(max_drained {_e(format(pool['max_drained'], '.0%'))}, "
-        f"min_in_service {_e(pool['min_in_service'])}){at_cap}</p>"
+        f"min_in_service {_e(pool['min_in_service'])}){at_cap}{_dry(pool)}</p>"
     )
+
+
+def _dry(pool: Mapping[str, Any]) -> str:
+    more = pool.get("would_be_out")
+    if not more:
+        return ""
+    return f' <span class="flag warn">DRY RUN: {_e(more)} more would be out</span>'
 
 
 def _flags(pool: Mapping[str, Any]) -> str:

@@ -52,8 +52,10 @@ def test_config_from_environment(
 def test_no_config_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without -c nor LBHEALTHD_CONFIG the command exits 2 and says what is missing."""
+    """Without -c nor LBHEALTHD_CONFIG, and no file at the default path, the command exits 2
+    and says what is missing."""
     monkeypatch.delenv("LBHEALTHD_CONFIG", raising=False)
+    monkeypatch.setattr("lbhealthd.config.loading.DEFAULT_PATH", "/nonexistent/config.yaml")
     assert main(["check-config"]) == 2
     assert "LBHEALTHD_CONFIG" in capsys.readouterr().err
 

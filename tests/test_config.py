@@ -846,7 +846,9 @@ def test_resolve_path_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("env", [None, ""], ids=["unset", "empty"])
 def test_resolve_path_without_any_source(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
-    """With neither -c nor a non-empty $LBHEALTHD_CONFIG, a ConfigError says how to give one."""
+    """With neither -c nor a non-empty $LBHEALTHD_CONFIG, and no file at the default path, a
+    ConfigError says how to give one."""
+    monkeypatch.setattr("lbhealthd.config.loading.DEFAULT_PATH", "/nonexistent/config.yaml")
     if env is None:
         monkeypatch.delenv(ENV_VAR, raising=False)
     else:
@@ -885,3 +887,15 @@ def test_capacity_signal_names_an_overload_signal() -> None:
     )
     assert parse_config(text).engine_settings().pools["api"].capacity_signal == "cpu"
     assert parse_config(pool()).engine_settings().pools["api"].capacity_signal is None
+
+
+def test_a_mark_may_be_a_percentage_of_a_fraction() -> None:
+    """``high: 90%`` reads as 0.9, as shares do; a percentage that is not a number is refused
+    with its path."""
+    config = parse_config(
+        pool("probe: {load_fields: {cpu: cpu}}", "overload: {cpu: {high: 90%, low: '60%'}}")
+    )
+    marks = config.pools[0].overload["cpu"]
+    assert (marks.high, marks.low) == (0.9, 0.6)
+    error = refused(pool("probe: {load_fields: {cpu: cpu}}", "overload: {cpu: {high: lots%}}"))
+    assert "percentage like 90%" in problem_at(error, "pools[0].overload.cpu.high").message

@@ -184,10 +184,25 @@ async def test_recovered_servers_return_with_slow_start(
     assert weights[0] <= 10 and weights == sorted(set(weights)), weights
     assert len(weights) >= 4  # a ramp, not a jump
     assert h.driver.sent("state") == [("s1", "drain"), ("s1", "ready")]
-    assert events(logs, "slow_start_done", "api/s1")
+    (done,) = events(logs, "slow_start_done", "api/s1")
     assert h.store.load_owned() == {}
     restored = events(logs, "server_restored", "api/s1")
     assert [e["rule"] for e in restored] == ["rise"]
+    # One line when the ramp starts (its first weight, then ready) and one when it ends; the
+    # steps between at debug level, counted in the action log's record of the end.
+    weight_lines = [e for e in events(logs, "lb_command", "api/s1") if e["set"] == "weight"]
+    levels = [e["log_level"] for e in weight_lines]
+    steps = len(weights) - 2
+    assert levels == ["info"] + ["debug"] * steps + ["info"], levels
+    assert done["steps"] == steps
+    recorded = [(a["action"], a.get("value")) for a in h.actions() if a["server"] == "api/s1"]
+    assert recorded == [
+        ("set_state", "drain"),
+        ("set_weight", weights[0]),
+        ("set_state", "ready"),
+        ("set_weight", 100),
+        ("slow_start_done", 100),
+    ], recorded
 
 
 async def test_cap_drains_only_the_worst_two(make: Callable[..., Harness], logs: Logs) -> None:
@@ -814,7 +829,18 @@ async def test_drain_override_is_applied_whatever_the_caps(
     assert h.driver.drained() == {"s1", "s2", "s3"}
     (warning,) = events(logs, "override_over_cap")
     assert warning["evidence"]["out"] == 3 and warning["evidence"]["max_out"] == 2
+    assert warning["pool"] == "api"
     assert {a["who"] for a in h.actions("set_state")} == {"oncall"}
+    await h.tick(5)
+    assert len(events(logs, "override_over_cap")) == 1  # not again while nothing changes
+    assert not events(logs, "override_within_cap")
+    h.override("s4", OverrideKind.DRAIN)  # one more out: the warning says so
+    await h.tick()
+    assert [e["evidence"]["out"] for e in events(logs, "override_over_cap")] == [3, 4]
+    for name in ("s2", "s3", "s4"):
+        h.store.remove_override(sid(name))
+    await h.tick()
+    assert [e["pool"] for e in events(logs, "override_within_cap")] == ["api"]
 
 
 async def test_maint_override_puts_the_server_in_maint(make: Callable[..., Harness]) -> None:

@@ -215,14 +215,15 @@ async def _post_reload(socket: str, body: str) -> tuple[int, dict[str, object]]:
 async def test_control_reload_refuses_what_it_cannot_do(
     haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
 ) -> None:
-    """POST /reload answers 400 to a body that is not a JSON object, 409 from a daemon started
-    without a file; nothing is reloaded."""
+    """POST /reload answers 400 to a body that is not a JSON object (or none), 409 from a daemon
+    started without a file; nothing is reloaded."""
     config = config_of(write_config(tmp_path, haproxy.socket))
     socket = config.daemon.control_socket
     async with running(config) as daemon:
         await wait_for(lambda: daemon.reconciler.rounds >= 2, 5, "first rounds")
         assert (await _post_reload(socket, "[1]"))[0] == 400
-        code, doc = await _post_reload(socket, "")
+        assert (await _post_reload(socket, ""))[0] == 400
+        code, doc = await _post_reload(socket, "{}")
         assert code == 409
         assert "not started from a config file" in str(doc["error"])
         assert daemon.report.config is not None

@@ -195,6 +195,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from lbhealthd.oncall import audit as audit_cli
 
     config = _load(args)
+    if args.accept or args.reason:  # audit --accept POOL [--reason TEXT]
+        if not args.accept or args.haproxy_cfg or args.fix:
+            print("lbhealthd audit: --reason needs --accept, which goes alone", file=sys.stderr)
+            return EXIT_USAGE
+        from lbhealthd.oncall.memory import accept
+
+        why = args.reason or "(none given)"
+        return _print(_on_call(accept(config, args.accept, why)), as_json=args.json)
     if args.haproxy_cfg:
         return _print(audit_cli.candidate(config, args.haproxy_cfg), as_json=args.json, report=True)
 

@@ -7,6 +7,7 @@ import argparse
 import re
 
 from lbhealthd import __version__
+from lbhealthd.cli import habits, memory
 from lbhealthd.cli.commands import (
     cmd_agent,
     cmd_audit,
@@ -90,7 +91,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         metavar="FILE",
-        help="config file (default: $LBHEALTHD_CONFIG)",
+        help="config file (default: $LBHEALTHD_CONFIG, else /etc/lbhealthd/config.yaml)",
     )
 
 
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fix", action="store_true", help="set weights back to expected_weights")
     p.add_argument("--yes", action="store_true", help="do not ask before --fix changes")
+    memory.add_accept(p)
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("status", help="show the pools, servers, decisions and overrides")
@@ -262,4 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the daemon with enforce_weights on: it sets the weights back itself",
     )
     p.set_defaults(func=cmd_demo)
+
+    memory.add_commands(sub, _server, _add_config)
+    habits.add_commands(parser, sub)
     return parser

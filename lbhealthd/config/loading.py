@@ -18,16 +18,29 @@ from lbhealthd.config.problems import index_lines, to_problem
 from lbhealthd.errors import ConfigError, Problem
 
 ENV_VAR = "LBHEALTHD_CONFIG"
+# Where the packaged systemd unit keeps the config: the file used when no other is named.
+DEFAULT_PATH = "/etc/lbhealthd/config.yaml"
+_ANOTHER = f"give another with -c FILE or ${ENV_VAR}"
 
 
 def resolve_path(path: str | None) -> str:
-    """The config path from ``-c`` or else ``$LBHEALTHD_CONFIG``; ConfigError if neither."""
+    """The config path from ``-c``, else ``$LBHEALTHD_CONFIG``, else ``DEFAULT_PATH``; a
+    ConfigError naming the default and how to give another when that one does not exist."""
     chosen = path or os.environ.get(ENV_VAR)
-    if not chosen:
+    if chosen:
+        return chosen
+    if not os.path.exists(DEFAULT_PATH):
         raise ConfigError(
-            "(none)", [Problem("-c", f"no config file given (-c FILE or ${ENV_VAR})")]
+            DEFAULT_PATH,
+            [
+                Problem(
+                    "-c",
+                    f"no config file given, and the default {DEFAULT_PATH} does not exist; "
+                    + _ANOTHER,
+                )
+            ],
         )
-    return chosen
+    return DEFAULT_PATH
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -35,6 +48,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        problem = Problem("(file)", f"cannot read: no such file ({_ANOTHER})")
+        raise ConfigError(source, [problem]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem("(file)", f"cannot read: {exc}")]) from exc
     return parse_config(text, source)

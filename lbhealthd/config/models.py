@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from lbhealthd.config.values import Duration, SafeName, Share, check_socket, safe_name
+from lbhealthd.config.values import Duration, Mark, SafeName, Share, check_socket, safe_name
 from lbhealthd.engine.settings import Marks as EngineMarks
 from lbhealthd.engine.settings import PoolSettings, Settings
 from lbhealthd.errors import InvalidName
@@ -173,8 +173,8 @@ class ProbeConfig(_Strict):
 
 
 class MarksConfig(_Strict):
-    high: float
-    low: float
+    high: Mark
+    low: Mark
 
     @model_validator(mode="after")
     def _ordered(self) -> MarksConfig:

@@ -60,6 +60,20 @@ def parse_share(value: object) -> float:
     return share
 
 
+def parse_mark(value: object) -> object:
+    """A mark as a number, or a percentage read as a fraction (``90%`` → 0.9, the scale of a
+    load field reported as a fraction, like the agent's ``cpu``); anything else is left to the
+    number check."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            raise ValueError(
+                f"expected a number or a percentage like 90% (got {value!r})"
+            ) from None
+    return value
+
+
 def safe_name(value: object) -> str:
     """``value`` if it is a name lbhealthd accepts (``check_name``), else ValueError."""
     if not isinstance(value, str):
@@ -72,6 +86,7 @@ def safe_name(value: object) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Share = Annotated[float, BeforeValidator(parse_share)]
+Mark = Annotated[float, BeforeValidator(parse_mark)]
 SafeName = Annotated[str, BeforeValidator(safe_name)]
 
 _SOCKET_RE = re.compile(r"unix:(/.+)|tcp:(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})")

@@ -10,6 +10,8 @@ checked first (lbhealthd.daemon.socket_file).
     GET  /status                          the status document (lbhealthd.status)
     POST /drain   {server, reason, for_s, force, maint}
     POST /restore {server, for_s}
+    POST /forget  {server, reason, force}   (lbhealthd.daemon.memory_requests)
+    POST /accept  {pool, reason}
     POST /reload  {path}                  reload the config file at the next round and answer
                                           with the outcome: what changed, or why it was refused
 """
@@ -23,19 +25,22 @@ import os
 import pwd
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import web
 
 from lbhealthd import overrides, status
 from lbhealthd.config import Config
+from lbhealthd.daemon import memory_requests
 from lbhealthd.daemon.socket_file import prepare
 from lbhealthd.errors import (
     CapRefused,
+    DriverError,
     InvalidDuration,
     InvalidName,
     LbhealthdError,
+    StillListed,
     UnknownServer,
 )
 from lbhealthd.model import Member, ServerId
@@ -44,6 +49,9 @@ from lbhealthd.report import Reload, RoundReport
 from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
+
+if TYPE_CHECKING:
+    from lbhealthd.daemon.reconciler import Reconciler
 
 log = structlog.get_logger("lbhealthd.daemon.control")
 
@@ -61,6 +69,8 @@ class Operations(Protocol):
     def writer(self) -> LbWriter: ...
     @property
     def config_path(self) -> str | None: ...
+    @property
+    def reconciler(self) -> Reconciler: ...
     async def next_round(self) -> bool: ...
     async def request_reload(self, within: float) -> Reload | None: ...
 
@@ -127,6 +137,8 @@ class ControlServer:
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
         app.router.add_post("/reload", self.post_reload)
+        app.router.add_post("/forget", self.post_forget)
+        app.router.add_post("/accept", self.post_accept)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         assert self.runner.server is not None  # set up above
@@ -194,18 +206,27 @@ class ControlServer:
         return web.json_response(status.document(self.daemon.report, time.time(), time.monotonic()))
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], ServerId]:
+        body = await self._object(request)
+        try:
+            return body, ServerId.parse(str(body.get("server", "")))
+        except InvalidName as exc:
+            raise web.HTTPBadRequest(
+                text=_json({"error": str(exc)}), content_type="application/json"
+            ) from None
+
+    async def _object(self, request: web.Request) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.guard.limits.idle_timeout):
                 body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
-            return body, ServerId.parse(str(body.get("server", "")))
+            return body
         except TimeoutError:
             raise web.HTTPRequestTimeout(
                 text=_json({"error": "the request body did not arrive in time"}),
                 content_type="application/json",
             ) from None
-        except (ValueError, InvalidName) as exc:
+        except ValueError as exc:
             raise web.HTTPBadRequest(
                 text=_json({"error": str(exc)}), content_type="application/json"
             ) from None
@@ -272,41 +293,23 @@ class ControlServer:
     async def post_reload(self, request: web.Request) -> web.Response:
         """Reload the config file the daemon was started with; ``path``, when given, must name
         that same file (the one the caller checked)."""
-        try:
-            async with asyncio.timeout(self.guard.limits.idle_timeout):
-                text = await request.text()
-            body = json.loads(text) if text.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-        except TimeoutError:
-            return web.json_response(
-                {"error": "the request body did not arrive in time"}, status=408
-            )
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        d = self.daemon
+        body = await self._object(request)
+        d, asked = self.daemon, body.get("path")
         mine = d.config_path
         if mine is None:
-            return web.json_response(
-                {"error": "this daemon was not started from a config file: nothing to reload"},
-                status=409,
-            )
-        asked = body.get("path")
+            error = "this daemon was not started from a config file: nothing to reload"
+            return web.json_response({"error": error}, status=409)
         if asked is not None and not _same_file(str(asked), mine):
-            return web.json_response(
-                {"error": f"the daemon reads {mine}, not {asked}: nothing was reloaded"},
-                status=400,
-            )
+            error = f"the daemon reads {mine}, not {asked}: nothing was reloaded"
+            return web.json_response({"error": error}, status=400)
         log.info("config_reload_requested", who=_who(request), path=mine)
         outcome = await d.request_reload(RELOAD_WAIT)
         if outcome is None:
-            return web.json_response(
-                {
-                    "error": f"no round started within {RELOAD_WAIT:g}s to reload in; the reload "
-                    "stays asked for: see `lbhealthd status` for its outcome"
-                },
-                status=503,
+            error = (
+                f"no round started within {RELOAD_WAIT:g}s to reload in; the reload stays "
+                "asked for: see `lbhealthd status` for its outcome"
             )
+            return web.json_response({"error": error}, status=503)
         doc: dict[str, Any] = {
             "result": "reloaded" if outcome.ok else "refused",
             "path": mine,
@@ -314,11 +317,45 @@ class ControlServer:
             "changed": list(outcome.changed),
             "problems": list(outcome.problems),
         }
-        if outcome.ok:
-            return web.json_response(doc)
-        config = d.report.config
-        doc["error"] = status.reload_alert(outcome, config.loaded_at if config else None)
-        return web.json_response(doc, status=422)
+        if not outcome.ok:
+            config = d.report.config
+            doc["error"] = status.reload_alert(outcome, config.loaded_at if config else None)
+        return web.json_response(doc, status=200 if outcome.ok else 422)
+
+    # -- an operator's changes to the daemon's memory ---------------------------------------
+
+    async def post_forget(self, request: web.Request) -> web.Response:
+        body, sid = await self._body(request)
+        reason = str(body.get("reason") or "").strip() or "(none given)"
+        force = bool(body.get("force"))
+        r = self.daemon.reconciler
+        who = _who(request)
+        done = memory_requests.submit(r, lambda: memory_requests.forget(r, sid, who, reason, force))
+        return await self._answer(done)
+
+    async def post_accept(self, request: web.Request) -> web.Response:
+        body = await self._object(request)
+        pool = str(body.get("pool") or "")
+        reason = str(body.get("reason") or "").strip() or "(none given)"
+        r = self.daemon.reconciler
+        who = _who(request)
+        done = memory_requests.submit(r, lambda: memory_requests.accept(r, pool, who, reason))
+        return await self._answer(done)
+
+    async def _answer(self, done: asyncio.Future[dict[str, Any]]) -> web.Response:
+        """The answer of a change queued for the next round, started now and waited for."""
+        await self.daemon.next_round()
+        if not done.done():
+            error = "queued, but no round ran in time: it is made at the next round"
+            return web.json_response({"error": error}, status=504)
+        try:
+            return web.json_response(done.result())
+        except StillListed as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        except UnknownServer as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except DriverError as exc:
+            return web.json_response({"error": str(exc)}, status=502)
 
     def _result(self, sid: ServerId, what: str, done: overrides.Done) -> dict[str, Any]:
         report = self.daemon.report

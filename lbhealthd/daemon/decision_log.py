@@ -3,9 +3,10 @@
 An action is logged every time it is decided (``server_drained``, ``server_restored``,
 ``server_maint``, ``server_stepped_down``). A blocked change, a blind or inconsistent pool, an
 override beyond the caps and a starved daemon last for many rounds: each is logged when it
-starts (and, for blind and inconsistent pools and starvation, when it ends), not again every
-round it lasts. A weight correction (``weight_enforced``) decided again round after round for
-the same weights (in a dry run, or while the LB refuses the command) is logged once.
+starts (a pool beyond its caps again when the servers out change) and, except a blocked change,
+when it ends; not again every round it lasts. A weight correction (``weight_enforced``) decided
+again round after round for the same weights (in a dry run, or while the LB refuses the
+command) is logged once.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class DecisionLog:
         self._blocked: set[tuple[ServerId, str, str]] = set()
         self._blind: set[str] = set()
         self._split: set[str] = set()
-        self._over_cap: set[str] = set()
+        self._over_cap: dict[str, str] = {}  # pool -> the warning logged for it
         self._corrections: set[tuple[ServerId, object, object]] = set()
         self.starved = False
 
@@ -109,12 +110,17 @@ class DecisionLog:
             Rule.INCONSISTENT,
             ("pool_inconsistent", "pool_consistent"),
         )
-        over_cap = set()
+        over_cap: dict[str, str] = {}
         for w in decision.warnings:
             if w.rule is Rule.OVERRIDE_OVER_CAP:
-                over_cap.add(w.message)
-                if w.message not in self._over_cap:
-                    log.warning("override_over_cap", reason=w.message, evidence=dict(w.evidence))
+                pool = str(w.evidence.get("pool", ""))
+                over_cap[pool] = w.message
+                if self._over_cap.get(pool) != w.message:
+                    log.warning(
+                        "override_over_cap", pool=pool, reason=w.message, evidence=dict(w.evidence)
+                    )
+        for pool in sorted(self._over_cap.keys() - over_cap.keys()):
+            log.info("override_within_cap", pool=pool)
         self._over_cap = over_cap
 
     def forget(self, gone: set[ServerId]) -> None:

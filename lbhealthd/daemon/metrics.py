@@ -28,6 +28,7 @@ from typing import Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from lbhealthd.daemon.info_metrics import InfoMetrics
 from lbhealthd.daemon.server_series import ServerSeries
 from lbhealthd.model import ActionKind, AdminState, Rule, Sample, ServerId
 from lbhealthd.report import PoolReport, Reload, RoundReport
@@ -240,6 +241,8 @@ class Metrics:
             registry=r,
         )
         self.reload_success_at.set(self._wall())
+        # Build, dry run, overrides in force.
+        self.info = InfoMetrics(r)
         self._rounds_seen = 0
         self._sample_at: dict[ServerId, float] = {}
         self._blocked: set[tuple[ServerId, str, str]] = set()
@@ -325,6 +328,7 @@ class Metrics:
         self._rounds_seen = max(self._rounds_seen, r.rounds)
         self.round_duration.observe(duration)
         self.last_round.set(self._wall())
+        self.info.observe(r)
 
     def _decisions(self, r: RoundReport) -> None:
         decision = r.decision

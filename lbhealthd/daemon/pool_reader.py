@@ -21,6 +21,8 @@ from lbhealthd.config import PoolConfig
 from lbhealthd.drivers import Driver
 from lbhealthd.errors import LbhealthdError
 from lbhealthd.model import Member, ServerId
+from lbhealthd.server_set import address_of
+from lbhealthd.store.memory import DISCOVERED, discovered_blob, recorded_sets
 from lbhealthd.writer.journal import Journal
 
 log = structlog.get_logger("lbhealthd.daemon.reconciler")
@@ -45,9 +47,7 @@ class PoolReader:
         self.partial: dict[str, frozenset[ServerId]] = {}  # listed by some endpoints only
         self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
         self.epochs: dict[str, str] = dict((store.load_blob("epochs") or {}).get("pools", {}))
-        self.discovered: dict[str, list[str]] = dict(
-            (store.load_blob("discovered") or {}).get("pools", {})
-        )
+        self.discovered, self.addresses = recorded_sets(store.load_blob(DISCOVERED))
         self.state_since: dict[ServerId, float] = {}  # wall time of the last admin change
         self._admin: dict[ServerId, str] = {}
         self._filters: dict[str, object] = {}  # the pool's `servers` list the last read used
@@ -121,14 +121,37 @@ class PoolReader:
     def _record_servers(self, pool: PoolConfig, members: Mapping[ServerId, Member]) -> None:
         if pool.servers is not None or pool.name in self.discovered or not members:
             return
-        self.discovered[pool.name] = sorted(sid.server for sid in members)
-        self._stage("discovered", lambda: {"pools": dict(self.discovered)})
+        self._set_servers(pool.name, members)
         log.info(
             "servers_recorded",
             pool=pool.name,
             servers=self.discovered[pool.name],
             note="the audit expects this set from now on",
         )
+
+    def _set_servers(self, pool: str, members: Mapping[ServerId, Member]) -> None:
+        self.discovered[pool] = sorted(sid.server for sid in members)
+        self.addresses[pool] = {sid.server: address_of(m) for sid, m in members.items()}
+        self._stage(DISCOVERED, lambda: discovered_blob(self.discovered, self.addresses))
+
+    # An operator's changes to the recorded set (lbhealthd audit --accept, lbhealthd forget).
+
+    def accept(self, pool: str) -> list[str] | None:
+        """Record the servers of ``pool``'s last read as its expected set; the set before."""
+        before = self.discovered.get(pool)
+        self._set_servers(pool, self.members.get(pool, {}))
+        return before
+
+    def forget(self, sid: ServerId) -> bool:
+        """Drop ``sid`` from its pool's recorded set; True when it was in it."""
+        self.state_since.pop(sid, None)
+        self._admin.pop(sid, None)
+        if sid.server not in self.discovered.get(sid.pool, []):
+            return False
+        self.discovered[sid.pool] = [s for s in self.discovered[sid.pool] if s != sid.server]
+        self.addresses.get(sid.pool, {}).pop(sid.server, None)
+        self._stage(DISCOVERED, lambda: discovered_blob(self.discovered, self.addresses))
+        return True
 
     def _stage(self, name: str, produce: Callable[[], dict[str, Any]]) -> None:
         self.journal.stage_blob(name, produce)

@@ -131,6 +131,8 @@ class Reconciler:
         self.on_evidence: Callable[[], None] | None = None
         #: The config's file, load time and last reload, as the daemon sets them.
         self.config_status = ConfigStatus(None, wall())
+        #: Operators' changes to the memory, made as the next round starts (memory_requests).
+        self.requests: list[Callable[[], None]] = []
         self.report = self._report(None, rounds=0, finished_at=None)
 
     @property
@@ -177,6 +179,9 @@ class Reconciler:
         frozen = starved > limit
         self.decisions.starvation(starved, frozen, limit)
         self.metrics.starvation(starved, frozen)
+        requests, self.requests = self.requests, []
+        for request in requests:
+            request()
         self.book.refresh(wall)
         read: list[PoolConfig] = []
         hands: dict[ServerId, ByHand] = {}

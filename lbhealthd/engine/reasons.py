@@ -23,15 +23,21 @@ def override_reason(override: Override) -> Reason:
     )
 
 
-def blind_warning(ps: PoolSettings, probed: int, failed: int) -> Reason:
+def blind_warning(ps: PoolSettings, probed: int, failed: int, size: int) -> Reason:
+    """``probed`` counts the pool's servers in rotation with a sample; the others (``size``
+    in all) are named as not counted, so the figures add up to the pool."""
+    others = size - probed
+    aside = f" ({others} more not counted: out of rotation or not probed yet)" if others > 0 else ""
     return Reason(
         Rule.BLIND,
-        f"pool {ps.name}: {failed} of {probed} probes failed at once; the daemon is "
-        "likely blind (its own network or host), so it drains nothing",
+        f"pool {ps.name}: {failed} of the {probed} probes of servers in rotation failed at "
+        f"once{aside}; the daemon is likely blind (its own network or host), so it drains "
+        "nothing",
         {
             "pool": ps.name,
             "failed": failed,
             "probed": probed,
+            "pool_size": size,
             "blind_threshold": ps.blind_threshold,
         },
     )
@@ -87,11 +93,17 @@ def drain_evidence(st: ServerState, sample: Sample | None, ps: PoolSettings) -> 
 
 
 def fall_message(st: ServerState, ps: PoolSettings, evidence: Mapping[str, object]) -> str:
-    what = "failed or overloaded" if st.verdict is Verdict.FAILED else "overloaded"
-    detail = evidence.get("detail") or _over_marks(evidence.get("signals"), ps.marks)
-    return (
-        f"{st.bad} {what} samples in a row (fall {ps.fall}){': ' + str(detail) if detail else ''}"
-    )
+    if st.verdict is Verdict.FAILED:
+        # The streak counts failed and overloaded samples alike: only the last is known to
+        # have failed, and a failed probe is not called an overload.
+        outcome = evidence.get("outcome", "failed")
+        detail = evidence.get("detail")
+        return (
+            f"{st.bad} bad samples in a row (fall {ps.fall}), the last a failed probe "
+            f"({outcome}{': ' + str(detail) if detail else ''})"
+        )
+    detail = _over_marks(evidence.get("signals"), ps.marks)
+    return f"{st.bad} overloaded samples in a row (fall {ps.fall}){': ' + detail if detail else ''}"
 
 
 def _over_marks(signals: object, marks: Mapping[str, Marks]) -> str:

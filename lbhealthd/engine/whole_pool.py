@@ -105,7 +105,9 @@ class WholePool:
         """Rule 1's and rule 10's warnings, rule 5 (drains within the caps), rule 6's weights,
         and the warning for overrides beyond the caps."""
         if self.blind:
-            self.warnings.append(reasons.blind_warning(self.ps, self.probed, self.failed))
+            self.warnings.append(
+                reasons.blind_warning(self.ps, self.probed, self.failed, len(self.servers))
+            )
         if self.partial:
             self.warnings.append(reasons.inconsistent_warning(self.ps, self.partial))
         self._drains(observations, overrides)

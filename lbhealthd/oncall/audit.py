@@ -10,14 +10,17 @@ too.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lbhealthd.config import Config
 from lbhealthd.drivers import make_driver
 from lbhealthd.drivers.haproxy.config_file import (
+    CfgServer,
     audit_cfg,
     check_candidate,
     parse_backends,
@@ -29,7 +32,9 @@ from lbhealthd.monitors.audit import Finding, FindingKind, audit_pair, sort_find
 from lbhealthd.oncall.commands import Outcome
 from lbhealthd.oncall.direct import open_driver
 from lbhealthd.pool_audit import expectation, live_findings
+from lbhealthd.server_set import Rename, address_of, renames
 from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.store.memory import DISCOVERED, Addresses, Sets, recorded_sets
 from lbhealthd.writer import LbWriter, Why
 from lbhealthd.writer.journal import Journal
 
@@ -52,13 +57,42 @@ def _lines(findings: list[Finding], header: str) -> list[str]:
 
 
 def _state(config: Config) -> tuple[dict[ServerId, OwnedEntry], dict[str, list[str]]]:
+    owned, recorded, _ = _memory(config)
+    return owned, recorded
+
+
+def _memory(config: Config) -> tuple[dict[ServerId, OwnedEntry], Sets, Addresses]:
+    """What lbhealthd owns, and the recorded server sets with their addresses."""
     try:
         store = Store(config.daemon.state_dir)
         owned = store.load_owned()
-        recorded = dict((store.load_blob("discovered") or {}).get("pools", {}))
+        recorded, addresses = recorded_sets(store.load_blob(DISCOVERED))
     except (LbhealthdError, OSError):
-        return {}, {}
-    return owned, recorded
+        return {}, {}, {}
+    return owned, recorded, addresses
+
+
+def _renamed(findings: list[Finding], gone_at: Addresses, new_at: Addresses) -> list[Rename]:
+    """Renames among the missing and unexpected servers of ``findings``; ``gone_at`` and
+    ``new_at`` give the addresses of the expected and the present servers by pool."""
+    found = []
+    missing, unexpected = FindingKind.MISSING_SERVER, FindingKind.UNEXPECTED_SERVER
+    for pool in sorted({f.pool for f in findings}):
+        named = [(f.kind, str(f.server)) for f in findings if f.pool == pool and f.server]
+        gone = {s: gone_at.get(pool, {}).get(s) for k, s in named if k is missing}
+        new = {s: new_at.get(pool, {}).get(s, "") for k, s in named if k is unexpected}
+        found += renames(pool, gone, new)
+    return found
+
+
+def _rename_lines(found: list[Rename]) -> list[str]:
+    lines = [f"  {'renamed' if r.sure else 'renamed?':<19} {r.message()}" for r in found]
+    for pool in sorted({r.pool for r in found}):
+        lines.append(
+            f"  if intended: lbhealthd audit --accept {pool} --reason TEXT (records the live "
+            f"set), then lbhealthd forget {pool}/OLD --reason TEXT for each old name"
+        )
+    return lines
 
 
 async def _read(
@@ -121,6 +155,9 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
         )
     findings = _findings(config, members, pair)
     lines += _lines(findings, "live pool")
+    live_at = {p: {s.server: address_of(m) for s, m in ms.items()} for p, ms in members.items()}
+    renamed = _renamed(findings, _memory(config)[2], live_at)
+    lines += _rename_lines(renamed)
     fixed: list[str] = []
     skipped: list[dict[str, Any]] = []
     if fix:
@@ -149,7 +186,8 @@ async def live(config: Config, *, fix: bool, yes: bool, confirm: Callable[[str],
             findings = _findings(config, members, pair)
             lines += _lines(findings, "live pool after --fix")
     code = 1 if findings else (2 if errors else 0)
-    return Outcome(code, tuple(lines), _doc(findings, errors=errors, fixed=fixed, skipped=skipped))
+    doc = _doc(findings, errors=errors, fixed=fixed, skipped=skipped)
+    return Outcome(code, tuple(lines), doc | {"renamed": [r.as_dict() for r in renamed]})
 
 
 def _out_of_rotation(sid: ServerId, weight: int, want: int) -> str | None:
@@ -264,11 +302,64 @@ def candidate(config: Config, path: str) -> Outcome:
         backends = parse_backends(data.decode("utf-8", errors="replace"))
     except ValueError as exc:
         return Outcome(1, (*lines, f"{path}: {exc}"), _doc([], clean=False, syntax_ok=True))
-    findings: list[Finding] = []
-    for pool in config.pools:
-        findings += audit_cfg(backends, expectation(pool, None), source=Path(path).name)
-    findings = sort_findings(findings)
+    findings, renamed, against = _against(config, backends, Path(path).name)
+    # The config's own list goes without saying; a set found elsewhere is named.
+    lines += [f"  compared with {w}" for w in against if not w.endswith("listed in the config")]
     lines += _lines(findings, path)
-    return Outcome(
-        1 if findings else 0, tuple(lines), _doc(findings, syntax_ok=True, syntax_message=message)
-    )
+    lines += _rename_lines(renamed)
+    doc = _doc(findings, syntax_ok=True, syntax_message=message, compared_with=against)
+    doc["renamed"] = [r.as_dict() for r in renamed]
+    return Outcome(1 if findings else 0, tuple(lines), doc)
+
+
+def _against(
+    config: Config, backends: Mapping[str, Sequence[CfgServer]], source: str
+) -> tuple[list[Finding], list[Rename], list[str]]:
+    """The file's findings, its renames and what each pool was compared with: the config's
+    ``servers``, else the set recorded at the daemon's first read, else the servers the LB
+    lists now (when it can be read)."""
+    _, recorded, addresses = _memory(config)
+    findings: list[Finding] = []
+    against = []
+    unlisted = [p.name for p in config.pools if p.servers is None and p.name not in recorded]
+    live = _live_sets(config, unlisted) if unlisted else {}
+    gone_at = {**addresses, **live}
+    for pool in config.pools:
+        if pool.servers is not None:
+            servers: list[str] | None = list(pool.servers)
+            against.append(f"{pool.name}: the servers listed in the config")
+        elif pool.name in recorded:
+            servers = recorded[pool.name]
+            against.append(f"{pool.name}: the set recorded in {config.daemon.state_dir}")
+        elif pool.name in live:
+            servers = sorted(live[pool.name])
+            against.append(f"{pool.name}: the servers the load balancer lists now")
+        else:
+            servers = None
+            against.append(f"{pool.name}: weights only (no server set known, the LB unread)")
+        findings += audit_cfg(backends, expectation(pool, servers), source=source)
+    cfg_at = {b: {s.name: s.address for s in servers} for b, servers in backends.items()}
+    findings = sort_findings(findings)
+    return findings, _renamed(findings, gone_at, cfg_at), against
+
+
+def _live_sets(config: Config, pools: list[str]) -> Addresses:
+    """The servers the LB lists in ``pools`` now, with their addresses (a pool that cannot
+    be read is left out). Read in a thread of its own: the caller may run inside a loop."""
+
+    async def read() -> Addresses:
+        driver = open_driver(config)
+        found: Addresses = {}
+        try:
+            for pool in pools:
+                try:
+                    snap = await driver.snapshot(pool)
+                except DriverError:
+                    continue
+                found[pool] = {m.id.server: address_of(m) for m in snap.members}
+        finally:
+            await driver.close()
+        return found
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool_thread:
+        return pool_thread.submit(asyncio.run, read()).result()

@@ -30,7 +30,7 @@ import structlog
 
 from lbhealthd.drivers import Driver
 from lbhealthd.errors import DriverError, LbhealthdError
-from lbhealthd.model import Action, AdminState, ByHand, Desired, Member, ServerId
+from lbhealthd.model import Action, ActionKind, AdminState, ByHand, Desired, Member, ServerId
 from lbhealthd.store import OwnedEntry
 from lbhealthd.writer.journal import Journal
 
@@ -94,6 +94,7 @@ class LbWriter:
         self.last_error: dict[ServerId, str] = {}  # why the last command failed, until one works
         self._dry_logged: set[tuple[ServerId, str]] = set()
         self._agent_warned: set[ServerId] = set()
+        self._steps: dict[ServerId, int] = {}  # slow-start steps sent, per ramp under way
 
     @property
     def wall(self) -> Callable[[], float]:
@@ -123,6 +124,11 @@ class LbWriter:
         """Forget what lbhealthd held of this server (an operator took it over)."""
         if self.owned.pop(sid, None) is not None:
             self.journal.stage_owned(self.owned)
+
+    def drop_pending(self, sid: ServerId) -> None:
+        """Forget a change of ``sid`` recorded but never confirmed (the server is gone)."""
+        self._recovering.discard(sid)
+        self._settled(sid)
 
     def notice_hand_change(self, sid: ServerId, member: Member) -> ByHand | None:
         """Compare what lbhealthd set with what the LB shows; if an operator changed it by
@@ -257,13 +263,18 @@ class LbWriter:
             # The ramp ends at the configured weight, or at the expected one (enforce_weights).
             full = want.weight is None or want.weight_fraction >= 1.0
             target = member.initial_weight if want.weight is None else want.weight
+            # A ramp's steps are logged at debug level and not recorded one by one: one line
+            # when it starts (the restore's commands), one when it ends, with the count.
+            step = not full and (action is None or action.kind is not ActionKind.STEP_DOWN)
             if (target != member.weight or not member.consistent) and not await self.command(
-                sid, member, "weight", target, action
+                sid, member, "weight", target, action, step=step
             ):
                 return
             if full:
                 self.release(sid)
-                log.info("slow_start_done", server=str(sid), weight=target)
+                steps = self._steps.pop(sid, 0)
+                log.info("slow_start_done", server=str(sid), weight=target, steps=steps)
+                self.record(sid, "slow_start_done", value=target, steps=steps)
             else:
                 self._own(sid, AdminState.READY, action, weight=target)
             return
@@ -285,9 +296,12 @@ class LbWriter:
         value: AdminState | int,
         action: Action | None = None,
         why: Why | None = None,
+        *,
+        step: bool = False,
     ) -> bool:
         """Send one command (``what`` is "state" or "weight") and record it. True if the LB
-        took it; a failure is logged and counted, never raised."""
+        took it; a failure is logged and counted, never raised. ``step``: one step of a
+        slow-start ramp, logged at debug level and counted instead of recorded."""
         why = why or Why.of(action)
         shown = value.value if isinstance(value, AdminState) else value
         before = member.admin.value if what == "state" else member.weight
@@ -328,7 +342,12 @@ class LbWriter:
             self.last_set[sid] = value
         if self.on_command is not None:
             self.on_command(sid, what, True, action)
-        log.info("lb_command", **fields, ms=round((self.mono() - started) * 1000, 1))
+        ms = round((self.mono() - started) * 1000, 1)
+        if step:
+            log.debug("lb_command", **fields, ms=ms)
+            self._steps[sid] = self._steps.get(sid, 0) + 1
+            return True
+        log.info("lb_command", **fields, ms=ms)
         self.record(
             sid,
             f"set_{what}",
