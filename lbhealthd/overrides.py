@@ -54,6 +54,7 @@ from lbhealthd.model import (
 )
 from lbhealthd.report import out_text
 from lbhealthd.store import OwnedEntry, Store
+from lbhealthd.times import iso_utc, who_text
 from lbhealthd.writer import LbWriter
 
 log = structlog.get_logger("lbhealthd.overrides")
@@ -265,6 +266,7 @@ async def drain(
         who=who,
         reason=reason,
         until=override.expires_at,
+        until_utc=iso_utc(override.expires_at),
         force=force,
     )
     error = None
@@ -299,9 +301,9 @@ async def restore(
     removed = store.remove_override(sid)
     if removed is not None:
         notes.append(
-            f"ended the keep-in hold set by {removed.who}"
+            f"ended the keep-in hold set by {who_text(removed.who)}"
             if removed.kind is OverrideKind.READY
-            else f"removed the {removed.kind.value} override by {removed.who}"
+            else f"removed the {removed.kind.value} override by {who_text(removed.who)}"
         )
         writer.record(sid, "override_removed", who=who, kind=removed.kind.value)
     keep = None

@@ -33,7 +33,7 @@ from lbhealthd.monitors.audit import Finding
 from lbhealthd.monitors.balance import BalanceReport, misweighted_text
 from lbhealthd.store import OwnedEntry
 
-__all__ = ["LastAction", "PoolReport", "RoundReport", "owner"]
+__all__ = ["ConfigStatus", "LastAction", "PoolReport", "Reload", "RoundReport", "owner"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,32 @@ class LastAction:
 
     action: Action
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """The outcome of one reload of the config file: when (wall), whether it was applied, the
+    problems it was refused for (each with its field path), or what it changed."""
+
+    at: float
+    ok: bool
+    problems: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStatus:
+    """The config the daemon runs with: its file, when it was loaded (wall), the last reload."""
+
+    path: str | None
+    loaded_at: float
+    last_reload: Reload | None = None
+
+    @property
+    def refused(self) -> Reload | None:
+        """The last reload when it was refused (the daemon then runs an older config)."""
+        r = self.last_reload
+        return r if r is not None and not r.ok else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +179,7 @@ class RoundReport:
     blocked: Mapping[ServerId, Blocked] = field(default_factory=dict)
     state_since: Mapping[ServerId, float] = field(default_factory=dict)  # wall
     applied: Mapping[ServerId, AdminState] = field(default_factory=dict)  # last state set
+    config: ConfigStatus | None = None  # None when the daemon is not running
 
     def pool(self, name: str) -> PoolReport | None:
         return next((p for p in self.pools if p.name == name), None)

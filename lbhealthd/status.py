@@ -12,6 +12,7 @@ operator's name or a probe detail cannot start a row of its own or paint the ter
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,8 @@ from lbhealthd.engine.reasons import over_marks
 from lbhealthd.model import AdminState, Member, Override, ServerId
 from lbhealthd.monitors.balance import BalanceReport
 from lbhealthd.printable import printable
-from lbhealthd.report import PoolReport, RoundReport, out_text, owner
+from lbhealthd.report import ConfigStatus, PoolReport, Reload, RoundReport, out_text, owner
+from lbhealthd.times import at_text, iso_utc, until_text, who_text
 
 VERSION = 1
 
@@ -34,6 +36,7 @@ def _override(o: Override | None) -> dict[str, Any] | None:
         "who": o.who,
         "since": o.created_at,
         "until": o.expires_at,
+        "until_utc": iso_utc(o.expires_at),
     }
 
 
@@ -190,7 +193,7 @@ def document(r: RoundReport, wall: float, mono: float) -> dict[str, Any]:
                 "servers": servers,
             }
         )
-    daemon: dict[str, Any] = {"running": r.running}
+    daemon: dict[str, Any] = {"running": r.running, "alerts": []}
     if r.running:
         daemon.update(
             pid=os.getpid(),
@@ -198,7 +201,70 @@ def document(r: RoundReport, wall: float, mono: float) -> dict[str, Any]:
             rounds=r.rounds,
             last_round_age_s=None if r.finished_at is None else round(mono - r.finished_at, 3),
         )
-    return {"version": VERSION, "daemon": daemon, "pools": pools}
+    if r.config is not None:
+        daemon["config"] = _config(r.config)
+        refused = r.config.refused
+        if refused is not None:
+            daemon["alerts"].append(
+                {
+                    "rule": "config_reload",
+                    "message": reload_alert(refused, r.config.loaded_at, wall),
+                    "problems": list(refused.problems),
+                }
+            )
+    return {"version": VERSION, "generated_at": wall, "daemon": daemon, "pools": pools}
+
+
+def _config(c: ConfigStatus) -> dict[str, Any]:
+    last = c.last_reload
+    return {
+        "path": c.path,
+        "loaded_at": c.loaded_at,
+        "loaded_at_utc": iso_utc(c.loaded_at),
+        "last_reload": None
+        if last is None
+        else {
+            "at": last.at,
+            "at_utc": iso_utc(last.at),
+            "ok": last.ok,
+            "problems": list(last.problems),
+            "changed": list(last.changed),
+        },
+    }
+
+
+def reload_alert(refused: Reload, loaded_at: float | None, now: float | None = None) -> str:
+    """The alert line of a refused reload: when, why (each problem with its field path), and
+    which config runs instead."""
+    now = refused.at if now is None else now
+    text = f"config reload refused at {at_text(refused.at, now)}: " + "; ".join(refused.problems)
+    if loaded_at is not None:
+        text += f"; running the config loaded at {at_text(loaded_at, now)}"
+    return text
+
+
+def check_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Why `status --check` exits 1, one line each; empty when all is well: the daemon not
+    running, a daemon alert (a refused reload), and per pool its HAProxy unreadable, blind,
+    inconsistent, fewer servers in service than ``min_in_service``, or any ALERT line."""
+    out = []
+    d = doc["daemon"]
+    if not d.get("running"):
+        out.append("the daemon is not running")
+    out += [f"daemon: {a['rule']}" for a in d.get("alerts", [])]
+    for pool in doc["pools"]:
+        name = pool["name"]
+        if not pool.get("lb_available", True):
+            out.append(f"pool {name}: load balancer unreadable")
+        if pool.get("blind"):
+            out.append(f"pool {name}: blind")
+        if pool.get("inconsistent"):
+            out.append(f"pool {name}: inconsistent")
+        if "size" in pool and pool["in_service"] < pool["min_in_service"]:
+            out.append(f"pool {name}: below min_in_service")
+        rules = sorted({str(a["rule"]) for a in pool.get("alerts", [])})
+        out += [f"pool {name}: alert {rule}" for rule in rules]
+    return list(dict.fromkeys(out))
 
 
 def lb_text(s: Mapping[str, Any]) -> str:
@@ -222,12 +288,14 @@ def signals_text(s: Mapping[str, Any]) -> tuple[str, str]:
     return ("-" if latency is None else f"{latency:.0f}ms"), shown or "-"
 
 
-def why_text(s: Mapping[str, Any]) -> str:
-    """Why a server is where it is, in one line: its override, else what was blocked, else the
-    last decision and its rule."""
+def why_text(s: Mapping[str, Any], now: float | None = None) -> str:
+    """Why a server is where it is, in one line: its override (who, until when, why), else
+    what was blocked, else the last decision and its rule. The override's end is said against
+    ``now`` (when the document was made, by default)."""
     if s.get("override"):
         o = s["override"]
-        return f"{o['kind']} by {o['who']}: {o['reason']}"
+        until = until_text(o.get("until"), time.time() if now is None else now)
+        return f"{o['kind']} by {who_text(str(o['who']))}, {until}: {o['reason']}"
     if s.get("out_reason") and s.get("owner") != "lbhealthd":
         # out, and not by lbhealthd's hand: what the LB says, not an old decision of ours
         by = "set outside lbhealthd" if s.get("owner") == "operator" else "not lbhealthd's doing"
@@ -267,6 +335,9 @@ def render(doc: Mapping[str, Any]) -> str:
         )
     else:
         lines.append("daemon: NOT RUNNING (showing the load balancer and state_dir only)")
+    for alert in d.get("alerts", []):
+        lines.append(f"ALERT {alert['rule']}: {alert['message']}")
+    now = doc.get("generated_at")
     for pool in doc["pools"]:
         lines.append("")
         head = f"pool {pool['name']}"
@@ -288,7 +359,7 @@ def render(doc: Mapping[str, Any]) -> str:
         rows: list[tuple[str, ...]] = [header]
         for s in pool["servers"]:
             latency, shown = signals_text(s)
-            why = why_text(s)
+            why = why_text(s, now)
             row = (
                 s["server"].split("/", 1)[1],
                 lb_text(s),
@@ -313,9 +384,11 @@ def render(doc: Mapping[str, Any]) -> str:
 
 __all__ = [
     "VERSION",
+    "check_problems",
     "document",
     "lb_text",
     "pool_budget",
+    "reload_alert",
     "render",
     "server",
     "signals_text",

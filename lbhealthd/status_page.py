@@ -84,6 +84,19 @@ def _daemon(d: Mapping[str, Any], now: float) -> str:
     )
 
 
+def _daemon_alerts(d: Mapping[str, Any]) -> str:
+    """The daemon's own alerts (a refused reload): above every pool, since they concern all."""
+    alerts = d.get("alerts") or []
+    if not alerts:
+        return ""
+    items = "".join(
+        f'<li class="alert" data-rule="{_e(a.get("rule", ""))}"><b>{_e(a.get("rule", ""))}</b>: '
+        f"{_e(a.get('message', ''))}</li>"
+        for a in alerts
+    )
+    return f'<ul class="alerts" id="daemon-alerts">{items}</ul>'
+
+
 def _counts(pool: Mapping[str, Any]) -> str:
     if "size" not in pool:
         return ""
@@ -147,7 +160,7 @@ def _want(s: Mapping[str, Any]) -> str:
     return str(want)
 
 
-def _server_row(pool: str, s: Mapping[str, Any]) -> str:
+def _server_row(pool: str, s: Mapping[str, Any], now: float) -> str:
     name = s["server"].split("/", 1)[1]
     latency, signals = signals_text(s)
     probe = s.get("probe") or {}
@@ -163,7 +176,7 @@ def _server_row(pool: str, s: Mapping[str, Any]) -> str:
             ("signals", signals),
             ("want", _want(s)),
             ("owner", s.get("owner") or "-"),
-            ("why", why_text(s) or "-"),
+            ("why", why_text(s, now) or "-"),
             ("override", _override(s.get("override"))),
         ]
     )
@@ -188,7 +201,7 @@ _HEADER = (
 )
 
 
-def _pool(pool: Mapping[str, Any]) -> str:
+def _pool(pool: Mapping[str, Any], now: float) -> str:
     name = pool["name"]
     balance = pool.get("balance") or {}
     imbalance = balance.get("imbalance")
@@ -198,7 +211,7 @@ def _pool(pool: Mapping[str, Any]) -> str:
         else f'<p class="muted">traffic spread against weights: imbalance {_e(imbalance)}</p>'
     )
     head = "".join(f"<th>{_e(h)}</th>" for h in _HEADER)
-    rows = "".join(_server_row(name, s) for s in pool.get("servers", []))
+    rows = "".join(_server_row(name, s, now) for s in pool.get("servers", []))
     return (
         f'<section class="pool" id="{_e(f"pool-{name}")}" '
         f'data-blind="{"true" if pool.get("blind") else "false"}">'
@@ -235,14 +248,14 @@ def _last_actions(doc: Mapping[str, Any]) -> str:
 
 def render_page(doc: Mapping[str, Any], refresh: int, now: float) -> str:
     """The page of a status document; ``refresh`` seconds between reloads, ``now`` wall time."""
-    pools = "".join(_pool(p) for p in doc["pools"])
+    pools = "".join(_pool(p, now) for p in doc["pools"])
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="refresh" content="{int(refresh)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>lbhealthd status</title><style>{_STYLE}</style></head><body>"
-        f"<h1>lbhealthd status</h1>{_daemon(doc['daemon'], now)}"
+        f"<h1>lbhealthd status</h1>{_daemon(doc['daemon'], now)}{_daemon_alerts(doc['daemon'])}"
         f"{pools}{_last_actions(doc)}"
         f'<p class="muted">read-only; reloads every {int(refresh)}s. '
         "The same data: /status (JSON), <code>lbhealthd status</code>.</p>"

@@ -54,9 +54,10 @@ def make_config(sockets: list[str], state_dir: Path, **pool: Any) -> Config:
 
 
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    """The daemon running as a task; stopped (and checked for errors) on exit."""
-    daemon = Daemon(config)
+async def running(config: Config, path: str | None = None) -> AsyncIterator[Daemon]:
+    """The daemon running as a task (reading ``path`` on a reload); stopped (and checked for
+    errors) on exit."""
+    daemon = Daemon(config, path)
     task = asyncio.create_task(daemon.run())
     try:
         yield daemon

@@ -300,7 +300,10 @@ async def test_healthz_follows_the_rounds() -> None:
 
         daemon.round_done(clock.now, 1)
         clock.advance(4.0)
-        assert await healthz() == (200, {"ok": True, "last_round_age_s": 4.0, "rounds": 1})
+        assert await healthz() == (
+            200,
+            {"ok": True, "last_round_age_s": 4.0, "rounds": 1, "config_reload_ok": True},
+        )
 
         clock.advance(1.5)
         status, doc = await healthz()

@@ -122,3 +122,35 @@ async def test_a_restore_with_the_daemon_down_says_when_the_weight_was_not_set_b
     done = await oncall.restore(h.config, sid("s1"), None)
     assert done.code == 0 and f"weight {left} → 100" in done.lines[0]
     assert (h.driver.member("s1").admin, h.driver.member("s1").weight) == (AdminState.READY, 100)
+
+
+async def test_drain_logs_its_end_readably_and_restore_names_who_without_pid(
+    make: Callable[..., Harness],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`override_set` carries the end as a number and as UTC text; the restore's note names
+    who set the override without the pid, which the state file keeps."""
+    from structlog.testing import capture_logs
+
+    from lbhealthd import overrides
+    from lbhealthd.times import iso_utc
+
+    h = make()
+    who = "alice (uid 1001, pid 4599)"
+    members = {m.id: m for m in (await h.driver.snapshot("api")).members}
+    with capture_logs() as logs:
+        done = await overrides.drain(
+            h.config, h.store, h.reconciler.writer, members, sid("s1"),
+            reason="disk full", who=who, now=1_796_235_548.0, for_s=120.0, apply=False,
+        )  # fmt: skip
+    [event] = [e for e in logs if e["event"] == "override_set"]
+    assert event["until"] == 1_796_235_668.0
+    assert event["until_utc"] == iso_utc(1_796_235_668.0) == "2026-12-02T18:21:08Z"
+    assert done.override is not None and done.override.who == who
+    assert Store(h.config.daemon.state_dir).load_overrides()[sid("s1")].who == who
+    restored = await overrides.restore(
+        h.config, h.store, h.reconciler.writer, members, sid("s1"),
+        who="bob (uid 1002, pid 17)", now=1_796_235_560.0, for_s=None, apply=False,
+    )  # fmt: skip
+    assert "removed the drain override by alice (uid 1001)" in restored.notes[0]
+    assert "pid" not in restored.notes[0]

@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 
 from lbhealthd.agent import Agent, Load
 from lbhealthd.cli import build_parser, cmd_run
+from lbhealthd.cli.commands import cmd_reload
 from lbhealthd.config import DaemonConfig, HAProxyConfig, load_config, parse_duration
 from lbhealthd.daemon.sdnotify import Notifier
 from lbhealthd.drivers.haproxy.process import find_haproxy
@@ -288,13 +289,22 @@ def service() -> dict[str, str]:
 
 
 def test_unit_is_type_notify_with_watchdog_reload_and_restart(service: dict[str, str]) -> None:
-    """The unit waits for READY=1, wants watchdog pings, reloads by SIGHUP, restarts on failure."""
+    """The unit waits for READY=1, wants watchdog pings, reloads through `lbhealthd reload` on
+    the file it runs with (so a refused file fails the reload), restarts on failure."""
     assert service["Type"] == "notify"
     assert service["NotifyAccess"] == "main"
     assert parse_duration(service["WatchdogSec"] + "s") == 30.0
-    assert shlex.split(service["ExecReload"]) == ["/bin/kill", "-HUP", "$MAINPID"]
+    start = shlex.split(service["ExecStart"])
+    assert shlex.split(service["ExecReload"]) == [start[0], "reload", *start[2:]]
     assert service["Restart"] == "on-failure"
     assert service["RestartSec"] == "2"
+
+
+def test_unit_reload_is_lbhealthd_reload_of_the_system_config(service: dict[str, str]) -> None:
+    """ExecReload is ``lbhealthd reload -c /etc/lbhealthd/config.yaml``, as the CLI parses it."""
+    args = build_parser().parse_args(shlex.split(service["ExecReload"])[1:])
+    assert args.func is cmd_reload
+    assert args.config == "/etc/lbhealthd/config.yaml"
 
 
 def test_unit_stop_timeout_outlasts_the_round_under_way(service: dict[str, str]) -> None:
@@ -400,11 +410,12 @@ def _systemd_analyze() -> str:
 
 
 def _unit_copy(tmp_path: Path, replace: tuple[str, str] | None = None) -> Path:
-    """The unit with ExecStart pointing at an executable that exists on this machine."""
+    """The unit with ExecStart and ExecReload pointing at an executable that exists on this
+    machine."""
     executable = shutil.which("lbhealthd") or sys.executable
-    text = UNIT.read_text().replace(
-        "ExecStart=/usr/local/bin/lbhealthd ", f"ExecStart={executable} "
-    )
+    text = UNIT.read_text()
+    for key in ("ExecStart", "ExecReload"):
+        text = text.replace(f"{key}=/usr/local/bin/lbhealthd ", f"{key}={executable} ")
     assert executable in text
     if replace is not None:
         assert replace[0] in text

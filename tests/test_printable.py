@@ -95,10 +95,12 @@ def test_status_table_cannot_be_forged_by_a_reason() -> None:
     row = lines[5]
     assert row.startswith("  s1 ")
     assert "error: boom\\n\\x1b[2J" in row
-    assert row.endswith("drain by eve\\r\\x1b[1mroot: " + printable(FORGED))
+    assert row.endswith("drain by eve\\r\\x1b[1mroot, until restored: " + printable(FORGED))
 
     plain = status.render(doc_with("disk full on /var", "alice (uid 1000, cli)"))
-    assert plain.split("\n")[5].endswith("drain by alice (uid 1000, cli): disk full on /var")
+    assert plain.split("\n")[5].endswith(
+        "drain by alice (uid 1000, cli), until restored: disk full on /var"
+    )
 
 
 def test_status_json_keeps_the_text_and_escapes_it() -> None:

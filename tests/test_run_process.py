@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,74 @@ def test_run_refuses_an_invalid_config(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "pools[0].rise" in done.stderr
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lbhealthd", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_refused_sighup_is_seen_and_lbhealthd_reload_fixes_it(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """After a SIGHUP with an invalid file, /metrics says 0, `status` shows the refusal (exit 2
+    on the invalid file, `--check` 1 on a good one); `lbhealthd reload` of the fixed file exits
+    0 with the change, and the log's `config_reloaded` lists it."""
+    config = tmp_path / "lbhealthd.yaml"
+    _write_config(config, haproxy.socket, tmp_path / "state")
+    good = config.read_text()
+    address = yaml.safe_load(good)["daemon"]["http"]
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        await wait_for(lambda: any(e["event"] == "started" for e in _events(log)), 10, "start")
+        metric = "lbhealthd_config_last_reload_successful"
+        assert await asyncio.to_thread(_metric, address, metric) == 1.0
+
+        config.write_text(good.replace("fall: 3", "fall: 0"))
+        proc.send_signal(signal.SIGHUP)
+        await wait_for(
+            lambda: any(e["event"] == "config_reload_failed" for e in _events(log)), 5, "refusal"
+        )
+        assert await asyncio.to_thread(_metric, address, metric) == 0.0
+        done = await asyncio.to_thread(_run_cli, "status", "-c", str(config))
+        assert done.returncode == 0, done.stderr  # the daemon's view; the file warned of
+        assert "ALERT config_reload: config reload refused at" in done.stdout
+        assert "pools[0].fall" in done.stdout and "pools[0].fall" in done.stderr
+        assert "talking to the running daemon anyway" in done.stderr
+
+        config.write_text(good.replace("fall: 3", "fall: 4"))
+        done = await asyncio.to_thread(_run_cli, "status", "--check", "-c", str(config))
+        assert done.returncode == 1
+        assert "running the config loaded at" in done.stdout
+
+        done = await asyncio.to_thread(_run_cli, "reload", "-c", str(config))
+        assert done.returncode == 0, done.stderr
+        assert "pools[api].fall: 3 -> 4" in done.stdout
+        assert await asyncio.to_thread(_metric, address, metric) == 1.0
+        done = await asyncio.to_thread(_run_cli, "status", "--check", "-c", str(config))
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    reloaded = [e for e in _events(log) if e["event"] == "config_reloaded"]
+    assert [e["changed"] for e in reloaded] == [["pools[api].fall: 3 -> 4"]]
+
+
+def _metric(address: str, name: str) -> float:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")

@@ -106,7 +106,9 @@ def test_a_drained_server_is_shown_with_who_why_and_until_when() -> None:
     page = Page(html)
     row = page.attrs["server-api-s2"]
     assert (row["data-state"], row["data-owner"]) == ("drain", "override")
-    assert "drain by alice: disk full on /var" in page.text["server-api-s2"]
+    assert (
+        "drain by alice, until 01:53 UTC (in 1h): disk full on /var" in page.text["server-api-s2"]
+    )
     assert "until 2026-11-30 01:53:20 UTC" in page.text["server-api-s2"]
     assert page.attrs["server-api-s1"]["data-state"] == "ready"
     assert "cpu=0.31" in page.text["server-api-s1"] and "12ms" in page.text["server-api-s1"]
@@ -135,7 +137,10 @@ def test_operator_text_is_escaped() -> None:
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quoted&quot;" in html
     row_id = f"server-api-{name}"
     assert page.attrs[row_id]["data-state"] == "drain"  # the id survived intact, as text
-    assert f"drain by <b>eve</b> & 'mallory': {HOSTILE}" in page.text[row_id]
+    assert (
+        f"drain by <b>eve</b> & 'mallory', until 01:53 UTC (in 1h): {HOSTILE}"
+        in (page.text[row_id])
+    )
 
 
 def test_alerts_blind_and_an_unreadable_lb_are_shown() -> None:

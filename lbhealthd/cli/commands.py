@@ -126,6 +126,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _print(_on_call(oncall.restore(config, args.server, args.for_, args.reason or "")))
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate a config file, then have the running daemon reload it and say what changed."""
+    from lbhealthd.oncall.reload import reload
+
+    path = resolve_path(args.config)
+    config = load_config(path)  # an invalid file stops here, exit 2, the daemon untouched
+    return _print(_on_call(reload(config, os.path.abspath(path))))
+
+
 WATCH_INTERVAL = 2.0  # seconds between two tables of `status --watch` by default
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, erase the screen
 
@@ -135,10 +144,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.interval is not None and not args.watch:
         print("lbhealthd status: --interval needs --watch", file=sys.stderr)
         return EXIT_USAGE
+    if args.check and args.watch:
+        print("lbhealthd status: --check and --watch do not go together", file=sys.stderr)
+        return EXIT_USAGE
     config = _load_reachable(args)
     if args.watch:
         return _watch(config, args.json, args.interval or WATCH_INTERVAL)
-    return _print(_on_call(oncall.show_status(config)), as_json=args.json, report=True)
+    outcome = _on_call(oncall.show_status(config))
+    code = _print(outcome, as_json=args.json, report=True)
+    if not args.check or code == EXIT_USAGE or outcome.document is None:
+        return code
+    from lbhealthd.status import check_problems
+
+    problems = check_problems(outcome.document)
+    for problem in problems:
+        print(printable(f"lbhealthd status --check: {problem}"), file=sys.stderr)
+    return EXIT_PROBLEM if problems else EXIT_OK
 
 
 def _watch(config: Config | Broken, as_json: bool, interval: float) -> int:

@@ -14,6 +14,7 @@ from lbhealthd.cli.commands import (
     cmd_check_config,
     cmd_demo,
     cmd_drain,
+    cmd_reload,
     cmd_restore,
     cmd_run,
     cmd_status,
@@ -193,7 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="time between two tables with --watch (500ms, 2s, 1m; default: 2s)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when the daemon is not running or anything is alerting (a refused "
+        "reload, a pool blind, unreadable, inconsistent, below min_in_service, any ALERT line)",
+    )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "reload",
+        help="validate FILE, then have the running daemon reload it and say what changed "
+        "(exit 0 reloaded, 1 refused or no daemon, 2 invalid file)",
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_reload)
     p = sub.add_parser(
         "agent", help="report this host's load: HTTP /health and HAProxy's agent-check"
     )

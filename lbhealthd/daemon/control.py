@@ -12,6 +12,8 @@ checked first (lbhealthd.daemon.socket_file).
     POST /restore {server, for_s, reason}
     POST /forget  {server, reason, force}   (lbhealthd.daemon.memory_requests)
     POST /accept  {pool, reason}
+    POST /reload  {path}                  reload the config file at the next round and answer
+                                          with the outcome: what changed, or why it was refused
 
 The answer to a drain or restore says what the round it started made of the server: its
 state, the warnings the caller must see (a forced drain leaving the pool beyond its caps) and,
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pwd
 import time
@@ -46,7 +49,7 @@ from lbhealthd.errors import (
 )
 from lbhealthd.model import Member, ServerId
 from lbhealthd.peercred import Peer, peer_of
-from lbhealthd.report import RoundReport
+from lbhealthd.report import Reload, RoundReport
 from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
@@ -69,11 +72,15 @@ class Operations(Protocol):
     @property
     def writer(self) -> LbWriter: ...
     @property
+    def config_path(self) -> str | None: ...
+    @property
     def reconciler(self) -> Reconciler: ...
     async def next_round(self) -> bool: ...
+    async def request_reload(self, within: float) -> Reload | None: ...
 
 
 SOCKET_MODE = 0o660
+RELOAD_WAIT = 10.0  # seconds for a round to start and reload; under the client's 15 s
 
 
 def peer(request: web.Request) -> Peer | None:
@@ -133,6 +140,7 @@ class ControlServer:
         app.router.add_get("/status", self.get_status)
         app.router.add_post("/drain", self.post_drain)
         app.router.add_post("/restore", self.post_restore)
+        app.router.add_post("/reload", self.post_reload)
         app.router.add_post("/forget", self.post_forget)
         app.router.add_post("/accept", self.post_accept)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -290,6 +298,38 @@ class ControlServer:
         result["status"] = status.server(d.report, sid, time.time(), time.monotonic())
         return web.json_response(result)
 
+    async def post_reload(self, request: web.Request) -> web.Response:
+        """Reload the config file the daemon was started with; ``path``, when given, must name
+        that same file (the one the caller checked)."""
+        body = await self._object(request)
+        d, asked = self.daemon, body.get("path")
+        mine = d.config_path
+        if mine is None:
+            error = "this daemon was not started from a config file: nothing to reload"
+            return web.json_response({"error": error}, status=409)
+        if asked is not None and not _same_file(str(asked), mine):
+            error = f"the daemon reads {mine}, not {asked}: nothing was reloaded"
+            return web.json_response({"error": error}, status=400)
+        log.info("config_reload_requested", who=_who(request), path=mine)
+        outcome = await d.request_reload(RELOAD_WAIT)
+        if outcome is None:
+            error = (
+                f"no round started within {RELOAD_WAIT:g}s to reload in; the reload stays "
+                "asked for: see `lbhealthd status` for its outcome"
+            )
+            return web.json_response({"error": error}, status=503)
+        doc: dict[str, Any] = {
+            "result": "reloaded" if outcome.ok else "refused",
+            "path": mine,
+            "at": outcome.at,
+            "changed": list(outcome.changed),
+            "problems": list(outcome.problems),
+        }
+        if not outcome.ok:
+            config = d.report.config
+            doc["error"] = status.reload_alert(outcome, config.loaded_at if config else None)
+        return web.json_response(doc, status=200 if outcome.ok else 422)
+
     # -- an operator's changes to the daemon's memory ---------------------------------------
 
     async def post_forget(self, request: web.Request) -> web.Response:
@@ -352,7 +392,13 @@ class ControlServer:
         }
 
 
-def _json(doc: dict[str, Any]) -> str:
-    import json
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (by device and inode: links and mounts agree)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
+
+def _json(doc: dict[str, Any]) -> str:
     return json.dumps(doc)

@@ -138,6 +138,9 @@ class HttpListener:
         limit = max(3 * self.daemon.round_interval, MIN_HEALTHY_AGE)
         age = None if r.finished_at is None else round(self.daemon.mono() - r.finished_at, 3)
         doc: dict[str, Any] = {"ok": False, "last_round_age_s": age, "rounds": r.rounds}
+        # Said, but not failed on: the daemon works on with the config it has, and a restart
+        # on the refused file would not start at all.
+        doc["config_reload_ok"] = r.config is None or r.config.refused is None
         if self.daemon.stopping_now:
             doc["reason"] = "the daemon is stopping"
         elif age is None:

@@ -3,7 +3,10 @@
 - SIGTERM / SIGINT: stop within a round (bounded by the LB timeout). Servers the daemon drained
   stay drained in the LB and owned in ``state_dir``: the next start resumes them, so a restart
   never pushes load back onto sick servers nor flaps the pool.
-- SIGHUP: reload the config file; an invalid file is refused, logged, and the running config kept.
+- SIGHUP, or ``POST /reload`` on the control socket (``lbhealthd reload``): reload the config
+  file at the start of the next round; an invalid file is refused, logged, and the running
+  config kept. The outcome stays in the report (status, metrics) until the next reload, so a
+  refused reload is seen, not only logged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 import structlog
 
 from lbhealthd.config import Config, load_config
+from lbhealthd.config.changes import changes
 from lbhealthd.daemon.control import ControlServer
 from lbhealthd.daemon.http_api import HttpListener
 from lbhealthd.daemon.metrics import Metrics
@@ -26,7 +30,7 @@ from lbhealthd.drivers import STATE_BLOB, Driver, make_driver
 from lbhealthd.errors import ConfigError
 from lbhealthd.probes.http_prober import FastProber
 from lbhealthd.probes.scheduler import ProbeScheduler
-from lbhealthd.report import RoundReport
+from lbhealthd.report import ConfigStatus, Reload, RoundReport
 from lbhealthd.serving import Limits, listener_cap, raise_soft_limit
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
@@ -56,6 +60,7 @@ class Daemon:
         self.reconciler = Reconciler(
             config, self.driver, self.store, self.scheduler, metrics=self.metrics
         )
+        self.reconciler.set_config_status(ConfigStatus(config_path, self.wall()))
         self.http: HttpListener | None = None
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
@@ -65,6 +70,7 @@ class Daemon:
         self.max_lag = 0.0
         self._round_cpu = 0.0  # CPU seconds spent in rounds (not starvation: see _measure_lag)
         self.reload_requested = False
+        self._reload_waiters: list[asyncio.Future[Reload | None]] = []
         self.control: ControlServer | None = None
         self.notifier = Notifier.from_env()  # systemd's Type=notify; a no-op elsewhere
         self._announce_ready = True  # READY=1 after the next complete round
@@ -92,33 +98,62 @@ class Daemon:
     def wall(self) -> float:
         return self.reconciler.wall()
 
-    def reload(self) -> bool:
-        """Re-read the config file; keep the running config if the new one is invalid."""
+    def reload(self) -> Reload | None:
+        """Re-read the config file; keep the running config if the new one is invalid. The
+        outcome is kept in the report (status, metrics) until the next reload; None when the
+        daemon was not started from a file."""
         if self.config_path is None:
-            return False
+            return None
+        now = self.wall()
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
+            problems = tuple(str(p) for p in exc.problems)
             log.error(
                 "config_reload_failed",
                 path=self.config_path,
-                problems=[str(p) for p in exc.problems],
+                problems=list(problems),
                 note="keeping the running config",
             )
-            return False
+            return self._reloaded(Reload(now, ok=False, problems=problems))
         if self.force_dry_run and not config.daemon.dry_run:
             config = config.model_copy(
                 update={"daemon": config.daemon.model_copy(update={"dry_run": True})}
             )
+        changed = tuple(changes(self.config, config))
         self.config = config
         self.reconciler.reload(config)
         log.info(
             "config_reloaded",
             path=self.config_path,
+            changed=list(changed) or ["nothing: the file is as loaded"],
             pools=[p.name for p in config.pools],
             dry_run=config.daemon.dry_run,
         )
-        return True
+        return self._reloaded(Reload(now, ok=True, changed=changed), loaded_at=now)
+
+    def _reloaded(self, outcome: Reload, loaded_at: float | None = None) -> Reload:
+        old = self.reconciler.config_status
+        self.reconciler.set_config_status(
+            ConfigStatus(self.config_path, loaded_at or old.loaded_at, outcome)
+        )
+        self.metrics.observe_reload(outcome)
+        return outcome
+
+    async def request_reload(self, within: float) -> Reload | None:
+        """Reload at the start of the next round (never in the middle of one) and wait for the
+        outcome; None if no round started within ``within`` seconds."""
+        waiter: asyncio.Future[Reload | None] = asyncio.get_running_loop().create_future()
+        self._reload_waiters.append(waiter)
+        self.reload_requested = True
+        self.wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), within)
+        except TimeoutError:
+            return None
+        finally:
+            if waiter in self._reload_waiters:
+                self._reload_waiters.remove(waiter)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -167,10 +202,14 @@ class Daemon:
                     self.reload_requested = False
                     if not self._announce_ready:  # READY=1 was sent: a reload is under way
                         self.notifier.reloading()
-                    reloaded = self.reload()
+                    outcome = self.reload()
+                    waiters, self._reload_waiters = self._reload_waiters, []
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(outcome)
                     self.notifier.status(
                         "config reloaded"
-                        if reloaded
+                        if outcome is not None and outcome.ok
                         else "config reload refused; running config kept (see the journal)"
                     )
                     self._announce_ready = True

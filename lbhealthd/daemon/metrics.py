@@ -1,7 +1,8 @@
 """Prometheus metrics of a running daemon, in a registry of its own (never the global one).
 
 Almost everything is read after each round from the round's report (``observe_round``);
-the few events a report cannot show are pushed as they happen:
+the few events a report cannot show are pushed as they happen: ``observe_reload`` (a reload
+applied or refused),
 ``enforced`` (an LB command carrying out a decision succeeded), ``lb_command``, ``retry``,
 ``state_write_failed`` (from the journal's worker thread: prometheus_client's counters take a
 lock) and ``starvation`` (the event-loop lag measured before each round).
@@ -30,7 +31,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from lbhealthd.daemon.info_metrics import InfoMetrics
 from lbhealthd.daemon.server_series import ServerSeries
 from lbhealthd.model import ActionKind, AdminState, Rule, Sample, ServerId
-from lbhealthd.report import PoolReport, RoundReport
+from lbhealthd.report import PoolReport, Reload, RoundReport
 from lbhealthd.status import pool_budget
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -225,6 +226,21 @@ class Metrics:
             "Unix time when the last round completed.",
             registry=r,
         )
+        # The config, named as Prometheus names its own: a refused reload is kept at 0 until a
+        # reload succeeds, so an alert sees it however long ago it happened.
+        self.reload_ok = Gauge(
+            "lbhealthd_config_last_reload_successful",
+            "1 if the last reload of the config file succeeded (or none was asked), 0 if it was "
+            "refused: the daemon runs an older config than the file.",
+            registry=r,
+        )
+        self.reload_ok.set(1)
+        self.reload_success_at = Gauge(
+            "lbhealthd_config_last_reload_success_timestamp_seconds",
+            "Unix time when the config in use was loaded (at start or by the last good reload).",
+            registry=r,
+        )
+        self.reload_success_at.set(self._wall())
         # Build, dry run, overrides in force.
         self.info = InfoMetrics(r)
         self._rounds_seen = 0
@@ -262,6 +278,12 @@ class Metrics:
         beyond ``daemon.max_loop_lag``."""
         self.loop_lag.set(lag)
         self.starved.set(1 if starved else 0)
+
+    def observe_reload(self, outcome: Reload) -> None:
+        """A reload of the config file was applied, or refused."""
+        self.reload_ok.set(1 if outcome.ok else 0)
+        if outcome.ok:
+            self.reload_success_at.set(outcome.at)
 
     # --- after each round ---------------------------------------------------------------------
 

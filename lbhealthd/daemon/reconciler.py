@@ -23,6 +23,7 @@ Nothing here decides policy and nothing here edits the engine's state: both are 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -54,7 +55,7 @@ from lbhealthd.model import (
 )
 from lbhealthd.probes.lbstats import merge
 from lbhealthd.probes.scheduler import Target
-from lbhealthd.report import PoolReport, RoundReport
+from lbhealthd.report import ConfigStatus, PoolReport, RoundReport
 from lbhealthd.store import Store
 from lbhealthd.writer import LbWriter
 from lbhealthd.writer.journal import Journal
@@ -128,6 +129,8 @@ class Reconciler:
         self.observations = Observations()
         #: Called when a sample asks for a round now (see ``sample_arrived``).
         self.on_evidence: Callable[[], None] | None = None
+        #: The config's file, load time and last reload, as the daemon sets them.
+        self.config_status = ConfigStatus(None, wall())
         #: Operators' changes to the memory, made as the next round starts (memory_requests).
         self.requests: list[Callable[[], None]] = []
         self.report = self._report(None, rounds=0, finished_at=None)
@@ -152,6 +155,11 @@ class Reconciler:
         self._fast_pools = _fast_pools(config)
         self.writer.dry_run = config.daemon.dry_run
         self.watch.configure(config)
+
+    def set_config_status(self, config_status: ConfigStatus) -> None:
+        """Publish a reload's outcome at once, not only with the next round's report."""
+        self.config_status = config_status
+        self.report = dataclasses.replace(self.report, config=config_status)
 
     async def close(self) -> None:
         """Write what is still staged (the daemon calls it when it stops)."""
@@ -380,6 +388,7 @@ class Reconciler:
             blocked=self.decisions.blocked,
             state_since=dict(self.reader.state_since),
             applied=dict(self.writer.last_set),
+            config=self.config_status,
         )
 
 
