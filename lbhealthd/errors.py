@@ -17,7 +17,8 @@
      ├── UnknownServer          a server or pool named by an operator is not in the pool/config
      ├── InvalidDuration        an override's duration is not a number of seconds in range
      ├── CapRefused             a manual drain would break max_drained or min_in_service
-     └── StillListed            a server to forget is still listed by the load balancer
+     ├── StillListed            a server to forget is still listed by the load balancer
+     └── MissingExtra           a command needs an optional dependency that is not installed
 
 A bad probe is data (a failed Sample), never an exception. Lower-library errors are mapped to
 these at the edge with ``raise ... from exc``.
@@ -137,3 +138,14 @@ class CapRefused(LbhealthdError):
 
 class StillListed(LbhealthdError):
     """The load balancer still lists a server an operator asked lbhealthd to forget."""
+
+
+class MissingExtra(LbhealthdError):
+    """What a command needs comes with an extra that is not installed (``pip install
+    'lbhealthd[EXTRA]'``). ``needed_by`` names what needs it, ``module`` what is missing."""
+
+    def __init__(self, extra: str, module: str, needed_by: str) -> None:
+        self.extra = extra
+        self.module = module
+        self.needed_by = needed_by
+        super().__init__(f"{needed_by} needs {module}: pip install 'lbhealthd[{extra}]'")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from lbhealthd import logs
 from lbhealthd.cli.commands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cmd_run
 from lbhealthd.cli.parser import build_parser
-from lbhealthd.errors import ConfigError, ControlError, ListenerError, StateError
+from lbhealthd.errors import ConfigError, ControlError, ListenerError, MissingExtra, StateError
 from lbhealthd.printable import printable
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "build_parser", "cmd_run", "main"]
@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    except MissingExtra as exc:  # one line naming the extra; nothing was started
+        print(printable(str(exc)), file=sys.stderr)
         return EXIT_USAGE
     except (StateError, ControlError, ListenerError) as exc:
         print(printable(f"lbhealthd: {exc}"), file=sys.stderr)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from lbhealthd import logs
@@ -19,6 +21,7 @@ from lbhealthd.errors import (
     InvalidDuration,
     UnknownServer,
 )
+from lbhealthd.extras import require
 from lbhealthd.oncall import commands as oncall
 from lbhealthd.printable import printable
 
@@ -61,8 +64,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    import asyncio
-
     from lbhealthd.daemon.loop import Daemon
 
     path = resolve_path(args.config)
@@ -78,7 +79,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.install_signals()
         return await daemon.run()
 
-    return asyncio.run(go())
+    with asyncio.Runner(loop_factory=_loop_factory(config.daemon.event_loop)) as runner:
+        return runner.run(go())
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``daemon.event_loop`` names: uvloop's (the ``fast`` extra) when it says
+    uvloop, or auto and uvloop is installed; else None, the standard loop."""
+    from lbhealthd.probes.http_prober import loop_factory
+
+    if choice == "uvloop":
+        require("fast", "daemon.event_loop uvloop")
+    return loop_factory() if choice in ("uvloop", "auto") else None
 
 
 def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False) -> int:
@@ -99,8 +111,6 @@ def _print(outcome: oncall.Outcome, as_json: bool = False, report: bool = False)
 
 
 def _on_call(coro: Any) -> oncall.Outcome:
-    import asyncio
-
     try:
         result: oncall.Outcome = asyncio.run(coro)
     except (UnknownServer, ControlRefused, InvalidDuration) as exc:
@@ -218,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the postmortem's outage on 127.0.0.1 with lbhealthd running."""
     from pathlib import Path
 
+    require("demo", "lbhealthd demo")
     from lbhealthd.demo import run_demo
 
     return run_demo(Path(args.out) if args.out else None, args.short, args.enforce)
@@ -225,8 +236,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     """Report this host's load on HTTP /health and, with --agent-port, to HAProxy."""
-    import asyncio
-
     from lbhealthd.agent import Thresholds, run_agent
 
     try:

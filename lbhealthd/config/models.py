@@ -36,6 +36,8 @@ class DaemonConfig(_Strict):
     control_socket: str = "/run/lbhealthd/control.sock"
     http: str = "127.0.0.1:9110"
     log_format: Literal["json", "console"] = "json"
+    # uvloop comes with the `fast` extra; `uvloop` without it is refused when the daemon starts.
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
 
     @field_validator("http")
     @classmethod

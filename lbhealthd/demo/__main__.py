@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from lbhealthd.demo.scenario import run_demo
+from lbhealthd.errors import MissingExtra
+from lbhealthd.extras import require
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         "--enforce", action="store_true", help="run the daemon with enforce_weights on"
     )
     args = parser.parse_args(argv)
+    try:
+        require("demo", "lbhealthd demo")
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return run_demo(args.out, args.short, args.enforce)
 
 

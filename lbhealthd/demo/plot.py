@@ -1,16 +1,18 @@
 """The demo's picture: per-server load with drained periods shaded, the LB weights, and the share
-of failed requests, over time. Rendered with matplotlib's Agg canvas (no display needed)."""
+of failed requests, over time. Rendered with matplotlib's Agg canvas (no display needed).
+matplotlib comes with the ``demo`` extra; it is imported when a plot is drawn, so the rest of
+the package imports without it."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from lbhealthd.demo.report import Timeline
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 COLORS = ("tab:red", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
 
@@ -44,6 +46,9 @@ def render(
 ) -> Path:
     """Write the PNG to ``path`` and return it. ``marks``: the load signal's high and low;
     ``enforce``: the daemon ran with ``enforce_weights`` on (said in the title)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax_load, ax_weight, ax_fail = fig.subplots(

@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Protocol
 
 from lbhealthd.errors import ConfigError, Problem
+from lbhealthd.extras import require
 from lbhealthd.model import AdminState, PoolSnapshot, ServerId
 
 if TYPE_CHECKING:
@@ -51,13 +52,14 @@ def make_driver(
     """The driver for the config's load balancer. ``state`` is where a driver keeps what it
     must remember across restarts (the ELBv2 driver: the targets it deregistered), normally
     a blob of state_dir. ``sockets`` narrows a HAProxy pair to some of its sockets (the audit
-    compares them one by one)."""
+    compares them one by one). ``MissingExtra`` when the driver's extra is not installed."""
     lb = config.load_balancer
     if lb.type == "haproxy":
         from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 
         return HAProxyDriver(sockets or lb.haproxy.sockets, lb.haproxy.timeout)
     if lb.type == "aws_elbv2":
+        require("aws", "load_balancer.type aws_elbv2")
         from lbhealthd.drivers.elbv2 import ELBv2Driver
 
         aws = lb.aws_elbv2
