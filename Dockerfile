@@ -6,13 +6,14 @@
 # Kubernetes manifests: docs/kubernetes/.
 
 # Build the wheels (lbhealthd's and its dependencies') in a throw-away stage, so the image gets
-# neither the sources nor the build tools.
+# neither the sources nor the build tools. Extras: aws (the ELBv2 driver) and fast (uvloop, for
+# daemon.event_loop); not demo (matplotlib), which a sidecar never runs.
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lbhealthd ./lbhealthd
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[aws,fast]'
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="lbhealthd" \
@@ -24,9 +25,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
-# Runtime dependencies only (no test extras); the wheels are mounted, not copied into a layer.
+# Runtime dependencies only (no test or demo extras); the wheels are mounted, not copied into
+# a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels lbhealthd
+    pip install --no-cache-dir --no-index --find-links /wheels 'lbhealthd[aws,fast]'
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it and volumes can be shared
 # by group (fsGroup). The state and runtime directories match the config's defaults.
 RUN groupadd --system --gid 10001 lbhealthd \

@@ -157,11 +157,27 @@ def test_core_commands_work_without_any_extra(blocked: Path, tmp_path: Path) -> 
             "load_balancer.type aws_elbv2 needs aiobotocore: pip install 'lbhealthd[aws]'",
         ),
         (
+            ["restore", "api/i-0abc", "-c", "{elbv2}"],
+            "load_balancer.type aws_elbv2 needs aiobotocore: pip install 'lbhealthd[aws]'",
+        ),
+        (
+            ["audit", "-c", "{elbv2}"],
+            "load_balancer.type aws_elbv2 needs aiobotocore: pip install 'lbhealthd[aws]'",
+        ),
+        (
             ["run", "-c", "{uvloop}"],
             "daemon.event_loop uvloop needs uvloop: pip install 'lbhealthd[fast]'",
         ),
     ],
-    ids=["demo", "run-elbv2", "status-elbv2", "drain-elbv2", "run-uvloop"],
+    ids=[
+        "demo",
+        "run-elbv2",
+        "status-elbv2",
+        "drain-elbv2",
+        "restore-elbv2",
+        "audit-elbv2",
+        "run-uvloop",
+    ],
 )
 def test_a_command_that_needs_a_missing_extra_says_which_and_exits_2(
     blocked: Path, tmp_path: Path, args: list[str], message: str
