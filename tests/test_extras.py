@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -73,20 +74,29 @@ def _config(
 ELBV2 = {"type": "aws_elbv2", "aws_elbv2": {"region": "eu-west-1"}}
 
 
-def test_require_names_the_extra_and_passes_when_installed() -> None:
+def test_require_names_the_extra_and_passes_when_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """``require`` passes for an importable module and raises MissingExtra naming the extra."""
     assert installed("json")
     assert not installed("lbhealthd_no_such_module")
     require("demo", "lbhealthd demo")  # matplotlib comes with the test extra
-    EXTRAS["missing-for-test"] = ("lbhealthd_no_such_module",)
-    try:
-        with pytest.raises(MissingExtra) as caught:
-            require("missing-for-test", "something")
-    finally:
-        del EXTRAS["missing-for-test"]
+    monkeypatch.setitem(EXTRAS, "missing-for-test", ("lbhealthd_no_such_module",))
+    with pytest.raises(MissingExtra) as caught:
+        require("missing-for-test", "something")
     assert str(caught.value) == (
         "something needs lbhealthd_no_such_module: pip install 'lbhealthd[missing-for-test]'"
     )
+
+
+def test_the_test_extra_holds_the_demo_and_aws_extras() -> None:
+    """Every requirement of the demo and aws extras is in the test extra (which repeats them),
+    and every extra of pyproject.toml is one ``require`` knows, or the test one."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert set(extras["demo"]) | set(extras["aws"]) <= set(extras["test"])
+    assert set(extras) == set(EXTRAS) | {"test"}
 
 
 def test_the_stand_ins_do_block(blocked: Path, tmp_path: Path) -> None:
@@ -116,16 +126,19 @@ def test_core_commands_work_without_any_extra(blocked: Path, tmp_path: Path) -> 
         "lbhealthd.drivers, lbhealthd.oncall.audit; "
         f"print(json.dumps(sorted(m for m in {list(EVERY_EXTRA)!r} if m in sys.modules)))"
     )
-    imported = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_env(blocked),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert imported.returncode == 0, imported.stderr
-    assert json.loads(imported.stdout) == []
+    # Blocked, the imports succeed; with the extras installed (the test extra has demo and
+    # aws), none of their modules is imported either: they are imported where they are used.
+    for env in (_env(blocked), {**os.environ}):
+        imported = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout) == []
 
     helped = _cli(blocked, "--help", cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
@@ -230,7 +243,12 @@ async def test_run_with_an_haproxy_pool_needs_no_extra(
             cwd=tmp_path,
         )
     try:
-        await wait_for(lambda: b'"event": "started"' in log.read_bytes(), 15, "started")
+        await wait_for(
+            lambda: b'"event": "started"' in log.read_bytes() or proc.poll() is not None,
+            15,
+            "started",
+        )
+        assert proc.poll() is None, log.read_text()
         status = _cli(blocked, "status", "--json", "-c", str(config), cwd=tmp_path)
         document = json.loads(status.stdout)  # exit 1: the servers' probes fail, a finding
         assert document["daemon"]["running"] is True, document
