@@ -1,6 +1,7 @@
 """Round cost: the daemon's CPU per round beyond probing, for a large pool where little changes.
 
     python -m bench.round_cost [--servers 10000] [--rounds 30] [--new 0.0,0.2] [--profile]
+                               [--stats-interval 0]
 
 A real HAProxy runs one backend of ``--servers`` servers (no checks, no traffic); the daemon's
 real reconciler reads it through the real driver every round, decides, converges and publishes
@@ -12,7 +13,9 @@ the servers have a new sample each round). Nothing is overloaded, so no round ch
 Reported per share of new samples: the CPU time (user + system of this process) of a round,
 and of its parts: ``tick`` (read, decide, converge, report) and the metrics update; then the
 time of ``decide()`` alone inside those rounds. ``--profile`` prints the functions that took the
-most time over all rounds of the last share.
+most time over all rounds of the last share. The rounds run back to back; the counters (``show
+stat``) are read every round by default (``--stats-interval 0``, the worst case), or at most
+every ``--stats-interval`` seconds as ``load_balancer.haproxy.stats_interval`` says.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class StandInProbes:
         return None
 
 
-def bench_config(socket: str, workdir: Path) -> Config:
+def bench_config(socket: str, workdir: Path, stats_interval: float) -> Config:
     doc = {
         "daemon": {
             "state_dir": str(workdir / "state"),
@@ -83,7 +86,10 @@ def bench_config(socket: str, workdir: Path) -> Config:
             "http": f"127.0.0.1:{free_port()}",
             "round_interval": 1.0,
         },
-        "load_balancer": {"type": "haproxy", "haproxy": {"sockets": [socket], "timeout": "5s"}},
+        "load_balancer": {
+            "type": "haproxy",
+            "haproxy": {"sockets": [socket], "timeout": "5s", "stats_interval": stats_interval},
+        },
         "pools": [
             {
                 "name": POOL,
@@ -127,7 +133,9 @@ def _ms(values: list[float]) -> str:
     )
 
 
-async def measure(servers: int, rounds: int, shares: list[float], profile: bool) -> None:
+async def measure(
+    servers: int, rounds: int, shares: list[float], profile: bool, stats_interval: float
+) -> None:
     binary = find_haproxy()
     if binary is None:
         raise SystemExit("haproxy binary not found in PATH or /usr/sbin")
@@ -136,7 +144,7 @@ async def measure(servers: int, rounds: int, shares: list[float], profile: bool)
         port = free_port()  # nothing listens there: HAProxy is never asked to connect
         backend = [ServerSpec(f"s{i + 1}", "127.0.0.1", port, 100) for i in range(servers)]
         async with HAProxyProcess(workdir / "haproxy", {POOL: backend}, binary=binary) as lb:
-            config = bench_config(lb.socket, workdir)
+            config = bench_config(lb.socket, workdir, stats_interval)
             store = Store.open(config.daemon.state_dir)
             driver = make_driver(config, state=store.blob(STATE_BLOB))
             probes = StandInProbes()
@@ -145,7 +153,10 @@ async def measure(servers: int, rounds: int, shares: list[float], profile: bool)
             for _ in range(3):  # the first rounds create the states and the targets
                 await rec.tick()
                 probes.advance(1.0, time.monotonic())
-            print(f"{servers:,} servers, {rounds} rounds per share, nothing overloaded")
+            print(
+                f"{servers:,} servers, {rounds} rounds per share, nothing overloaded, "
+                f"counters read every {stats_interval:g} s at most"
+            )
             for share in shares:
                 ticks: list[float] = []
                 updates: list[float] = []
@@ -185,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--new", default="0.0,0.2", help="shares of servers with a new sample")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--stats-interval", type=float, default=0.0, help="0: every round")
     args = parser.parse_args(argv)
     shares = [float(s) for s in args.new.split(",")]
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(30), cache_logger_on_first_use=True
     )
     print("\n".join(machine(server_uvloop=False)))
-    asyncio.run(measure(args.servers, args.rounds, shares, args.profile))
+    asyncio.run(measure(args.servers, args.rounds, shares, args.profile, args.stats_interval))
     return 0
 
 

@@ -176,6 +176,9 @@ class PoolSnapshot:
     members: tuple[Member, ...]
     epoch: str = ""
     partial: frozenset[str] = frozenset()
+    #: Changes with every new read of the members' counters (sessions, queue, rate): a read
+    #: that reused the last counters (the driver reads them at their own cadence) keeps it.
+    counters: int = 0
 
 
 class OverrideKind(enum.StrEnum):

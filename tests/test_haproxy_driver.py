@@ -482,3 +482,42 @@ async def test_an_unchanged_server_reads_as_the_same_member(
     after = by_name(await driver.snapshot("api"))
     assert after["s3"] is not first["s3"] and after["s3"].weight == 10
     assert all(after[name] is first[name] for name in first if name != "s3")
+
+
+@pytest.mark.integration
+async def test_counters_are_read_at_their_own_cadence(
+    haproxy: HAProxyHandle, api_servers: ApiServers
+) -> None:
+    """With ``stats_every`` the counters are read at most that often: a snapshot in between
+    has the states of now and the counters (and their generation) of the last read; a driver
+    reading them every time (the twin) sees the traffic at once."""
+    slow = HAProxyDriver([haproxy.socket], 2.0, stats_every=60.0)
+    every = HAProxyDriver([haproxy.socket], 2.0)
+    try:
+        first, first_every = await slow.snapshot("api"), await every.snapshot("api")
+        async with aiohttp.ClientSession() as http:
+            for _ in range(20):
+                async with http.get(haproxy.url) as resp:
+                    await resp.read()
+        await slow.set_state(S2, AdminState.DRAIN)
+
+        async def seen_by_every() -> bool:
+            snap = await every.snapshot("api")
+            return sum(m.sessions_total for m in snap.members) >= 20
+
+        await wait_until(seen_by_every, what="the traffic in the counters read every time")
+        again = await slow.snapshot("api")
+        assert again.counters == first.counters == 1
+        assert sum(m.sessions_total for m in again.members) == sum(
+            m.sessions_total for m in first.members
+        )
+        assert by_name(again)["s2"].admin is AdminState.DRAIN  # the states are of now
+        assert (await every.snapshot("api")).counters > first_every.counters
+
+        await haproxy.proc.restart()  # a new process: the counters read are not its own
+        restarted = await slow.snapshot("api")
+        assert restarted.counters == 2
+        assert sum(m.sessions_total for m in restarted.members) == 0
+    finally:
+        await slow.close()
+        await every.close()

@@ -109,11 +109,11 @@ async def test_merge_is_haproxys(
     ]
     haproxy = HAProxyDriver(["unix:/nonexistent/a.sock", "unix:/nonexistent/b.sock"])
 
-    async def read(endpoint: Endpoint, pool: str) -> tuple[str, list[Member]]:
+    async def read(endpoint: Endpoint, pool: str) -> tuple[str, list[Member], bool]:
         view = views[haproxy.endpoints.index(endpoint)]
         if view is None:
             raise Unavailable("connection refused", endpoint=str(endpoint))
-        return "1@1", view
+        return "1@1", view, True
 
     monkeypatch.setattr(haproxy, "_read", read)
     ours, theirs = await driver.snapshot("api"), await haproxy.snapshot("api")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable, MutableMapping
@@ -24,7 +25,15 @@ from lbhealthd.daemon.metrics import Metrics
 from lbhealthd.daemon.reconciler import Reconciler
 from lbhealthd.drivers.memory import MemoryDriver, MemoryServer
 from lbhealthd.errors import StateError
-from lbhealthd.model import AdminState, Decision, Override, OverrideKind, Rule, ServerId
+from lbhealthd.model import (
+    AdminState,
+    Decision,
+    Override,
+    OverrideKind,
+    PoolSnapshot,
+    Rule,
+    ServerId,
+)
 from lbhealthd.oncall import commands as oncall
 from lbhealthd.oncall import direct
 from lbhealthd.probes.scheduler import ProbeScheduler
@@ -1154,3 +1163,26 @@ async def test_a_quiet_lb_does_not_clear_a_streak_the_probes_started(
         h.probes.probe_again("s3")
     await h.tick()
     assert h.driver.drained() == {"s3"}
+
+
+async def test_counters_not_read_again_are_not_counted_again(
+    make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver reads the counters at their own cadence: rounds in between get the last
+    read again (the same generation), which counts once, however many rounds see it."""
+    h = make(overload=LB_MARKS)
+    h.probes.keep("s1", "s2", "s3", "s4", "s5")
+    await h.tick()
+    h.driver.set_counters("s2", queue=25)
+    snapshot = h.driver.snapshot
+
+    async def same_read(pool: str) -> PoolSnapshot:
+        return dataclasses.replace(await snapshot(pool), counters=7)
+
+    monkeypatch.setattr(h.driver, "snapshot", same_read)
+    await h.tick(10)
+    assert h.reconciler.state.servers[sid("s2")].bad == 1  # the one read, counted once
+    assert h.driver.drained() == set()
+    monkeypatch.setattr(h.driver, "snapshot", snapshot)  # new reads again
+    await h.tick(2)
+    assert h.driver.drained() == {"s2"}

@@ -72,6 +72,8 @@ class DaemonConfig(_Strict):
 class HAProxyConfig(_Strict):
     sockets: list[str] = Field(default_factory=lambda: ["unix:/run/haproxy/admin.sock"])
     timeout: Duration = Field(default=2.0, gt=0)
+    # How often the counters (`show stat`) are read: a round in between reuses the last read.
+    stats_interval: Duration = Field(default=1.0, ge=0, le=3600)
 
     @field_validator("sockets")
     @classmethod

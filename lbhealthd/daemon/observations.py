@@ -9,10 +9,11 @@ weight its pool expects. Two things make it more than a join:
   same Observation, built once. At 10,000 servers, rebuilding them all (and merging the
   counters into every sample again) was a large part of a round where nothing changed.
 - **The LB's counters are evidence of their own.** In a pool whose overload marks name an LB
-  signal (``lb_queue``, ``lb_sessions``, ``lb_rate``), a round's read whose counters came with
-  no new probe sample is given to the engine as a sample of its own (``Observation.lb``), at
-  most once per ``round_interval`` per server: HAProxy sees a queue build before the next probe
-  does. A read is counted once: either in the new probe sample it came with, or on its own.
+  signal (``lb_queue``, ``lb_sessions``, ``lb_rate``), a new read of the counters (the driver
+  reads them at their own cadence, ``load_balancer.haproxy.stats_interval``) that came with no
+  new probe sample is given to the engine as a sample of its own (``Observation.lb``): HAProxy
+  sees a queue build before the next probe does. A read is counted once: either in the new
+  probe sample it came with, or on its own.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from lbhealthd.pool_audit import expected_weight
 from lbhealthd.probes.lbstats import LB_SIGNALS, lb_signals, merge
 
 #: A server's inputs last round (sample, member, pool, held out by lbhealthd, under an
-#: override), the Observation built from them, and when its LB counters last counted.
-_Seen = tuple[Sample | None, Member, PoolConfig, bool, bool, Observation, float]
+#: override), the Observation built from them, and the read of the LB's counters it last
+#: counted (its generation).
+_Seen = tuple[Sample | None, Member, PoolConfig, bool, bool, Observation, int]
 
 _OK = ProbeOutcome.OK
 
@@ -47,22 +49,25 @@ class Observations:
         holds_out: Callable[[ServerId], bool],
         overrides: Mapping[ServerId, Override],
         now: float,
-        lb_every: float,
+        counters: Mapping[str, int],
     ) -> dict[ServerId, Observation]:
-        """The observations of the servers of ``pools`` (the pools read this round)."""
+        """The observations of the servers of ``pools`` (the pools read this round);
+        ``counters``: by pool, the generation of the LB's counters read (a new one with every
+        new read of them)."""
         observations: dict[ServerId, Observation] = {}
         before: dict[ServerId, _Seen] = self._seen
         seen: dict[ServerId, _Seen] = {}
         for pool in pools:
             counts_lb = any(signal in pool.overload for signal in LB_SIGNALS)
+            read = counters.get(pool.name, 0)
             for sid, member in members[pool.name].items():
                 raw = latest(sid)
                 ours = holds_out(sid)
                 overridden = sid in overrides
                 hand = hands.get(sid) if hands else None
                 last = before.get(sid)
-                lb_at = last[6] if last is not None else now
-                due = counts_lb and now - lb_at >= lb_every
+                counted = last[6] if last is not None else read
+                due = counts_lb and read != counted
                 if (
                     last is not None
                     and not due
@@ -77,9 +82,9 @@ class Observations:
                 else:
                     lb = None
                     if last is None or last[0] is not raw:
-                        lb_at = now  # this read's counters ride in the new probe sample
+                        counted = read  # this read's counters ride in the new probe sample
                     elif due:
-                        lb, lb_at = Sample(sid, now, _OK, lb_signals(member)), now
+                        lb, counted = Sample(sid, now, _OK, lb_signals(member)), read
                     obs = Observation(
                         sample=raw if raw is None else merge(raw, member),
                         external_out=not member.in_rotation and not ours and not overridden,
@@ -91,7 +96,7 @@ class Observations:
                         else None,
                         lb=lb,
                     )
-                seen[sid] = (raw, member, pool, ours, overridden, obs, lb_at)
+                seen[sid] = (raw, member, pool, ours, overridden, obs, counted)
                 observations[sid] = obs
         self._seen = seen
         return observations

@@ -46,6 +46,8 @@ class PoolReader:
         self.members: dict[str, Mapping[ServerId, Member]] = {}
         self.partial: dict[str, frozenset[ServerId]] = {}  # listed by some endpoints only
         self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
+        self.counters: dict[str, int] = {}  # pool -> the generation of its counters (a new one
+        # with every read of them: the LB's counters are read at their own cadence)
         self.epochs: dict[str, str] = dict((store.load_blob("epochs") or {}).get("pools", {}))
         self.discovered, self.addresses = recorded_sets(store.load_blob(DISCOVERED))
         self.state_since: dict[ServerId, float] = {}  # wall time of the last admin change
@@ -65,6 +67,7 @@ class PoolReader:
         if pool.name in self.unavailable:
             log.info("lb_available", pool=pool.name)
             del self.unavailable[pool.name]
+        self.counters[pool.name] = snap.counters
         previous = self.members.get(pool.name, {})
         if (
             pool.name in self.members

@@ -222,7 +222,7 @@ class Reconciler:
             self.writer.holds_out,
             self.overrides,
             now,
-            self.config.daemon.round_interval,
+            self.reader.counters,
         )
         settings = Settings({p.name: self.settings.pools[p.name] for p in read})
         partial = self.reader.partial

@@ -57,7 +57,11 @@ def make_driver(
     if lb.type == "haproxy":
         from lbhealthd.drivers.haproxy.driver import HAProxyDriver
 
-        return HAProxyDriver(sockets or lb.haproxy.sockets, lb.haproxy.timeout)
+        return HAProxyDriver(
+            sockets or lb.haproxy.sockets,
+            lb.haproxy.timeout,
+            stats_every=lb.haproxy.stats_interval,
+        )
     if lb.type == "aws_elbv2":
         require("aws", "load_balancer.type aws_elbv2")
         from lbhealthd.drivers.elbv2 import ELBv2Driver

@@ -158,7 +158,8 @@ class MemoryDriver:
         self.reads += 1
         members, partial = merge_members(views)
         epoch = ",".join(ep.epoch for ep in self._endpoints)
-        snap = PoolSnapshot(pool, tuple(members), epoch=epoch, partial=partial)
+        # Its counters are read afresh at every snapshot.
+        snap = PoolSnapshot(pool, tuple(members), epoch=epoch, partial=partial, counters=self.reads)
         await self._at_gate("snapshot", after=True)
         return snap
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -100,6 +100,14 @@ def _require(endpoint: str, what: str, header: list[str], columns: tuple[str, ..
         )
 
 
+def check_state_reply(endpoint: str, reply: str) -> None:
+    """Refuse a ``show servers state`` reply that is no table (an error such as an unknown
+    backend), before anything else of the read is parsed: its words are the clearest."""
+    head = reply.split("\n", 2)
+    if len(head) < 2 or not head[1].startswith("# "):
+        raise Rejected(f"HAProxy answered {first_line(reply)!r}", endpoint=endpoint)
+
+
 def _table(
     endpoint: str, reply: str, header_at: int, columns: tuple[str, ...]
 ) -> list[tuple[str, ...]]:
@@ -114,7 +122,11 @@ def _table(
     return [pick(words) for ln in lines[header_at + 1 :] if (words := ln.split())]
 
 
-def _stat_rows(endpoint: str, reply: str) -> dict[str, tuple[str, ...]]:
+#: ``show stat`` as read: the cells lbhealthd reads of each server, by server name.
+StatRows = Mapping[str, tuple[str, ...]]
+
+
+def stat_rows(endpoint: str, reply: str) -> dict[str, tuple[str, ...]]:
     """``show stat`` CSV rows by server name: the ``_STAT_COLUMNS`` of each."""
     if not reply.startswith("# "):
         raise Rejected(f"HAProxy answered {first_line(reply)!r}", endpoint=endpoint)
@@ -196,11 +208,12 @@ def pool_members(
     pool: str,
     endpoint: str,
     state_reply: str,
-    stat_reply: str,
+    stat_reply: str | StatRows,
     known: Known | None = None,
 ) -> list[Member]:
     """One endpoint's members of ``pool``, in ``show servers state`` order, from its replies to
-    ``show servers state POOL`` and ``show stat POOL 4 -1`` (``endpoint`` names it in errors).
+    ``show servers state POOL`` and ``show stat POOL 4 -1`` (``endpoint`` names it in errors);
+    the latter may be given as read already (``stat_rows``).
 
     ``known``, when given, is the previous read of the same endpoint and pool, and is replaced
     by this one: a server whose cells read the same is the same Member object as before (not
@@ -208,7 +221,7 @@ def pool_members(
     the reconciler can tell unchanged servers by identity.
     """
     state = _table(endpoint, state_reply, 1, _STATE_COLUMNS)
-    stat = _stat_rows(endpoint, stat_reply)
+    stat = stat_rows(endpoint, stat_reply) if isinstance(stat_reply, str) else stat_reply
     before = known.copy() if known else {}
     if known is not None:
         known.clear()
