@@ -43,7 +43,7 @@ def relative(seconds: float) -> str:
     if span < 60:
         text = f"{span:.0f}s"
     elif span < 3600:
-        text = f"{span // 60:.0f}m"
+        text = f"{span // 60:.0f}m" + _more(span % 60 // 1, "s")
     elif span < DAY:
         text = f"{span // 3600:.0f}h" + _more(span % 3600 // 60, "m")
     else:

@@ -88,7 +88,8 @@ def test_changes_see_pools_by_name_not_position() -> None:
         pytest.param(NOW + 45, "until 18:19 UTC (in 45s)", id="seconds"),
         pytest.param(NOW + 3 * 3600 + 300, "until 21:24 UTC (in 3h 5m)", id="hours"),
         pytest.param(NOW + 2 * 86400, "until 2026-12-04 18:19 UTC (in 2d)", id="days"),
-        pytest.param(NOW - 90, "until 18:17 UTC (1m ago)", id="past"),
+        pytest.param(NOW - 90, "until 18:17 UTC (1m 30s ago)", id="past"),
+        pytest.param(NOW + 116, "until 18:21 UTC (in 1m 56s)", id="not-rounded-down"),
     ],
 )
 def test_until_text(until: float | None, text: str) -> None:
