@@ -236,6 +236,42 @@ async def test_status_watch_redraws_until_ctrl_c(
     assert first.endswith("\n\n") and "  s1 " in first and "  s5 " in second
 
 
+async def test_status_watch_through_a_broken_file_warns_once(
+    haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
+) -> None:
+    """status --watch with a config file broken on disk shows the running daemon's tables and
+    says what is wrong with the file once, not with every table."""
+    path = write_config(tmp_path, haproxy.socket)
+    async with running(config_of(path)) as daemon:
+        await wait_for(lambda: daemon.reconciler.rounds >= 1, 5, "first round")
+        path.write_text(path.read_text().replace("fall: 3", "fall: 0"))
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "lbhealthd", "status", "-c", str(path)),
+            *("--watch", "--interval", "0.2s"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        try:
+            tables = 0
+            deadline = time.monotonic() + 15
+            while tables < 3:
+                left = deadline - time.monotonic()
+                line = await asyncio.wait_for(proc.stdout.readline(), max(left, 0.01))
+                assert line, "status --watch ended before its third table"
+                tables += line.startswith(b"daemon: running")
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    warnings = [ln for ln in err.decode().splitlines() if ln.startswith("warning: config")]
+    assert len(warnings) == 1, err.decode()
+    assert "fall" in warnings[0] and "talking to the running daemon anyway" in warnings[0]
+
+
 async def test_status_watch_redraws_in_place_on_a_terminal(
     haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
 ) -> None:

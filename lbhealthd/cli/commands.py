@@ -179,11 +179,16 @@ def _watch(config: Config | Broken, as_json: bool, interval: float) -> int:
     import time
 
     tty = sys.stdout.isatty()
+    warned: set[str] = set()
     try:
         while True:
             outcome = _on_call(oncall.show_status(config))
             if outcome.code == EXIT_USAGE:  # refused (permissions): asking again changes nothing
                 return _print(outcome)
+            for warning in outcome.warnings:  # a config file broken on disk: said once
+                if warning not in warned:
+                    warned.add(warning)
+                    print(printable(f"warning: {warning}"), file=sys.stderr, flush=True)
             if as_json and outcome.document is not None:
                 body = oncall.dumps(outcome.document)
             else:
