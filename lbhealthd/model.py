@@ -179,6 +179,9 @@ class PoolSnapshot:
     #: Changes with every new read of the members' counters (sessions, queue, rate): a read
     #: that reused the last counters (the driver reads them at their own cadence) keeps it.
     counters: int = 0
+    #: The endpoints of an HA pair that did not answer this read, with why (the read stands on
+    #: the others): by endpoint.
+    failed: Mapping[str, str] = field(default_factory=dict)
 
 
 class OverrideKind(enum.StrEnum):

@@ -84,6 +84,8 @@ class PoolReport:
     findings: tuple[Finding, ...] = ()
     # Members that not every endpoint of an HA pair lists: the pair disagrees on membership.
     partial: frozenset[ServerId] = frozenset()
+    #: The endpoints of an HA pair the last read could not reach, with why.
+    failed_endpoints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def alerts(self) -> list[dict[str, object]]:
@@ -129,6 +131,16 @@ class PoolReport:
             out.append(beyond)
         if self.lb_error is not None:
             out.append({"rule": "lb_unavailable", "message": self.lb_error})
+        elif self.failed_endpoints:
+            failed = "; ".join(f"{ep}: {err}" for ep, err in sorted(self.failed_endpoints.items()))
+            out.append(
+                {
+                    "rule": "lb_endpoint_unavailable",
+                    "message": f"{len(self.failed_endpoints)} endpoint(s) of the load balancer "
+                    f"could not be read ({failed}): the pool is read from the others, and "
+                    "changes are sent again until every endpoint answers",
+                }
+            )
         return out
 
     def _beyond_cap(self) -> dict[str, object] | None:

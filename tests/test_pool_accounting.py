@@ -101,3 +101,26 @@ async def test_a_live_status_has_nothing_that_would_be_out(make: Callable[..., H
     await h.tick(4)
     pool = status_of(h)["pools"][0]
     assert (pool["out"], pool["would_be_out"]) == (2, 0)
+
+
+async def test_an_endpoint_of_an_ha_pair_that_stops_answering_is_said(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """One endpoint of an HA pair down: the pool is read from the other, and the daemon says
+    so once in the log and as an alert in status until the endpoint answers again."""
+    from lbhealthd.testing import memory_pool
+
+    h = make(driver=memory_pool("api", 5, endpoints=2))
+    await h.tick()
+    assert not events(logs, "lb_endpoint_unavailable")
+    h.driver.stop_endpoint(1)
+    await h.tick(3)
+    (down,) = events(logs, "lb_endpoint_unavailable")
+    assert down["pool"] == "api" and "connection refused" in down["error"]
+    (alert,) = [a for a in status_of(h)["pools"][0]["alerts"] if a["rule"] != "beyond_cap"]
+    assert alert["rule"] == "lb_endpoint_unavailable"
+    assert alert["message"].startswith("1 endpoint(s) of the load balancer could not be read")
+    h.driver.start_endpoint(1)
+    await h.tick()
+    assert [e["endpoint"] for e in events(logs, "lb_endpoint_available")] == [down["endpoint"]]
+    assert status_of(h)["pools"][0]["alerts"] == []

@@ -46,6 +46,8 @@ class PoolReader:
         self.members: dict[str, Mapping[ServerId, Member]] = {}
         self.partial: dict[str, frozenset[ServerId]] = {}  # listed by some endpoints only
         self.unavailable: dict[str, str] = {}  # pool -> error of the last failed read
+        # pool -> the endpoints of an HA pair its last read could not reach, with why
+        self.failed_endpoints: dict[str, dict[str, str]] = {}
         self.counters: dict[str, int] = {}  # pool -> the generation of its counters (a new one
         # with every read of them: the LB's counters are read at their own cadence)
         self.epochs: dict[str, str] = dict((store.load_blob("epochs") or {}).get("pools", {}))
@@ -67,6 +69,7 @@ class PoolReader:
         if pool.name in self.unavailable:
             log.info("lb_available", pool=pool.name)
             del self.unavailable[pool.name]
+        self._note_endpoints(pool.name, snap.failed)
         self.counters[pool.name] = snap.counters
         previous = self.members.get(pool.name, {})
         if (
@@ -102,6 +105,23 @@ class PoolReader:
                 self.state_since[sid] = wall
         self._record_servers(pool, members)
         return members, self._note_epoch(pool.name, snap.epoch)
+
+    def _note_endpoints(self, pool: str, failed: Mapping[str, str]) -> None:
+        """Log an endpoint of an HA pair that stopped answering (or whose error changed) and
+        one that answers again: the read stands on the others meanwhile."""
+        before = self.failed_endpoints.get(pool, {})
+        for endpoint in sorted(failed):
+            if before.get(endpoint) != failed[endpoint]:
+                log.warning(
+                    "lb_endpoint_unavailable",
+                    pool=pool,
+                    endpoint=endpoint,
+                    error=failed[endpoint],
+                    note="read from the other endpoints; changes are sent again until it answers",
+                )
+        for endpoint in sorted(before.keys() - failed.keys()):
+            log.info("lb_endpoint_available", pool=pool, endpoint=endpoint)
+        self.failed_endpoints[pool] = dict(failed)
 
     def _note_epoch(self, pool: str, epoch: str) -> bool:
         """True when the LB lost its runtime state since the last read (or it is unknown)."""

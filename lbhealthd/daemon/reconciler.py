@@ -365,6 +365,7 @@ class Reconciler:
                     settings=self.settings.pools[name],
                     members=members,
                     lb_error=self.reader.unavailable.get(name),
+                    failed_endpoints=self.reader.failed_endpoints.get(name, {}),
                     blind=decision is not None and name in decision.blind_pools,
                     partial=self.reader.partial.get(name, frozenset()),
                     warnings=warnings,

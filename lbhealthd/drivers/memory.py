@@ -159,7 +159,14 @@ class MemoryDriver:
         members, partial = merge_members(views)
         epoch = ",".join(ep.epoch for ep in self._endpoints)
         # Its counters are read afresh at every snapshot.
-        snap = PoolSnapshot(pool, tuple(members), epoch=epoch, partial=partial, counters=self.reads)
+        snap = PoolSnapshot(
+            pool,
+            tuple(members),
+            epoch=epoch,
+            partial=partial,
+            counters=self.reads,
+            failed={e.endpoint: str(e) for e in errors},
+        )
         await self._at_gate("snapshot", after=True)
         return snap
 

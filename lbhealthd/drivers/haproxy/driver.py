@@ -298,6 +298,7 @@ class HAProxyDriver:
             epoch=",".join(epochs),
             partial=partial,
             counters=self._counters.get(pool, 0),
+            failed={ep: str(err) for ep, err in errors.items()},
         )
 
     async def _set(self, server: ServerId, what: str) -> None:
