@@ -495,3 +495,23 @@ def test_an_lb_sample_over_its_mark_steps_a_ramping_server_down() -> None:
     d = sim.round({"s1": "-", **OTHERS}, lb={"s1": 25})
     assert [(a.server, a.kind) for a in d.actions] == [(S1, ActionKind.STEP_DOWN)]
     assert sim.state.servers[S1].fraction == pytest.approx(max(0.1, share / 2))
+
+
+@pytest.mark.parametrize(
+    ("probe_interval", "share"), [(1.0, 0.1 + 0.09 * 2), (None, 0.1 + 0.09 * 9)]
+)
+def test_a_gap_without_samples_is_no_healthy_time_in_a_slow_start(
+    probe_interval: float | None, share: float
+) -> None:
+    """Restored at the floor (10 %) with a 10 s slow start, then 8 s without a sample (probes
+    not completing, a starved daemon): the next healthy sample vouches for two probe intervals
+    of health, not for the whole gap. Without a probe interval the gap counts (the twin)."""
+    sim = Sim(pool(min_drain=1.0, rise=1, slow_start=10.0, probe_interval=probe_interval))
+    drained(sim)
+    sim.round({"s1": "H", **OTHERS}, step=2.0)
+    assert sim.state.servers[S1].phase is Phase.IN_SERVICE
+    assert sim.state.servers[S1].fraction == pytest.approx(0.1)
+    for _ in range(8):
+        sim.round({"s1": "-", **OTHERS})
+    sim.round({"s1": "H", **OTHERS})
+    assert sim.state.servers[S1].fraction == pytest.approx(share)

@@ -336,4 +336,5 @@ def _pool_settings(pool: PoolConfig) -> PoolSettings:
         absent_grace=pool.absent_grace,
         enforce_weights=pool.enforce_weights,
         capacity_signal=pool.capacity_signal,
+        probe_interval=pool.probe.interval,
     )

@@ -23,7 +23,8 @@ Rules, per pool, in the order they apply each round:
    the servers left must carry the drained one's load (engine/capacity.py). Refused ones are
    reported as blocked with the rule and the evidence.
 6. Slow start, gated by health: a server back in rotation gets a weight share rising from
-   ``slow_start_floor`` to 1 over ``slow_start`` seconds of healthy samples; band samples hold
+   ``slow_start_floor`` to 1 over ``slow_start`` seconds of healthy samples (each vouching for
+   at most two probe intervals: a gap without samples is no healthy time); band samples hold
    it, and a bad sample halves it (a step-down) instead of counting toward a drain until the
    share is at the floor. The share becomes a weight on a geometric ramp (engine/slowstart.py).
 7. Hands off: a server whose state an operator changed by hand (``Observation.hand``) is let

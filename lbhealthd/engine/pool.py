@@ -235,6 +235,8 @@ class PoolPass(WholePool):
         ps = self.ps
         judged = judge_sorted(sample, marks)
         since = self.now - st.ramp_at if st.ramp_at is not None else 0.0
+        if ps.probe_interval is not None:
+            since = min(since, 2.0 * ps.probe_interval)  # a gap without samples is not health
         if judged.verdict is Verdict.HEALTHY:
             return st._replace(fraction=slowstart.step(st.fraction, since, ps), ramp_at=self.now)
         floor = ps.slow_start_floor

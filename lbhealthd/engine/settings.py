@@ -40,6 +40,9 @@ class PoolSettings:
     # A signal of ``marks`` whose value is the share of a server's capacity in use: drains
     # only while the servers left can carry the load (engine/capacity.py). None: no check.
     capacity_signal: str | None = None
+    # The probe interval: a healthy sample vouches for at most two of them of a slow start
+    # (a gap without samples, a starved daemon, is no healthy time). None: no bound.
+    probe_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
