@@ -515,3 +515,18 @@ def test_a_gap_without_samples_is_no_healthy_time_in_a_slow_start(
         sim.round({"s1": "-", **OTHERS})
     sim.round({"s1": "H", **OTHERS})
     assert sim.state.servers[S1].fraction == pytest.approx(share)
+
+
+def test_a_reload_that_lowers_flap_max_hold_shortens_a_running_hold() -> None:
+    """A drain held 40 s (flap_max_hold 40): after a reload to flap_max_hold 5, the server
+    comes back after 5 s, as it would after a restart; without the reload it waits (the twin)."""
+    for cap, restored_after in ((5.0, True), (40.0, False)):
+        sim = Sim(pool(min_drain=40.0, flap_max_hold=40.0, rise=1))
+        drained(sim)
+        assert sim.state.servers[S1].hold == 40.0
+        sim.pool = pool(min_drain=min(40.0, cap), flap_max_hold=cap, rise=1)
+        for _ in range(6):
+            d = sim.round({"s1": "H", **OTHERS})
+            if any(a.kind is ActionKind.RESTORE for a in d.actions):
+                break
+        assert (sim.state.servers[S1].phase is Phase.IN_SERVICE) is restored_after

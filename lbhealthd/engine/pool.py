@@ -191,19 +191,22 @@ class PoolPass(WholePool):
             return st
         drained_at = st.drained_at if st.drained_at is not None else self.now
         held = self.now - drained_at
+        # A hold set before a reload that lowered flap_max_hold ends at the new cap, as it
+        # would after a restart (engine/persistence.py clamps it there).
+        hold = min(st.hold, ps.flap_max_hold)
         evidence: dict[str, object] = {
             "good": st.good,
             "rise": ps.rise,
             "held_s": round(held, 3),
-            "hold_s": st.hold,
+            "hold_s": hold,
             "flap_level": st.flap_level,
         }
-        if held < st.hold:
-            message = f"healthy, but out only {held:.1f}s of {st.hold:g}s"
+        if held < hold:
+            message = f"healthy, but out only {held:.1f}s of {hold:g}s"
             self.blocked.append(
                 Blocked(sid, ActionKind.RESTORE, Reason(Rule.HOLD, message, evidence))
             )
-            self.wake_at(drained_at + st.hold)
+            self.wake_at(drained_at + hold)
             return st
         if self.frozen:
             self.blocked.append(
