@@ -91,6 +91,23 @@ async def test_idle_connections_beyond_the_cap_make_room_and_a_request_is_answer
                 w.close()
     (limited,) = [e for e in logs if e["event"] == "connections_limited"]
     assert limited["listener"] == "test" and limited["evicted"] == 1  # the first; the rest later
+    # every eviction, for metrics: two idle ones, then one more to make room for the GET
+    assert guard.totals == {"evicted": 3, "refused": 0, "idle_closed": 0}
+    text = listener_metrics(guard)
+    closed = 'lbhealthd_listener_connections_closed_total{listener="test",reason="evicted"}'
+    assert f"{closed} 3.0" in text
+    assert 'lbhealthd_listener_connections{listener="test"} 0.0' in text  # all closed by now
+
+
+def listener_metrics(guard: ConnectionGuard) -> str:
+    """What /metrics shows of the listener ``guard`` guards."""
+    from prometheus_client import generate_latest
+
+    from lbhealthd.daemon.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.listeners.watch(guard)
+    return generate_latest(metrics.registry).decode()
 
 
 async def test_when_every_connection_is_being_served_the_next_waits_its_turn() -> None:
@@ -136,6 +153,7 @@ async def test_a_connection_with_no_request_being_served_is_closed_after_the_idl
         assert time.monotonic() - idle_from >= 0.3 - 0.05
         await wait_for(lambda: guard.open == 0, 5, "forgotten")
         writer.close()
+        assert guard.totals["idle_closed"] == 1
 
 
 async def test_a_request_served_longer_than_the_idle_timeout_is_answered() -> None:

@@ -178,8 +178,10 @@ class Daemon:
             limits = listener_limits(cfg)
             if cfg.daemon.control_socket:
                 self.control = ControlServer(self, cfg.daemon.control_socket, limits)
+                self.metrics.listeners.watch(self.control.guard)
                 await self.control.start()
             self.http = HttpListener(self, cfg.daemon.http, self.metrics, limits)
+            self.metrics.listeners.watch(self.http.guard)
             await self.http.start()
             # Everything allocated so far (modules, the config, and whatever the embedding
             # process holds) is exempted from the garbage collector's full passes, which

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from lbhealthd.daemon.info_metrics import InfoMetrics
+from lbhealthd.daemon.listener_metrics import ListenerMetrics
 from lbhealthd.daemon.server_series import ServerSeries
 from lbhealthd.model import ActionKind, AdminState, Rule, Sample, ServerId
 from lbhealthd.report import PoolReport, Reload, RoundReport
@@ -243,6 +244,7 @@ class Metrics:
         self.reload_success_at.set(self._wall())
         # Build, dry run, overrides in force.
         self.info = InfoMetrics(r)
+        self.listeners = ListenerMetrics(r)
         self._rounds_seen = 0
         self._sample_at: dict[ServerId, float] = {}
         self._blocked: set[tuple[ServerId, str, str]] = set()

@@ -74,6 +74,8 @@ class ConnectionGuard:
         self.evicted = 0  # since the last connections_limited line
         self.refused = 0
         self.idle_closed = 0
+        #: Since the start, by why: ``evicted``, ``refused``, ``idle_closed`` (for metrics).
+        self.totals = {"evicted": 0, "refused": 0, "idle_closed": 0}
 
     @property
     def open(self) -> int:
@@ -116,12 +118,14 @@ class ConnectionGuard:
             idle = [c for c in self._open.values() if c.serving == 0]
             if not idle:
                 self.refused += 1
+                self.totals["refused"] += 1
                 self._report()
                 return False
             victim = min(idle, key=lambda c: c.idle_since)
             self._forget(victim)
             victim.abort()
             self.evicted += 1
+            self.totals["evicted"] += 1
             self._report()
         self._open[transport] = conn
         conn.admitted = True
@@ -150,6 +154,7 @@ class ConnectionGuard:
         self._forget(conn)
         conn.abort()
         self.idle_closed += 1
+        self.totals["idle_closed"] += 1
 
     def _report(self) -> None:
         if not self._pacer.due():
