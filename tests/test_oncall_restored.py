@@ -83,3 +83,26 @@ SICK: dict[str, Any] = {
 def test_restore_words(doc: dict[str, Any], expected: tuple[str, ...]) -> None:
     """Each state the daemon reports after a restore has its own plain words."""
     assert restore_lines(S1, doc, "") == expected
+
+
+def test_the_direct_paths_who_is_the_real_uid_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``LOGNAME`` and ``USER`` are the caller's to set: the name recorded with an override
+    made with the daemon down is the real uid's; for root, sudo's ``SUDO_USER`` is named as
+    such, and only when it is a plain name."""
+    import os
+    import pwd
+
+    from lbhealthd.oncall.direct import who
+
+    monkeypatch.setenv("LOGNAME", "mallory")
+    monkeypatch.setenv("USER", "mallory")
+    monkeypatch.setenv("SUDO_USER", "alice")
+    uid = os.getuid()
+    name = pwd.getpwuid(uid).pw_name
+    via = ", via sudo by alice" if uid == 0 else ""
+    assert who() == f"{name} (uid {uid}{via}, cli)"
+    assert "mallory" not in who()
+    monkeypatch.setenv("SUDO_USER", "alice\\n(uid 0)")
+    assert who() == f"{name} (uid {uid}, cli)"

@@ -8,8 +8,9 @@ a running daemon serves, built from a read of the LB and state_dir.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -30,13 +31,21 @@ __all__ = ["DirectResult", "drain", "open_driver", "restore", "status_document",
 DirectResult = tuple[overrides.Done | None, str | None]  # what was done, or why nothing was
 
 
+_SUDO_USER = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
 def who() -> str:
-    """The caller, as recorded with an override."""
+    """The caller, as recorded with an override: the name of the process's real uid, never
+    one from the environment (``LOGNAME`` and ``USER`` are whatever the caller set), and for
+    root the ``SUDO_USER`` that sudo sets, named as sudo's word."""
+    uid = os.getuid()
     try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = f"uid {os.getuid()}"
-    return f"{name} (uid {os.getuid()}, cli)"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "") if uid == 0 else ""
+    via = f", via sudo by {sudo}" if _SUDO_USER.fullmatch(sudo) else ""
+    return f"{name} (uid {uid}{via}, cli)"
 
 
 def open_driver(config: Config, store: Store | None = None) -> Driver:
