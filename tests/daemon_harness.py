@@ -4,6 +4,7 @@ its reconciler (``Stepped``), round by round on fake clocks, against any driver.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -129,3 +130,21 @@ class Stepped:
     async def close(self) -> None:
         await self.reconciler.close()
         await self.driver.close()
+
+
+def log_events(log: Path, *, strict: bool = True) -> list[dict[str, Any]]:
+    """The JSON events a daemon run as a process wrote to ``log``. ``strict``: every line must
+    be one (a line that is not fails the test); else other lines (a traceback) are skipped."""
+    events = []
+    for line in log.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            if strict:
+                raise AssertionError(f"a log line is not JSON: {line!r}") from None
+    return events
+
+
+def logged(log: Path, event: str, *, strict: bool = True) -> bool:
+    """Whether ``log`` has an ``event`` yet (for ``wait_for``)."""
+    return any(e.get("event") == event for e in log_events(log, strict=strict))

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from lbhealthd.drivers.haproxy.process import free_port
 from lbhealthd.model import ServerId
-from tests.daemon_harness import FAST, LBView, make_config, running, wait_for
+from tests.daemon_harness import FAST, LBView, logged, make_config, running, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,9 @@ async def test_sigkill_then_restart_keeps_and_later_restores_the_drain(
     assert (tmp_path / "control.sock").exists()  # left behind: the next start must cope
     second = _start(config, tmp_path / "second.log")
     try:
-        await wait_for(lambda: _logged(tmp_path / "second.log", "started"), 10, "restart")
+        await wait_for(
+            lambda: logged(tmp_path / "second.log", "started", strict=False), 10, "restart"
+        )
         await asyncio.sleep(0.5)  # several rounds: the drain must hold while s1 is sick
         assert await lb.drained() == {"s1"}
         api_servers.set(0, cpu=0.1)
@@ -186,14 +188,6 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(5)
-
-
-def _logged(log: Path, event: str) -> bool:
-    return any(
-        json.loads(line).get("event") == event
-        for line in log.read_text().splitlines()
-        if line.startswith("{")
-    )
 
 
 async def _drained(lb: LBView, names: set[str]) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from lbhealthd.drivers.haproxy.process import free_port
-from tests.daemon_harness import FAST, LBView, wait_for
+from tests.daemon_harness import FAST, LBView, log_events, logged, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
 
 pytestmark = pytest.mark.integration
@@ -36,16 +35,6 @@ def _write_config(path: Path, socket: str, state_dir: Path, **pool: object) -> N
     path.write_text(yaml.safe_dump(doc))
 
 
-def _events(log: Path) -> list[dict[str, object]]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pytest.fail(f"a log line is not JSON: {line!r}")
-    return out
-
-
 async def test_run_reload_and_stop(
     haproxy: HAProxyHandle, api_servers: ApiServers, tmp_path: Path
 ) -> None:
@@ -62,15 +51,13 @@ async def test_run_reload_and_stop(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        await wait_for(lambda: any(e["event"] == "started" for e in _events(log)), 10, "start")
+        await wait_for(lambda: logged(log, "started"), 10, "start")
         api_servers.set(0, cpu=0.97)
         await wait_for(lambda: _has(lb, {"s1"}), 5, "s1 drained")
 
         config.write_text("pools:\n  - name: api\n    fall: 0\n")
         proc.send_signal(signal.SIGHUP)
-        await wait_for(
-            lambda: any(e["event"] == "config_reload_failed" for e in _events(log)), 5, "refusal"
-        )
+        await wait_for(lambda: logged(log, "config_reload_failed"), 5, "refusal")
         assert proc.poll() is None, "a bad reload must not stop the daemon"
 
         api_servers.set(1, cpu=0.97)  # the running config still drains
@@ -85,7 +72,7 @@ async def test_run_reload_and_stop(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-    events = _events(log)
+    events = log_events(log)
     refused = next(e for e in events if e["event"] == "config_reload_failed")
     assert any("pools[0].fall" in p for p in refused["problems"])  # type: ignore[attr-defined]
     drained = [e for e in events if e["event"] == "server_drained"]
@@ -144,15 +131,13 @@ async def test_refused_sighup_is_seen_and_lbhealthd_reload_fixes_it(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        await wait_for(lambda: any(e["event"] == "started" for e in _events(log)), 10, "start")
+        await wait_for(lambda: logged(log, "started"), 10, "start")
         metric = "lbhealthd_config_last_reload_successful"
         assert await asyncio.to_thread(_metric, address, metric) == 1.0
 
         config.write_text(good.replace("fall: 3", "fall: 0"))
         proc.send_signal(signal.SIGHUP)
-        await wait_for(
-            lambda: any(e["event"] == "config_reload_failed" for e in _events(log)), 5, "refusal"
-        )
+        await wait_for(lambda: logged(log, "config_reload_failed"), 5, "refusal")
         assert await asyncio.to_thread(_metric, address, metric) == 0.0
         done = await asyncio.to_thread(_run_cli, "status", "-c", str(config))
         assert done.returncode == 0, done.stderr  # the daemon's view; the file warned of
@@ -174,7 +159,7 @@ async def test_refused_sighup_is_seen_and_lbhealthd_reload_fixes_it(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
-    reloaded = [e for e in _events(log) if e["event"] == "config_reloaded"]
+    reloaded = [e for e in log_events(log) if e["event"] == "config_reloaded"]
     assert [e["changed"] for e in reloaded] == [["pools[api].fall: 3 -> 4"]]
 
 
