@@ -42,7 +42,7 @@ class PoolSettings:
     capacity_signal: str | None = None
     # The probe interval: a healthy sample vouches for at most two of them of a slow start
     # (a gap without samples, a starved daemon, is no healthy time). None: no bound.
-    probe_interval: float | None = None
+    probe_interval: float | None = 1.0
 
 
 @dataclass(frozen=True, slots=True)
