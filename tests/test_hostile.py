@@ -393,17 +393,23 @@ async def test_hostile_endpoints_are_failed_probes_within_bounds(
         seen = watch(daemon)
         with capture_logs() as logs:
             async with run_daemon(daemon) as task:
+                last: dict[str, object] = {}
 
                 async def settled() -> bool:
                     try:
                         counts = {pool: len(await _drained(view, pool)) for pool in POOLS}
                     except DriverError:  # the test's own read timed out on a busy machine
                         return False
-                    return counts == EXPECTED_DRAINED and all(
-                        daemon.scheduler.latest(sid) for sid in kind_of
+                    unprobed = sorted(
+                        str(sid) for sid in kind_of if not daemon.scheduler.latest(sid)
                     )
+                    last.update(counts=counts, unprobed=unprobed)
+                    return counts == EXPECTED_DRAINED and not unprobed
 
-                await wait_for(settled, 10, f"drained counts {EXPECTED_DRAINED}")
+                try:
+                    await wait_for(settled, 10, f"drained counts {EXPECTED_DRAINED}")
+                except AssertionError as exc:  # say what was seen last
+                    raise AssertionError(f"{exc}; last seen: {last}") from None
                 await asyncio.sleep(1.0)  # warm-up: connections, buffers, the first audit
                 rss_warm = _rss()
                 rounds_warm, probes_warm = daemon.reconciler.rounds, len(seen.probe_seconds)

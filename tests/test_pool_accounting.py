@@ -72,7 +72,7 @@ async def test_a_blind_pool_says_how_many_servers_were_not_counted(
     (blind,) = events(logs, "pool_blind")
     assert blind["reason"].startswith(
         "pool api: 4 of the 4 probes of servers in rotation failed at once "
-        "(1 more not counted: out of rotation or not probed yet)"
+        "(1 more out of rotation, not counted)"
     )
     assert blind["evidence"]["pool_size"] == 5
 
@@ -124,3 +124,22 @@ async def test_an_endpoint_of_an_ha_pair_that_stops_answering_is_said(
     await h.tick()
     assert [e["endpoint"] for e in events(logs, "lb_endpoint_available")] == [down["endpoint"]]
     assert status_of(h)["pools"][0]["alerts"] == []
+
+
+async def test_a_few_failed_probes_among_the_first_do_not_drain_before_the_rest_are_in(
+    make: Callable[..., Harness], logs: Logs
+) -> None:
+    """At start, one server fails, one is well and three have no sample yet: the three are
+    taken as failed (the daemon may be the one failing), so nothing is drained until they
+    answer; once they answer well, the failing one is drained as usual (the twin)."""
+    h = make()
+    h.probes.fail("s1")
+    h.probes.silence("s3", "s4", "s5")
+    await h.tick(6)
+    assert h.driver.drained() == set()
+    (blind,) = events(logs, "pool_blind")
+    assert "3 more with no sample yet, taken as failed" in blind["reason"]
+    h.probes.healthy("s3", "s4", "s5")
+    await h.tick(4)
+    assert h.driver.drained() == {"s1"}
+    assert events(logs, "pool_sight_restored")

@@ -5,6 +5,7 @@
 Rules, per pool, in the order they apply each round:
 1. Blind: if at least ``blind_threshold`` of the pool's latest probes failed, the pool is
    frozen (no drains, no restores; failed samples count neither way) and a warning says so.
+   Once a probe failed, servers in rotation with no sample yet count as failed.
 2. Samples: each server's newest sample is judged once (engine/verdict.py). Overloaded or failed
    samples extend the bad streak and reset the good one; healthy samples the reverse; samples in
    the band between the marks change neither (the hysteresis). A sample of the LB's counters of
@@ -139,7 +140,7 @@ def decide(
         partial = inconsistent.get(pool, _NONE) if inconsistent else _NONE
         done = PoolPass(ps, now, blind=False, frozen=frozen, partial=partial)
         done.each_server(ids, state.servers, observations, overrides)
-        if is_blind(done.probed, done.failed, ps):
+        if is_blind(done.probed, done.failed, ps, done.unprobed):
             # Rare: the whole pass is made again, blind, and the first one dropped.
             done = PoolPass(ps, now, blind=True, frozen=frozen, partial=partial)
             done.each_server(ids, state.servers, observations, overrides)

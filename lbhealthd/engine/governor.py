@@ -55,11 +55,14 @@ def budget(size: int, out: int, settings: PoolSettings) -> Budget:
     return Budget(size=size, out=out, max_out=math.floor(settings.max_drained * size + _EPS))
 
 
-def is_blind(probed: int, failed: int, settings: PoolSettings) -> bool:
-    """True when the share of failed probes reaches the blind threshold."""
-    if probed == 0:
+def is_blind(probed: int, failed: int, settings: PoolSettings, unprobed: int = 0) -> bool:
+    """True when the share of failed probes reaches the blind threshold. Once a probe failed,
+    the servers in rotation with no sample yet count as failed: at start, or when new servers
+    come, a few failed samples among the first ones in must not drain before the rest are in
+    (they may all be failing: the daemon's own network)."""
+    if failed == 0:
         return False
-    return failed / probed >= settings.blind_threshold - _EPS
+    return (failed + unprobed) / (probed + unprobed) >= settings.blind_threshold - _EPS
 
 
 def hold_time(level: int, settings: PoolSettings) -> float:

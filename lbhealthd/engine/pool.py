@@ -67,7 +67,7 @@ class PoolPass(WholePool):
         fall = self.ps.fall
         enforce = self.ps.enforce_weights
         previous_get = previous.get
-        probed = failed = out = new = 0
+        probed = failed = unprobed = out = new = 0
         # This loop runs for every server every round: the common case (in service, full
         # weight, no override, no hand change) takes no call it does not need.
         for sid in ids:
@@ -101,6 +101,13 @@ class PoolPass(WholePool):
                         st = _observe(st, sample, marks, blind)
                         if st.fraction < 1.0 and st.phase is in_service:
                             st = self._ramp(sid, st, sample, marks)
+            elif not (
+                frozen
+                or obs.external_out
+                or st.phase is manual_phase
+                or (override is not None and override.kind in _OUT_KINDS)
+            ):
+                unprobed += 1  # rule 1: no sample yet, so not known to be well
             lb = obs.lb
             if lb is not None and (st.last_lb_at is None or lb.at > st.last_lb_at):
                 st = self._lb_sample(sid, st, lb, marks)
@@ -124,7 +131,8 @@ class PoolPass(WholePool):
                 if st.phase is manual_phase:
                     manual.append(sid)
                 desired[sid] = out_desired(st)
-        self.probed, self.failed, self.out, self.new = probed, failed, out, new
+        self.probed, self.failed, self.unprobed = probed, failed, unprobed
+        self.out, self.new = out, new
         # The order of the servers must not show in the decision.
         self.actions.sort(key=_by_server)
         self.blocked.sort(key=_by_server)

@@ -23,11 +23,17 @@ def override_reason(override: Override) -> Reason:
     )
 
 
-def blind_warning(ps: PoolSettings, probed: int, failed: int, size: int) -> Reason:
-    """``probed`` counts the pool's servers in rotation with a sample; the others (``size``
-    in all) are named as not counted, so the figures add up to the pool."""
-    others = size - probed
-    aside = f" ({others} more not counted: out of rotation or not probed yet)" if others > 0 else ""
+def blind_warning(ps: PoolSettings, probed: int, failed: int, unprobed: int, size: int) -> Reason:
+    """``probed`` counts the pool's servers in rotation with a sample, ``unprobed`` those
+    without one yet (taken as failed); the rest of ``size`` is out of rotation, named as not
+    counted, so that the figures add up to the pool."""
+    others = size - probed - unprobed
+    asides = []
+    if unprobed:
+        asides.append(f"{unprobed} more with no sample yet, taken as failed")
+    if others > 0:
+        asides.append(f"{others} more out of rotation, not counted")
+    aside = f" ({'; '.join(asides)})" if asides else ""
     return Reason(
         Rule.BLIND,
         f"pool {ps.name}: {failed} of the {probed} probes of servers in rotation failed at "
@@ -37,6 +43,7 @@ def blind_warning(ps: PoolSettings, probed: int, failed: int, size: int) -> Reas
             "pool": ps.name,
             "failed": failed,
             "probed": probed,
+            "unprobed": unprobed,
             "pool_size": size,
             "blind_threshold": ps.blind_threshold,
         },

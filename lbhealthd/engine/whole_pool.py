@@ -60,6 +60,7 @@ class WholePool:
         "ramping",
         "released",
         "servers",
+        "unprobed",
         "warnings",
     )
 
@@ -89,7 +90,7 @@ class WholePool:
         self.candidates: list[ServerId] = []  # in service with ``fall`` bad samples (rule 5)
         self.manual: list[ServerId] = []  # out by an operator's override
         self.ramping: list[ServerId] = []  # in service below their full weight (rule 6)
-        self.probed = self.failed = 0  # rule 1's count
+        self.probed = self.failed = self.unprobed = 0  # rule 1's count
         self.out = 0  # servers out of rotation, whatever took them out
         self.new = 0  # servers the engine had no memory of
 
@@ -106,7 +107,9 @@ class WholePool:
         and the warning for overrides beyond the caps."""
         if self.blind:
             self.warnings.append(
-                reasons.blind_warning(self.ps, self.probed, self.failed, len(self.servers))
+                reasons.blind_warning(
+                    self.ps, self.probed, self.failed, self.unprobed, len(self.servers)
+                )
             )
         if self.partial:
             self.warnings.append(reasons.inconsistent_warning(self.ps, self.partial))
