@@ -6,12 +6,14 @@ with ``ProtectProc=invisible`` cannot see other users' processes there, and a pi
 may since belong to another process. Where the kernel cannot tell the groups (an older kernel,
 an architecture whose option number differs, more groups than fit the buffer Python allows),
 ``groups`` is None and the caller decides with what it knows (the socket file's mode).
+``allowed`` is who the control socket lets in by them; ``describe`` names a peer for people.
 """
 
 from __future__ import annotations
 
 import errno
 import platform
+import pwd
 import socket
 import struct
 from dataclasses import dataclass
@@ -59,3 +61,28 @@ def _groups(sock: socket.socket) -> frozenset[int] | None:
         raise
     count = len(raw) // 4
     return frozenset(struct.unpack(f"{count}I", raw[: count * 4]))
+
+
+def allowed(who: Peer, daemon_uid: int, socket_gid: int, socket_mode: int | None) -> bool:
+    """Root, the daemon's own user and members of the socket's group may use the socket.
+
+    Membership is the peer's primary group or its supplementary groups as the socket reports
+    them (SO_PEERGROUPS). Where the kernel cannot tell the groups, the file's mode has
+    decided already: a socket that grants others nothing could only be connected to by its
+    owner, its group, or a process allowed to override file permissions."""
+    if who.uid in (0, daemon_uid):
+        return True
+    member = who.in_group(socket_gid)
+    if member is None:
+        return socket_mode is not None and socket_mode & 0o007 == 0
+    return member
+
+
+def describe(pid: int, uid: int) -> str:
+    """A process as a person reads it, and as overrides and the action log record it:
+    ``alice (uid 1001, pid 4599)``."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    return f"{name} (uid {uid}, pid {pid})"

@@ -7,8 +7,7 @@ import socket
 
 import pytest
 
-from lbhealthd.daemon.control import allowed
-from lbhealthd.peercred import Peer, peer_of
+from lbhealthd.peercred import Peer, allowed, peer_of
 
 DAEMON, GROUP, OTHER = 990, 990, 1001
 

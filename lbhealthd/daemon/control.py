@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,7 +47,7 @@ from lbhealthd.errors import (
     UnknownServer,
 )
 from lbhealthd.model import Member, ServerId
-from lbhealthd.peercred import Peer, peer_of
+from lbhealthd.peercred import Peer, allowed, describe, peer_of
 from lbhealthd.report import Reload, RoundReport
 from lbhealthd.serving import ConnectionGuard, Limits, Listener, unix_socket
 from lbhealthd.store import Store
@@ -89,32 +88,9 @@ def peer(request: web.Request) -> Peer | None:
     return None if sock is None else peer_of(sock)
 
 
-def allowed(who: Peer, daemon_uid: int, socket_gid: int, socket_mode: int | None) -> bool:
-    """Root, the daemon's own user and members of the socket's group may use the socket.
-
-    Membership is the peer's primary group or its supplementary groups as the socket reports
-    them (SO_PEERGROUPS). Where the kernel cannot tell the groups, the file's mode has
-    decided already: a socket that grants others nothing could only be connected to by its
-    owner, its group, or a process allowed to override file permissions."""
-    if who.uid in (0, daemon_uid):
-        return True
-    member = who.in_group(socket_gid)
-    if member is None:
-        return socket_mode is not None and socket_mode & 0o007 == 0
-    return member
-
-
 def _who(request: web.Request) -> str:
     who = peer(request)
     return "unknown" if who is None else describe(who.pid, who.uid)
-
-
-def describe(pid: int, uid: int) -> str:
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid {uid}"
-    return f"{name} (uid {uid}, pid {pid})"
 
 
 class ControlServer:

@@ -15,8 +15,9 @@ It behaves as ``HAProxyDriver`` does wherever the reconciler can tell:
   (``lbhealthd.drivers.ha_merge``): the first answering endpoint's view, with
   ``consistent=False`` on a server whose admin state or weight differs between endpoints, or on
   every server while an endpoint does not answer; ``partial`` names the servers some answering
-  endpoints do not list. The epoch is the endpoints' epochs joined
-  with ``,`` (``-`` for one that did not answer). It raises only when no endpoint answered.
+  endpoints do not list. The epoch is the endpoints' epochs joined with ``,`` (``-`` for one
+  that did not answer). It raises only when no endpoint answered. Its counters are read afresh
+  every time, and a server that reads the same as before is the same ``Member``.
 - ``set_state`` and ``set_weight`` go to every endpoint; the change stays where it landed and
   the call fails if any endpoint failed (``Unavailable`` preferred over ``Rejected``).
 - Names are checked with ``check_name`` before anything else (``InvalidName``); a state that is
@@ -55,39 +56,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from lbhealthd.drivers.ha_merge import combined_error, merge_members
-from lbhealthd.drivers.memory_endpoint import LiveServer, MemoryEndpoint, MemoryServer, member_view
+from lbhealthd.drivers.memory_endpoint import (
+    Command,
+    HandChange,
+    LiveServer,
+    MemoryEndpoint,
+    MemoryServer,
+    Op,
+    Who,
+    member_view,
+)
 from lbhealthd.errors import DriverError, Rejected, Unavailable
 from lbhealthd.model import AdminState, Member, OpState, PoolSnapshot, ServerId, check_name
 
 __all__ = ["Command", "HandChange", "MemoryDriver", "MemoryServer", "Op", "Who"]
-
-Op = Literal["snapshot", "set_state", "set_weight"]
-Who = Literal["operator", "agent"]
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A set command that reached the LB: which endpoints it landed on."""
-
-    server: ServerId
-    what: Literal["state", "weight"]
-    value: AdminState | int
-    endpoints: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HandChange:
-    """A change made by someone other than lbhealthd (an operator or an agent-check)."""
-
-    server: ServerId
-    who: Who
-    admin: AdminState | None
-    weight: int | None
-    endpoints: tuple[int, ...]
 
 
 class MemoryDriver:
@@ -116,7 +101,6 @@ class MemoryDriver:
         self.by_hand: list[HandChange] = []
         self.reads = 0
         self.closed = False
-        # Like HAProxy's driver, a server that reads the same as last time is the same Member.
         self._known: dict[tuple[str, ServerId], Member] = {}
         self._error: str | None = None
         self._gate: asyncio.Event | None = None
@@ -158,7 +142,6 @@ class MemoryDriver:
         self.reads += 1
         members, partial = merge_members(views)
         epoch = ",".join(ep.epoch for ep in self._endpoints)
-        # Its counters are read afresh at every snapshot.
         snap = PoolSnapshot(
             pool,
             tuple(members),

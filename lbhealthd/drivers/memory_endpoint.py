@@ -5,15 +5,41 @@ A ``MemoryServer`` is a server as the configuration declares it. An endpoint hol
 ``LiveServer`` for each: the runtime state (admin state, weight, operational state, counters)
 that lbhealthd and operators change. ``boot`` rebuilds it all from the configuration, as a
 restarted HAProxy does, under a new epoch. ``member_view`` is one server as the endpoint shows
-it in a read.
+it in a read. ``Command`` and ``HandChange`` are what the driver records of the changes that
+reach it, for a test to look at.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lbhealthd.model import AdminState, Member, OpState, ServerId
+
+Op = Literal["snapshot", "set_state", "set_weight"]
+Who = Literal["operator", "agent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A set command that reached the LB: which endpoints it landed on."""
+
+    server: ServerId
+    what: Literal["state", "weight"]
+    value: AdminState | int
+    endpoints: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HandChange:
+    """A change made by someone other than lbhealthd (an operator or an agent-check)."""
+
+    server: ServerId
+    who: Who
+    admin: AdminState | None
+    weight: int | None
+    endpoints: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

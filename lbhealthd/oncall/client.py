@@ -21,7 +21,6 @@ import errno
 import http.client
 import json
 import os
-import pwd
 import socket
 import time
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 from lbhealthd.config import Config
 from lbhealthd.config.lenient import Reach
 from lbhealthd.errors import ControlRefused, DaemonNotAnswering, UntrustedDaemon
-from lbhealthd.peercred import Peer, peer_of
+from lbhealthd.peercred import Peer, describe, peer_of
 
 __all__ = ["TIMEOUT", "call_daemon", "trusted_uids"]
 
@@ -136,10 +135,7 @@ def _not_answering(path: str, method: str, what: str) -> DaemonNotAnswering:
 def _check(peer: Peer, trusted: frozenset[int], path: str, state_dir: str) -> None:
     if peer.uid in trusted:
         return
-    try:
-        name = f"{pwd.getpwuid(peer.uid).pw_name} (uid {peer.uid}, pid {peer.pid})"
-    except KeyError:
-        name = f"uid {peer.uid} (pid {peer.pid})"
+    name = describe(peer.pid, peer.uid)
     raise UntrustedDaemon(
         f"{path} is served by {name}, which is not trusted: lbhealthd trusts only root, your "
         f"own user and the owner of {state_dir}. Someone may have replaced the socket; nothing "
