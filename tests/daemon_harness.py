@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -148,3 +151,26 @@ def log_events(log: Path, *, strict: bool = True) -> list[dict[str, Any]]:
 def logged(log: Path, event: str, *, strict: bool = True) -> bool:
     """Whether ``log`` has an ``event`` yet (for ``wait_for``)."""
     return any(e.get("event") == event for e in log_events(log, strict=strict))
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``lbhealthd run -c config`` as a child process, its (JSON) log in ``log``; the caller
+    stops it by its PID."""
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def run_refused(config: Path) -> subprocess.CompletedProcess[str]:
+    """``lbhealthd run -c config`` that must refuse to start: its exit and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

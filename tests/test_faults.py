@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,16 @@ from structlog.testing import capture_logs
 
 from lbhealthd.drivers.haproxy.process import free_port
 from lbhealthd.model import ServerId
-from tests.daemon_harness import FAST, LBView, logged, make_config, running, wait_for
+from tests.daemon_harness import (
+    FAST,
+    LBView,
+    logged,
+    make_config,
+    run_refused,
+    running,
+    start_daemon,
+    wait_for,
+)
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
 
 pytestmark = pytest.mark.integration
@@ -81,7 +88,7 @@ async def test_sigkill_then_restart_keeps_and_later_restores_the_drain(
     config.write_text(yaml.safe_dump(doc))
     lb = LBView(haproxy.socket)
     api_servers.set(0, cpu=0.97)
-    first = _start(config, tmp_path / "first.log")
+    first = start_daemon(config, tmp_path / "first.log")
     try:
         await wait_for(lambda: _drained(lb, {"s1"}), 10, "s1 drained")
         first.send_signal(signal.SIGKILL)
@@ -89,7 +96,7 @@ async def test_sigkill_then_restart_keeps_and_later_restores_the_drain(
     finally:
         _kill(first)
     assert (tmp_path / "control.sock").exists()  # left behind: the next start must cope
-    second = _start(config, tmp_path / "second.log")
+    second = start_daemon(config, tmp_path / "second.log")
     try:
         await wait_for(
             lambda: logged(tmp_path / "second.log", "started", strict=False), 10, "restart"
@@ -116,13 +123,7 @@ def test_corrupt_state_file_refuses_to_start(tmp_path: Path) -> None:
     config.write_text(
         yaml.safe_dump({"daemon": {"state_dir": str(state)}, "pools": [{"name": "api"}]})
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_refused(config)
     assert done.returncode == 2
     assert "overrides.json" in done.stderr
 
@@ -136,13 +137,7 @@ def test_state_dir_writable_by_others_refuses_to_start(tmp_path: Path) -> None:
     config.write_text(
         yaml.safe_dump({"daemon": {"state_dir": str(state)}, "pools": [{"name": "api"}]})
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_refused(config)
     assert done.returncode == 2
     assert f"{state}: writable by every user" in done.stderr
     assert f"chmod go-w {state}" in done.stderr
@@ -172,16 +167,6 @@ async def test_starved_daemon_freezes(
             assert await lb.drained() == set()
     assert any(e["event"] == "daemon_starved" for e in logs)
     assert not [e for e in logs if e["event"] == "server_drained"]
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "lbhealthd", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
