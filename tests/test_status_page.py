@@ -32,7 +32,8 @@ HOSTILE = "<script>alert('x')</script> & \"quoted\""
 
 
 class Page(HTMLParser):
-    """The elements of a page by id, with their attributes and text; fails on a <script>."""
+    """The elements of a page (or of a browser's rendered DOM) by id, with their attributes and
+    text, and every tag in order."""
 
     def __init__(self, html: str) -> None:
         super().__init__(convert_charrefs=True)
@@ -48,7 +49,7 @@ class Page(HTMLParser):
         if ident is not None:
             self.attrs[ident] = dict(attrs)
             self.text[ident] = ""
-        if tag not in ("meta", "br"):
+        if tag not in ("meta", "br", "link"):  # elements without an end tag
             self.open.append(ident)
 
     def handle_endtag(self, tag: str) -> None:

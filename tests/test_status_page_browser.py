@@ -9,7 +9,6 @@ import os
 import shutil
 import struct
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import yaml
 from lbhealthd.drivers.haproxy.process import free_port
 from tests.daemon_harness import FAST, LBView, wait_for
 from tests.fixtures_haproxy import ApiServers, HAProxyHandle
+from tests.test_status_page import Page
 
 pytestmark = pytest.mark.integration
 
@@ -44,33 +44,6 @@ def find_chromium() -> str:
             pytest.fail(f"{message} (LBHEALTHD_REQUIRE_TOOLS=1)")
         pytest.skip(message)
     return found
-
-
-class Elements(HTMLParser):
-    """The attributes and text of every element with an id in a DOM."""
-
-    def __init__(self, dom: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.attrs: dict[str, dict[str, str | None]] = {}
-        self.text: dict[str, str] = {}
-        self.open: list[str | None] = []
-        self.feed(dom)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        ident = dict(attrs).get("id")
-        if ident is not None:
-            self.attrs[ident], self.text[ident] = dict(attrs), ""
-        if tag not in ("meta", "br", "link"):
-            self.open.append(ident)
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.open:
-            self.open.pop()
-
-    def handle_data(self, data: str) -> None:
-        for ident in self.open:
-            if ident is not None:
-                self.text[ident] += data
 
 
 async def run(*argv: str, timeout: float = 60) -> tuple[int, str, str]:
@@ -175,7 +148,7 @@ async def test_chromium_shows_a_drained_server_on_the_status_page(
 
     assert png_size(png) == (1280, 900)
     assert png.stat().st_size > 10_000  # a rendered page, not a blank window
-    page = Elements(dom)
+    page = Page(dom)
     row = page.attrs["server-api-s2"]
     assert (row["data-state"], row["data-owner"]) == ("drain", "override")
     assert REASON in page.text["server-api-s2"]  # rendered as text: < > & " survived escaping
