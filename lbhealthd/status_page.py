@@ -89,12 +89,15 @@ def _daemon_alerts(d: Mapping[str, Any]) -> str:
     alerts = d.get("alerts") or []
     if not alerts:
         return ""
-    items = "".join(
+    return f'<ul class="alerts" id="daemon-alerts">{_alert_items(alerts)}</ul>'
+
+
+def _alert_items(alerts: list[Mapping[str, Any]]) -> str:
+    return "".join(
         f'<li class="alert" data-rule="{_e(a.get("rule", ""))}"><b>{_e(a.get("rule", ""))}</b>: '
         f"{_e(a.get('message', ''))}</li>"
         for a in alerts
     )
-    return f'<ul class="alerts" id="daemon-alerts">{items}</ul>'
 
 
 def _counts(pool: Mapping[str, Any]) -> str:
@@ -136,12 +139,7 @@ def _alerts(pool: Mapping[str, Any]) -> str:
     alerts = pool.get("alerts") or []
     if not alerts:
         return '<p class="muted">no alerts</p>'
-    items = "".join(
-        f'<li class="alert" data-rule="{_e(a.get("rule", ""))}"><b>{_e(a.get("rule", ""))}</b>: '
-        f"{_e(a.get('message', ''))}</li>"
-        for a in alerts
-    )
-    return f'<ul class="alerts">{items}</ul>'
+    return f'<ul class="alerts">{_alert_items(alerts)}</ul>'
 
 
 def _override(o: Mapping[str, Any] | None) -> str:
