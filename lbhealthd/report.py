@@ -143,16 +143,25 @@ class PoolReport:
             )
         return out
 
+    def listed(self) -> list[Member]:
+        """The members every endpoint of an HA pair lists: what the caps count on."""
+        return [m for sid, m in self.members.items() if sid not in self.partial]
+
+    def budget(self) -> governor.Budget:
+        """The pool's size, servers out and cap, counted as the caps count them."""
+        listed = self.listed()
+        return governor.budget(len(listed), sum(not m.in_rotation for m in listed), self.settings)
+
     def _beyond_cap(self) -> dict[str, object] | None:
         """An alert when more servers are out than the pool's caps allow, whoever took them
         out (the engine warns of its operators' overrides itself): a server HAProxy's own
         check marked down counts, as it does for the caps."""
-        listed = [m for sid, m in self.members.items() if sid not in self.partial]
-        gone = [m for m in listed if not m.in_rotation]
-        ps = self.settings
-        pool = governor.budget(len(listed), len(gone), ps)
-        if not listed or (pool.out <= pool.max_out and pool.size - pool.out >= ps.min_in_service):
+        ps, pool = self.settings, self.budget()
+        if not pool.size or (
+            pool.out <= pool.max_out and pool.size - pool.out >= ps.min_in_service
+        ):
             return None
+        gone = [m for m in self.listed() if not m.in_rotation]
         names = ", ".join(f"{m.id.server} ({out_text(m)})" for m in gone[:20])
         return {
             "rule": "beyond_cap",

@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lbhealthd.engine import governor
 from lbhealthd.engine.reasons import over_marks
 from lbhealthd.model import AdminState, Member, Override, ServerId
 from lbhealthd.monitors.balance import BalanceReport
@@ -65,19 +64,11 @@ def _lb_view(m: Member) -> dict[str, Any]:
     }
 
 
-def pool_budget(pool: PoolReport) -> governor.Budget:
-    """The pool's size, servers out and cap, counted as the caps count them: on the servers
-    every endpoint of an HA pair lists."""
-    listed = [m for sid, m in pool.members.items() if sid not in pool.partial]
-    out = sum(1 for m in listed if not m.in_rotation)
-    return governor.budget(len(listed), out, pool.settings)
-
-
 def _pool_summary(r: RoundReport, pool: PoolReport) -> dict[str, Any]:
     settings = pool.settings
-    budget = pool_budget(pool)
+    budget = pool.budget()
     size, out = budget.size, budget.out
-    listed = [m for sid, m in pool.members.items() if sid not in pool.partial]
+    listed = pool.listed()
     owners = [owner(m, r.owned, r.overrides) for m in listed if not m.in_rotation]
     return {
         "name": pool.name,
@@ -387,7 +378,6 @@ __all__ = [
     "check_problems",
     "document",
     "lb_text",
-    "pool_budget",
     "reload_alert",
     "render",
     "server",

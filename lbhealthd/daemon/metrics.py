@@ -33,7 +33,6 @@ from lbhealthd.daemon.listener_metrics import ListenerMetrics
 from lbhealthd.daemon.server_series import ServerSeries
 from lbhealthd.model import ActionKind, AdminState, Rule, Sample, ServerId
 from lbhealthd.report import PoolReport, Reload, RoundReport
-from lbhealthd.status import pool_budget
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -177,7 +176,7 @@ class Metrics:
             "Differences the last audit found between the LB and what is expected.",
             ("pool",),
         )
-        # The pool against its caps, counted as the caps count (see ``status.pool_budget``).
+        # The pool against its caps, counted as the caps count (see ``PoolReport.budget``).
         self.pool_in_service = gauge(
             "lbhealthd_pool_in_service_servers", "Servers of the pool in rotation.", ("pool",)
         )
@@ -378,7 +377,7 @@ class Metrics:
         self.pool_misweighted(name).set(0 if report is None else len(report.misweighted))
         self.pool_audit(name).set(len(pool.findings))
         if pool.members:  # a pool never read has no size yet
-            budget = pool_budget(pool)
+            budget = pool.budget()
             self.pool_in_service(name).set(budget.size - budget.out)
             self.pool_out(name).set(budget.out)
             self.pool_min_in_service(name).set(pool.settings.min_in_service)
